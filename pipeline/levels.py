@@ -1,0 +1,113 @@
+"""Semantic level latents: pool the features to s_l x s_l, keep the top c_l SVD channels, standardize.
+
+Written as WebDataset shards (``train-*.tar``, ``holdout-*.tar``), one sample per image keyed by its manifest
+id: ``latent.npy`` (c_l, s_l, s_l) float32 and ``cls``. The standardization statistics come from the training
+split only and are stored in ``stats.safetensors``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from safetensors.numpy import load_file, save_file
+
+from .features import iter_rows
+
+STATS = "stats.safetensors"
+
+
+def kl_capacity_bits(second_moment: np.ndarray, sigma: float, positions: int) -> float:
+    """Bits per image that z_hat = z + sigma * eps can carry: KL(N(z, sigma^2) || N(0, 1)) summed over dims.
+
+    Per dimension KL = (sigma^2 + z^2 - 1 - ln sigma^2) / 2 nats; averaged over the data z^2 -> E[z^2] of each
+    channel (1 after standardization). sigma = 0 leaves the latent uncompressed: infinite capacity.
+    """
+    if sigma <= 0:
+        return math.inf
+    nats = 0.5 * (sigma**2 + np.asarray(second_moment, dtype=np.float64) - 1.0 - math.log(sigma**2))
+    return float(positions * nats.sum() / math.log(2))
+
+
+def project(block: np.ndarray, basis: dict, pool: int, channels: int) -> torch.Tensor:
+    """(B, h, w, C) features -> (B, c, s, s) coordinates in the leading SVD axes (not yet standardized)."""
+    x = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2)
+    x = torch.nn.functional.adaptive_avg_pool2d(x, pool)
+    x = x - torch.from_numpy(basis["mean"]).view(1, -1, 1, 1)
+    comps = torch.from_numpy(basis["components"][:channels])
+    return torch.einsum("bchw,kc->bkhw", x, comps)
+
+
+def _pooled_stats(features, basis, train_rows, pool, channels):
+    n, s1, s2, total_sq = 0, 0.0, 0.0, 0.0
+    mean = torch.from_numpy(basis["mean"]).double()
+    for _, block in iter_rows(features, train_rows):
+        z = project(block, basis, pool, channels).double()
+        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(block).permute(0, 3, 1, 2).double(), pool)
+        total_sq += ((pooled - mean.view(1, -1, 1, 1)) ** 2).sum().item()
+        n += z.shape[0] * pool * pool
+        s1 = s1 + z.sum((0, 2, 3))
+        s2 = s2 + (z**2).sum((0, 2, 3))
+    mu = s1 / n
+    var = s2 / n - mu**2
+    total_var = total_sq / n  # centered on the basis mean, which is the pooled features' mean too
+    return mu, var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
+
+
+def build_latents(features, basis: dict, ids: list[str], labels: list[int], splits: list[str],
+                  pool: int, channels: int, shard_size: int, out_dir: Path) -> dict:
+    train_rows = np.flatnonzero(np.asarray(splits) == "train")
+    mu, std, kept = _pooled_stats(features, basis, train_rows, pool, channels)
+    writers = {s: wds.ShardWriter(str(out_dir / f"{s}-%06d.tar"), maxcount=shard_size, verbose=0)
+               for s in ("train", "holdout")}
+    counts = {"train": 0, "holdout": 0}
+    m1 = torch.zeros(channels, dtype=torch.float64)
+    m2 = torch.zeros(channels, dtype=torch.float64)
+    try:
+        for idx, block in iter_rows(features):
+            z = ((project(block, basis, pool, channels).double() - mu.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).float()
+            for i, zi in zip(idx, z.numpy()):
+                writers[splits[i]].write({"__key__": ids[i], "latent.npy": zi, "cls": int(labels[i])})
+                counts[splits[i]] += 1
+            train = torch.from_numpy(np.asarray([splits[i] == "train" for i in idx]))
+            zt = z[train].double()
+            m1 += zt.mean((2, 3)).sum(0)
+            m2 += (zt**2).mean((2, 3)).sum(0)
+    finally:
+        for w in writers.values():
+            w.close()
+    for s, c in counts.items():  # ShardWriter leaves an empty first tar when a split has no samples
+        if c == 0:
+            for f in out_dir.glob(f"{s}-*.tar"):
+                f.unlink()
+    n_train = max(counts["train"], 1)
+    second_moment = (m2 / n_train).numpy()
+    save_file({"mean": mu.float().numpy(), "std": std.float().numpy(), "second_moment": second_moment.astype(np.float32)},
+              str(out_dir / STATS))
+    return {"shape": [pool, pool, channels], "layout": "latent.npy is (c, s, s) float32",
+            "variance_kept": round(kept, 4), "counts": counts,
+            "train_channel_mean_abs_max": float((m1 / n_train).abs().max()),
+            "train_channel_std_min": float(np.sqrt(second_moment - (m1 / n_train).numpy() ** 2).min()),
+            "train_channel_std_max": float(np.sqrt(second_moment - (m1 / n_train).numpy() ** 2).max()),
+            "second_moment": [float(v) for v in second_moment]}
+
+
+def load_stats(latents_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(latents_dir / STATS))
+
+
+def latent_shards(latents_dir: Path, split: str = "train") -> list[str]:
+    return sorted(str(p) for p in Path(latents_dir).glob(f"{split}-*.tar"))
+
+
+def read_latents(latents_dir: Path, split: str = "train") -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All latents of a split in memory (keys, (N, c, s, s), labels): for tests and small sets."""
+    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False).decode()
+    keys, zs, ys = [], [], []
+    for s in ds:
+        keys.append(s["__key__"])
+        zs.append(s["latent.npy"])
+        ys.append(s["cls"])
+    return keys, np.stack(zs) if zs else np.zeros((0,)), np.asarray(ys)

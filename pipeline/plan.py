@@ -1,0 +1,63 @@
+"""Where every artifact of an experiment lives, derived from the config alone.
+
+A stage's fingerprint hashes its own config fields, its inputs' fingerprints and its code version, so two
+experiments that differ only in L or sigma share features, SVD and latents, and an edit to one level's shape
+moves only that level's latents. ``code_version`` (shown by Dagster) hashes the stage's own fields only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cache import Artifact, stable_hash
+from .config import Config
+
+# Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
+# downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1"}
+
+
+@dataclass(frozen=True)
+class Stage:
+    asset: str  # the Dagster asset name
+    artifact: Artifact
+    code_version: str  # hash of the stage's own settings + code version
+
+    @property
+    def fingerprint(self) -> str:
+        return self.artifact.fingerprint
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
+
+
+def _stage(home: Path, asset: str, kind: str, own: dict, inputs: dict) -> Stage:
+    own = {**own, "code": CODE_VERSION[kind]}
+    fp = stable_hash({"kind": kind, "own": own, "inputs": inputs})
+    return Stage(asset, Artifact(home, kind, fp), stable_hash(own, 12))
+
+
+def latents_settings(cfg: Config, level: int) -> dict:
+    """The settings that decide level `level`'s latents (sigma is not one: it only acts when z_l conditions)."""
+    lv = cfg.levels[level - 1]
+    return {"pool": lv.pool, "channels": lv.channels, "shard_size": cfg.dataset.shard_size}
+
+
+def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
+    from .ingest import source_fingerprint
+    from models.encoder import checkpoint_sha256
+
+    ds = cfg.dataset.model_dump(mode="json")
+    images = _stage(home, "images", "images", {"dataset": ds, "seed": cfg.seed},
+                    {"source": source_fingerprint(cfg.dataset)})
+    enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size"})
+    features = _stage(home, "encoder_features", "features", {"encoder": enc},
+                      {"images": images.fingerprint, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
+    svd = _stage(home, "svd_basis", "svd", {}, {"features": features.fingerprint})
+    plan = {s.asset: s for s in (images, features, svd)}
+    for level in range(1, cfg.num_levels):
+        st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
+                    {"features": features.fingerprint, "svd": svd.fingerprint, "images": images.fingerprint})
+        plan[st.asset] = st
+    return plan
