@@ -23,15 +23,18 @@ $(EMOJI_TGZ):
 	cd data && npm pack emoji-datasource-google@16.0.0 --silent >/dev/null
 	test -s $@
 
-run: setup
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+run: setup $(DAGSTER_HOME)/dagster.yaml
 	time $(VENV)/bin/dagster asset materialize -m assets.definitions --select '*'
+	$(VENV)/bin/python -m pipeline.plan
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-ui: setup
-	mkdir -p $(DAGSTER_HOME)
+ui: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean-artifacts:

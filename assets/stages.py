@@ -4,7 +4,6 @@ Each asset looks up its fingerprinted artifact; if it is complete the work is sk
 version), otherwise the stage function builds it atomically. The stage's config hash is the asset's
 ``code_version`` so the UI marks it stale after a config edit; the fingerprint is its data version.
 """
-from __future__ import annotations
 
 import base64
 from pathlib import Path

@@ -61,3 +61,13 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"features": features.fingerprint, "svd": svd.fingerprint, "images": images.fingerprint})
         plan[st.asset] = st
     return plan
+
+
+if __name__ == "__main__":
+    from .config import load_config, nested_home
+
+    cfg = load_config()
+    print(f"experiment '{cfg.name}' (L = {cfg.num_levels}), artifacts under {nested_home()}")
+    for name, st in build_plan(cfg, nested_home()).items():
+        state = "done   " if st.artifact.is_complete() else "missing"
+        print(f"  {state} {name:<18} {st.path}")

