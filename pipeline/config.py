@@ -65,10 +65,48 @@ class EncoderConfig(_Strict):
         return v
 
 
+class TrainConfig(_Strict):
+    """One level's denoiser and its optimization (each level trains on its own)."""
+    backbone: Literal["uvit", "unet"] = "uvit"  # unet: diffusers UNet2DModel, conditions concatenated as channels
+    size: str = "small"  # a key of models.denoiser.MODEL_SIZES[backbone]
+    patch_size: int | None = Field(None, ge=1, description="U-ViT patch size (default from the input size)")
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch (split across torchrun processes)")
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.03, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)
+    p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping conditions (and labels) for CFG")
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    num_train_timesteps: int = Field(1000, ge=10)
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast on CPU and GPU
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(50, ge=1)
+    nproc: int = Field(1, ge=1, description="processes: >1 launches torchrun (DDP: NCCL on GPU, gloo on CPU)")
+
+
 class LevelConfig(_Strict):
     pool: int = Field(ge=1, description="s_l: the feature map is average-pooled to s_l x s_l")
     channels: int = Field(ge=1, description="c_l: leading SVD channels kept")
     sigma: float = Field(ge=0.0, description="sigma_l: std of the noise added when z_l conditions a finer level")
+    train: TrainConfig = TrainConfig()
+
+
+class Level0Config(_Strict):
+    """Level 0 is the data: pixels at dataset.resolution, or an AutoencoderKL latent of them (the paper: SD VAE)."""
+    space: Literal["pixels", "vae"] = "pixels"
+    vae: str | None = Field(None, description="AutoencoderKL: a local directory or a hub id (e.g. stabilityai/sd-vae-ft-ema)")
+    vae_scale: float = Field(0.18215, gt=0)
+    train: TrainConfig = TrainConfig(backbone="unet")
+
+    @model_validator(mode="after")
+    def _vae_needed(self):
+        if self.space == "vae" and not self.vae:
+            raise ValueError("space 'vae' needs level0.vae (a local AutoencoderKL directory or a hub id)")
+        return self
 
 
 class Config(_Strict):
@@ -76,7 +114,11 @@ class Config(_Strict):
     seed: int = 0
     dataset: DatasetConfig
     encoder: EncoderConfig = EncoderConfig()
+    level0: Level0Config = Level0Config()
     levels: tuple[LevelConfig, ...] = Field(default=(), description="semantic levels l = 1 .. L-1, fine to coarse")
+    # non_markov (CVPR version, default): level l sees all z_hat_{>l}; markov (ICLR draft): only z_hat_{l+1}.
+    conditioning: Literal["non_markov", "markov"] = "non_markov"
+    class_conditional: bool = False
 
     @field_validator("levels")
     @classmethod
@@ -95,6 +137,14 @@ class Config(_Strict):
     def num_levels(self) -> int:
         """L, counting level 0 (the data)."""
         return len(self.levels) + 1
+
+    def train_config(self, level: int) -> TrainConfig:
+        return self.level0.train if level == 0 else self.levels[level - 1].train
+
+    def conditions_of(self, level: int) -> list[int]:
+        """The coarser levels that condition `level` (empty for the coarsest)."""
+        coarser = list(range(level + 1, self.num_levels))
+        return coarser[:1] if self.conditioning == "markov" else coarser
 
 
 def _format(err: ValidationError, source: str) -> str:

@@ -14,7 +14,7 @@ from .config import Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
-CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1"}
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,22 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
         st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
                     {"features": features.fingerprint, "svd": svd.fingerprint, "images": images.fingerprint})
         plan[st.asset] = st
+    for level in range(cfg.num_levels):
+        st = _stage(home, f"level_{level}_model", "models", model_settings(cfg, level),
+                    {"target": plan["images" if level == 0 else f"level_{level}_latents"].fingerprint,
+                     "conditions": {k: plan[f"level_{k}_latents"].fingerprint for k in cfg.conditions_of(level)}})
+        plan[st.asset] = st
     return plan
+
+
+def model_settings(cfg: Config, level: int) -> dict:
+    """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on."""
+    own = {"train": cfg.train_config(level).model_dump(mode="json"), "conditioning": cfg.conditioning,
+           "class_conditional": cfg.class_conditional, "seed": cfg.seed,
+           "condition_sigmas": {str(k): cfg.levels[k - 1].sigma for k in cfg.conditions_of(level)}}
+    if level == 0:
+        own["level0"] = cfg.level0.model_dump(mode="json", exclude={"train"})
+    return own
 
 
 if __name__ == "__main__":

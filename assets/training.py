@@ -1,0 +1,69 @@
+"""One training asset per level, run in a separate process through Dagster Pipes.
+
+The subprocess is ``python -m pipeline.train`` (or ``torchrun`` around it when ``train.nproc > 1``): the
+same module a user runs by hand. Levels depend on latents, never on each other's models, so they can
+train in parallel under the multiprocess executor.
+"""
+import sys
+from pathlib import Path
+
+from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, PipesSubprocessClient, asset
+
+from pipeline.cache import stable_hash
+from pipeline.config import Config
+from pipeline.plan import Stage
+
+from .stages import png_markdown, result
+
+
+def train_command(cfg: Config, level: int, home: Path) -> list[str]:
+    """The command line of a level's training process; the resolved config travels as a JSON file."""
+    cfg_json = cfg.model_dump_json(indent=1)
+    path = home / "run_configs" / f"{cfg.name}-{stable_hash(cfg_json)}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(cfg_json)
+        tmp.rename(path)
+    module = ["-m", "pipeline.train", "--config", str(path), "--level", str(level), "--home", str(home)]
+    nproc = cfg.train_config(level).nproc
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]
+    return [sys.executable, *module]
+
+
+def model_metadata(stage: Stage, meta: dict) -> dict:
+    out = {
+        "params_M": round(meta["params"] / 1e6, 3), "gflops_per_forward": round(meta["gflops_per_forward"], 4),
+        "steps": meta["steps"], "final_loss": meta["final_loss"], "num_samples": meta["num_samples"],
+        "condition_levels": MetadataValue.json(meta["condition_levels"]), "world_size": meta["world_size"],
+        "resumed_from_step": meta["resumed_from_step"] if meta["resumed_from_step"] is not None else "none",
+        "sec_per_step": meta["sec_per_step"], "samples_per_sec": meta["samples_per_sec"],
+    }
+    if (stage.path / "loss.png").exists():
+        out["loss_curve"] = png_markdown(stage.path / "loss.png", "loss")
+    return out
+
+
+def level_model_asset(cfg: Config, plan: dict[str, Stage], level: int, home: Path) -> AssetsDefinition:
+    stage = plan[f"level_{level}_model"]
+    tc = cfg.train_config(level)
+    target = "images" if level == 0 else f"level_{level}_latents"
+    conds = [f"level_{k}_latents" for k in cfg.conditions_of(level)]
+    what = "pixels" if level == 0 and cfg.level0.space == "pixels" else "VAE latents" if level == 0 else "latents"
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name=f"level_{level}", deps=[target, *conds],
+           description=f"Level {level} denoiser ({tc.backbone}-{tc.size}) on {what}, conditioned on "
+                       f"{', '.join(conds) or 'nothing (coarsest level)'}; trained by a Pipes subprocess.")
+    def _model(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
+        hit = stage.artifact.is_complete()
+        reported = {}
+        if not hit:
+            # The process logs its loss as it falls and reports its metadata through Pipes; the rendered view is
+            # read from the finished artifact, so a cache hit shows the same thing.
+            results = pipes_subprocess_client.run(command=train_command(cfg, level, home), context=context).get_results()
+            reported = dict(results[0].metadata or {}) if results else {}
+        meta = stage.artifact.metadata()
+        return result(stage, meta, hit, {**reported, **model_metadata(stage, meta)})
+
+    return _model

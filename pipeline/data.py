@@ -1,0 +1,88 @@
+"""The training data of one level: its targets, the coarser latents that condition it, and labels.
+
+Every level's shards are written in manifest order, so the streams of the target and of each condition are
+zipped by position and checked to agree on keys. Small sets (all of this project's defaults) are held in
+memory as tensors; the readers stream, so a larger set can be fed batch by batch instead.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+from .config import Config
+from .ingest import image_shards
+from .levels import latent_shards
+from .plan import Stage
+
+
+@dataclass
+class LevelData:
+    keys: list[str]
+    x: torch.Tensor  # (N, C, H, W) targets: pixels in [-1, 1], a scaled VAE latent, or a standardized latent
+    conds: list[torch.Tensor]  # each (N, c_k, s_k, s_k), clean (the training loop adds sigma_k noise)
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
+    """(key, (3, H, W) float32 in [-1, 1], label) of the level-0 images of a split."""
+    for s in wds.WebDataset(image_shards(images_dir), shardshuffle=False, empty_check=False):
+        if json.loads(s["json"])["split"] != split:
+            continue
+        img = np.asarray(Image.open(io.BytesIO(s["img.png"])).convert("RGB"), dtype=np.float32)
+        yield s["__key__"], img.transpose(2, 0, 1) / 127.5 - 1.0, int(s["cls"])
+
+
+def iter_latents(latents_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
+    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False).decode()
+    for s in ds:
+        yield s["__key__"], s["latent.npy"], int(s["cls"])
+
+
+def _collect(stream) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    keys, xs, ys = [], [], []
+    for k, x, y in stream:
+        keys.append(k)
+        xs.append(x)
+        ys.append(y)
+    if not keys:
+        raise ValueError("no training samples found")
+    return keys, torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
+
+
+def encode_vae(pixels: torch.Tensor, vae: str, scale: float, batch_size: int = 32) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled AutoencoderKL latent means (the SD convention: z = scale * mean)."""
+    from diffusers import AutoencoderKL
+
+    model = AutoencoderKL.from_pretrained(vae).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(pixels), batch_size):
+            out.append(model.encode(pixels[i:i + batch_size]).latent_dist.mean * scale)
+    return torch.cat(out)
+
+
+def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str = "train") -> LevelData:
+    if level == 0:
+        keys, x, labels = _collect(iter_pixels(plan["images"].artifact.require(), split))
+        if cfg.level0.space == "vae":
+            x = encode_vae(x, cfg.level0.vae, cfg.level0.vae_scale)
+    else:
+        keys, x, labels = _collect(iter_latents(plan[f"level_{level}_latents"].artifact.require(), split))
+    conds = []
+    for k in cfg.conditions_of(level):
+        ckeys, c, _ = _collect(iter_latents(plan[f"level_{k}_latents"].artifact.require(), split))
+        if ckeys != keys:
+            raise ValueError(f"level {k} latents and level {level} targets disagree on keys (rebuild the latents)")
+        conds.append(c)
+    return LevelData(keys, x.float(), conds, labels)
