@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from diffusers import UNet2DModel
 
 from models.uvit import to_grid
 
@@ -37,6 +36,8 @@ class CondUNet(nn.Module):
     def __init__(self, in_shape, cond_shapes=(), num_classes: int = 0, block_out_channels=(64, 128, 128),
                  layers_per_block: int = 2, attn=(False, False, True), norm_num_groups: int = 32,
                  attention_head_dim: int = 64):
+        from diffusers import UNet2DModel  # imported here: it costs seconds, and config validation reads UNET_SIZES
+
         super().__init__()
         C, H, W = in_shape
         factor = 2 ** (len(block_out_channels) - 1)

@@ -188,6 +188,11 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
     except ValueError as e:
         field = "encoder.layer" if "layer" in str(e) else "encoder.name"
         raise ConfigError(f"{field}: {e}") from None
+    from models.denoiser import MODEL_SIZES
+
+    for name, tc in [("level0.train", cfg.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(cfg.levels)]:
+        if tc.size not in MODEL_SIZES[tc.backbone]:
+            raise ConfigError(f"{name}.size: unknown {tc.backbone} size '{tc.size}'; choose one of {sorted(MODEL_SIZES[tc.backbone])}")
     for i, lv in enumerate(cfg.levels):
         if lv.pool > min(h, w):
             raise ConfigError(f"levels[{i}].pool: {lv.pool} is larger than the encoder's {h}x{w} feature grid "

@@ -23,6 +23,11 @@ from .levels import latent_shards
 from .plan import Stage
 
 
+def every_shard(urls):
+    """Node splitter for torchrun: every process reads every shard (each holds the small set and draws its own batches)."""
+    return urls
+
+
 @dataclass
 class LevelData:
     keys: list[str]
@@ -36,7 +41,7 @@ class LevelData:
 
 def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
     """(key, (3, H, W) float32 in [-1, 1], label) of the level-0 images of a split."""
-    for s in wds.WebDataset(image_shards(images_dir), shardshuffle=False, empty_check=False):
+    for s in wds.WebDataset(image_shards(images_dir), shardshuffle=False, empty_check=False, nodesplitter=every_shard):
         if json.loads(s["json"])["split"] != split:
             continue
         img = np.asarray(Image.open(io.BytesIO(s["img.png"])).convert("RGB"), dtype=np.float32)
@@ -44,7 +49,8 @@ def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, n
 
 
 def iter_latents(latents_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
-    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False).decode()
+    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False,
+                         nodesplitter=every_shard).decode()
     for s in ds:
         yield s["__key__"], s["latent.npy"], int(s["cls"])
 

@@ -46,7 +46,7 @@ def latents_settings(cfg: Config, level: int) -> dict:
 
 def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     from .ingest import source_fingerprint
-    from models.encoder import checkpoint_sha256
+    from models.weights import checkpoint_sha256
 
     ds = cfg.dataset.model_dump(mode="json")
     images = _stage(home, "images", "images", {"dataset": ds, "seed": cfg.seed},

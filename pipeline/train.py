@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, load_config, nested_home, parse_config
+from .config import Config, load_config, nested_home
 from .data import LevelData, load_level_data
 from .plan import Stage, build_plan
 
@@ -134,7 +134,8 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
         state = load_checkpoint(ckpt, model, ema.module, opt)
         start, curve, resumed_from = state["step"], [tuple(p) for p in state["curve"]], state["step"]
         reporter.log(f"resuming level {level} from {ckpt.name} (step {start})")
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # find_unused_parameters: the null-condition tokens get no gradient in a batch where nothing was dropped
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     from models.denoiser import count_params, gflops_per_step
 
@@ -212,14 +213,24 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     return meta
 
 
+def load_level_model(model_dir: Path, use_ema: bool = True) -> tuple[torch.nn.Module, dict]:
+    """A trained level's denoiser (EMA weights by default) and its spec, from safetensors only."""
+    from safetensors.torch import load_file
+
+    spec = json.loads((Path(model_dir) / "model.json").read_text())
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(Path(model_dir) / ("ema.safetensors" if use_ema else "model.safetensors"))))
+    return model.eval(), spec
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="experiment YAML or resolved JSON (default: $NESTED_CONFIG)")
     ap.add_argument("--level", type=int, required=True)
     ap.add_argument("--home", help="artifact root (default: $NESTED_HOME or .nested/)")
     args = ap.parse_args(argv)
-    if args.config and args.config.endswith(".json"):
-        cfg = parse_config(json.loads(Path(args.config).read_text()), args.config)
+    if args.config and args.config.endswith(".json"):  # written by the asset from a config validated at load
+        cfg = Config.model_validate_json(Path(args.config).read_text())
     else:
         cfg = load_config(args.config)
     home = Path(args.home) if args.home else nested_home()

@@ -17,13 +17,22 @@ def tiny_cfg():
 @pytest.fixture(scope="session")
 def tiny_run(tiny_cfg, tmp_path_factory):
     """The tiny config materialized once into a temporary artifact root and Dagster instance."""
+    from dagster import DagsterInstance
+
+    home = tmp_path_factory.mktemp("nested_home")
+    instance = DagsterInstance.ephemeral()
+    result = run_assets(tiny_cfg, home, instance)
+    assert result.success
+    return {"cfg": tiny_cfg, "home": home, "instance": instance, "result": result}
+
+
+def run_assets(cfg, home, instance=None, names=None):
+    """Materialize the experiment's assets (or those named) the way the code location defines them."""
     from dagster import DagsterInstance, materialize
 
     from assets.definitions import build_definitions
 
-    home = tmp_path_factory.mktemp("nested_home")
-    instance = DagsterInstance.ephemeral()
-    defs = build_definitions(tiny_cfg, home)
-    result = materialize(list(defs.assets), instance=instance)
-    assert result.success
-    return {"cfg": tiny_cfg, "home": home, "instance": instance, "result": result}
+    defs = build_definitions(cfg, home)
+    assets = [a for a in defs.assets if names is None or a.key.to_user_string() in names]
+    return materialize(assets, instance=instance or DagsterInstance.ephemeral(), resources=defs.resources,
+                       selection=names)

@@ -2,20 +2,21 @@
 import numpy as np
 import pytest
 import zarr
-from dagster import DagsterInstance, materialize
-
 from assets.definitions import build_definitions
+from conftest import run_assets
 from pipeline.config import ConfigError, parse_config
 from pipeline.ingest import image_shards, read_manifest
 from pipeline.levels import latent_shards, load_stats, read_latents
 from pipeline.plan import build_plan
 from pipeline.svd import load_basis
 
-ASSETS = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
+DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
+MODELS = ["level_0_model", "level_1_model", "level_2_model"]
+ASSETS = DATA + MODELS
 
 
-def cache_flags(result):
-    return {a: result.asset_materializations_for_node(a)[0].metadata["cache"].value for a in ASSETS}
+def cache_flags(result, names=ASSETS):
+    return {a: result.asset_materializations_for_node(a)[0].metadata["cache"].value for a in names}
 
 
 def test_first_materialization_builds_everything(tiny_run):
@@ -68,34 +69,61 @@ def test_latent_metadata(tiny_run):
 
 
 def test_second_materialization_is_all_cache_hits(tiny_run):
-    defs = build_definitions(tiny_run["cfg"], tiny_run["home"])
-    again = materialize(list(defs.assets), instance=tiny_run["instance"])
+    again = run_assets(tiny_run["cfg"], tiny_run["home"], tiny_run["instance"])
     assert cache_flags(again) == {a: "hit" for a in ASSETS}
     for a in ASSETS:  # same data version as the first run
         first = tiny_run["result"].asset_materializations_for_node(a)[0].tags["dagster/data_version"]
         assert again.asset_materializations_for_node(a)[0].tags["dagster/data_version"] == first
 
 
+def edited(cfg, edit):
+    data = cfg.model_dump(mode="json")
+    edit(data)
+    return parse_config(data)
+
+
+def changed_assets(before, after, home):
+    b, a = build_plan(before, home), build_plan(after, home)
+    return ({n for n in b if b[n].fingerprint != a[n].fingerprint},
+            {n for n in b if b[n].code_version != a[n].code_version})
+
+
 @pytest.mark.parametrize("field,value", [("channels", 6), ("pool", 1)])
 def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, value):
-    data = tiny_run["cfg"].model_dump(mode="json")
-    data["levels"][1][field] = value
-    cfg = parse_config(data)
-    defs = build_definitions(cfg, tiny_run["home"])
-    again = materialize(list(defs.assets), instance=DagsterInstance.ephemeral())
-    assert cache_flags(again) == {a: "miss" if a == "level_2_latents" else "hit" for a in ASSETS}
-    before = build_plan(tiny_run["cfg"], tiny_run["home"])
-    after = build_plan(cfg, tiny_run["home"])
-    changed = {a for a in before if before[a].code_version != after[a].code_version}
-    assert changed == {"level_2_latents"}
+    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__(field, value))
+    again = run_assets(cfg, tiny_run["home"], names=DATA)
+    assert cache_flags(again, DATA) == {a: "miss" if a == "level_2_latents" else "hit" for a in DATA}
+    # SPEC table: level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
+    rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
+    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model"}
+    assert stale == {"level_2_latents"}  # the models go stale through their inputs' data versions
 
 
-def test_changing_sigma_keeps_every_latent(tiny_run):
-    data = tiny_run["cfg"].model_dump(mode="json")
-    data["levels"][0]["sigma"] = 2.0
-    before = build_plan(tiny_run["cfg"], tiny_run["home"])
-    after = build_plan(parse_config(data), tiny_run["home"])
-    assert {a: s.fingerprint for a, s in before.items()} == {a: s.fingerprint for a, s in after.items()}
+def test_changing_sigma_retrains_the_models_conditioned_on_that_level_only(tiny_run):
+    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0].__setitem__("sigma", 2.0))
+    rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
+    assert rebuilt == stale == {"level_0_model"}  # level 1 conditions only level 0
+    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__("sigma", 0.0))
+    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model"}
+
+
+def test_markov_conditioning_sees_the_next_level_only(tiny_run):
+    cfg = edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov"))
+    assert [cfg.conditions_of(level) for level in range(3)] == [[1], [2], []]
+    cfg = edited(cfg, lambda d: d["levels"][1].__setitem__("sigma", 0.0))
+    rebuilt, _ = changed_assets(edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov")), cfg,
+                                tiny_run["home"])
+    assert rebuilt == {"level_1_model"}
+
+
+def test_changing_one_level_training_retrains_that_level_only(tiny_run):
+    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0]["train"].__setitem__("steps", 30))
+    rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
+    assert rebuilt == stale == {"level_1_model"}
+    again = run_assets(cfg, tiny_run["home"], names=ASSETS)
+    assert cache_flags(again) == {a: "miss" if a == "level_1_model" else "hit" for a in ASSETS}
+    md = again.asset_materializations_for_node("level_1_model")[0].metadata
+    assert md["steps"].value == 30
 
 
 def test_definitions_refuse_an_invalid_config(tmp_path, monkeypatch):

@@ -92,3 +92,7 @@ def test_env_config_and_relative_paths(monkeypatch, tmp_path):
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", check_files=False)
     assert cfg.num_levels >= 3
+
+
+def test_unknown_model_size_refused():
+    refused(with_change("levels.0.train", {"backbone": "unet", "size": "XXL"}), "levels[0].train.size", "tiny")

@@ -1,0 +1,112 @@
+"""Per-level training on configs/tiny.yaml: loss, condition dropout, checkpoints, resume, torchrun, Pipes."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from assets.training import train_command
+from conftest import run_assets
+from pipeline.checkpoint import CheckpointError, save_checkpoint
+from pipeline.config import parse_config
+from pipeline.plan import build_plan
+from pipeline.train import drop_mask, load_level_model, step_generator, train_level
+
+
+def with_level_train(cfg, level, **changes):
+    data = cfg.model_dump(mode="json")
+    train = data["level0"]["train"] if level == 0 else data["levels"][level - 1]["train"]
+    train.update(changes)
+    return parse_config(data)
+
+
+def test_condition_dropout_happens_at_the_configured_rate():
+    for p in (0.0, 0.1, 0.5, 1.0):
+        rate = drop_mask(200_000, p, torch.Generator().manual_seed(0)).float().mean().item()
+        assert rate == pytest.approx(p, abs=0.005)
+
+
+def test_step_randomness_depends_on_the_step_only():
+    a = torch.rand(4, generator=step_generator(0, 1, 0, 7))
+    assert torch.equal(a, torch.rand(4, generator=step_generator(0, 1, 0, 7)))
+    assert not torch.equal(a, torch.rand(4, generator=step_generator(0, 1, 0, 8)))
+    assert not torch.equal(a, torch.rand(4, generator=step_generator(0, 1, 1, 7)))  # another rank
+
+
+def test_training_metadata_and_falling_loss(tiny_run):
+    md = tiny_run["result"].asset_materializations_for_node("level_0_model")[0].metadata
+    curve = md["loss_curve"]
+    assert "data:image/png;base64," in curve.value
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    meta = plan["level_0_model"].artifact.metadata()
+    losses = [l for _, l in meta["loss_curve"]]
+    assert losses[-1] < 0.5 * losses[0]  # the conv UNet learns pixels quickly
+    assert md["params_M"].value > 0 and md["gflops_per_forward"].value > 0
+    assert meta["condition_levels"] == [1, 2] and meta["steps"] == 40
+
+
+def test_trained_model_loads_from_safetensors(tiny_run):
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    model, spec = load_level_model(plan["level_1_model"].path)
+    assert spec["in_shape"] == [16, 4, 4] and spec["cond_shapes"] == [[8, 2, 2]]
+    x = torch.randn(2, 16, 4, 4)
+    out = model(x, torch.tensor([10, 500]), [torch.randn(2, 8, 2, 2)])
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tiny_run):
+    cfg = with_level_train(tiny_run["cfg"], 2, steps=3000, batch_size=4, checkpoint_every=50, log_every=50)
+    home = tiny_run["home"]
+    stage = build_plan(cfg, home)["level_2_model"]
+    work = stage.path.parent / f"{stage.fingerprint}.work"
+    proc = subprocess.Popen(train_command(cfg, 2, home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not list(work.glob("ckpt-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = sorted(work.glob("ckpt-*"))
+    assert saved and not stage.artifact.is_complete()
+    first = int(saved[-1].name.split("-")[1])
+
+    result = run_assets(cfg, home, names=["level_2_model"])
+    md = result.asset_materializations_for_node("level_2_model")[0].metadata
+    assert md["cache"].value == "miss"
+    resumed = md["resumed_from_step"].value
+    assert resumed >= first > 0
+    curve = stage.artifact.metadata()["loss_curve"]
+    assert [s for s, _ in curve] == list(range(50, 3001, 50))  # the step counter continued, no restart
+    assert not work.exists()  # checkpoints are cleaned up once the model is published
+
+
+def test_corrupt_or_missing_checkpoint_is_an_error_not_a_restart(tiny_run, tmp_path):
+    cfg = with_level_train(tiny_run["cfg"], 2, steps=45, checkpoint_every=15)
+    stage = build_plan(cfg, tiny_run["home"])["level_2_model"]
+    work = stage.path.parent / f"{stage.fingerprint}.work"
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = save_checkpoint(work, 15, model, model, opt, {"curve": []})
+    (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot be loaded"):
+        train_level(cfg, 2, tiny_run["home"])
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        train_level(cfg, 2, tiny_run["home"])
+    assert not stage.artifact.is_complete()
+    import shutil
+    shutil.rmtree(work)
+
+
+def test_torchrun_with_gloo_trains_to_the_end(tiny_run):
+    cfg = with_level_train(tiny_run["cfg"], 2, steps=20, nproc=2, log_every=5)
+    cmd = train_command(cfg, 2, tiny_run["home"])
+    assert "torch.distributed.run" in cmd and "--nproc-per-node=2" in cmd
+    result = run_assets(cfg, tiny_run["home"], names=["level_2_model"])  # Pipes launches torchrun
+    md = result.asset_materializations_for_node("level_2_model")[0].metadata
+    assert md["world_size"].value == 2 and md["steps"].value == 20
+    model, _ = load_level_model(build_plan(cfg, tiny_run["home"])["level_2_model"].path)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
