@@ -4,6 +4,7 @@ The subprocess is ``python -m pipeline.train`` (or ``torchrun`` around it when `
 same module a user runs by hand. Levels depend on latents, never on each other's models, so they can
 train in parallel under the multiprocess executor.
 """
+import json
 import sys
 from pathlib import Path
 
@@ -32,13 +33,20 @@ def train_command(cfg: Config, level: int, home: Path) -> list[str]:
     return [sys.executable, *module]
 
 
-def model_metadata(stage: Stage, meta: dict) -> dict:
+def model_metadata(cfg: Config, stage: Stage, meta: dict) -> dict:
+    from pipeline.costs import cost_markdown, cost_table
+
+    spec = json.loads((stage.path / "model.json").read_text())
+    costs = cost_table(cfg, spec["num_classes"])
     out = {
         "params_M": round(meta["params"] / 1e6, 3), "gflops_per_forward": round(meta["gflops_per_forward"], 4),
         "steps": meta["steps"], "final_loss": meta["final_loss"], "num_samples": meta["num_samples"],
         "condition_levels": MetadataValue.json(meta["condition_levels"]), "world_size": meta["world_size"],
         "resumed_from_step": meta["resumed_from_step"] if meta["resumed_from_step"] is not None else "none",
         "sec_per_step": meta["sec_per_step"], "samples_per_sec": meta["samples_per_sec"],
+        "nested_gflops_per_step": round(costs["total_gflops_per_forward"], 4),
+        "nested_vs_L1_gflops": round(costs["relative_to_baseline"], 3),
+        "cost_table": MetadataValue.md(cost_markdown(costs)),
     }
     if (stage.path / "loss.png").exists():
         out["loss_curve"] = png_markdown(stage.path / "loss.png", "loss")
@@ -64,6 +72,6 @@ def level_model_asset(cfg: Config, plan: dict[str, Stage], level: int, home: Pat
             results = pipes_subprocess_client.run(command=train_command(cfg, level, home), context=context).get_results()
             reported = dict(results[0].metadata or {}) if results else {}
         meta = stage.artifact.metadata()
-        return result(stage, meta, hit, {**reported, **model_metadata(stage, meta)})
+        return result(stage, meta, hit, {**reported, **model_metadata(cfg, stage, meta)})
 
     return _model

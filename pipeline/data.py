@@ -17,6 +17,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .cache import Artifact, stable_hash
 from .config import Config
 from .ingest import image_shards
 from .levels import latent_shards
@@ -78,11 +79,28 @@ def encode_vae(pixels: torch.Tensor, vae: str, scale: float, batch_size: int = 3
     return torch.cat(out)
 
 
+def vae_latents(cfg: Config, images: Stage, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Level-0 VAE latents of a split, encoded once and cached beside the images (same atomic artifacts)."""
+    from safetensors.torch import load_file, save_file
+
+    art = Artifact(images.artifact.home, "vae_latents",
+                   stable_hash({"images": images.fingerprint, "vae": cfg.level0.vae, "scale": cfg.level0.vae_scale,
+                                "split": split}))
+    if not art.is_complete():
+        keys, x, labels = _collect(iter_pixels(images.artifact.require(), split))
+        with art.build() as (tmp, meta):
+            save_file({"z": encode_vae(x, cfg.level0.vae, cfg.level0.vae_scale).contiguous(), "labels": labels},
+                      str(tmp / "latents.safetensors"))
+            meta["keys"] = keys
+    t = load_file(str(art.path / "latents.safetensors"))
+    return art.metadata()["keys"], t["z"], t["labels"]
+
+
 def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str = "train") -> LevelData:
-    if level == 0:
+    if level == 0 and cfg.level0.space == "vae":
+        keys, x, labels = vae_latents(cfg, plan["images"], split)
+    elif level == 0:
         keys, x, labels = _collect(iter_pixels(plan["images"].artifact.require(), split))
-        if cfg.level0.space == "vae":
-            x = encode_vae(x, cfg.level0.vae, cfg.level0.vae_scale)
     else:
         keys, x, labels = _collect(iter_latents(plan[f"level_{level}_latents"].artifact.require(), split))
     conds = []

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, load_config, nested_home
@@ -44,6 +44,17 @@ def step_generator(seed: int, level: int, rank: int, step: int) -> torch.Generat
     """Randomness of one step derived from its coordinates: a resumed run draws what the killed one would have."""
     state = np.random.SeedSequence([seed, level, rank, step]).generate_state(1)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def ema_with_warmup(decay: float):
+    """EMA update with diffusers' warm-up, decay_n = min(decay, (1 + n) / (10 + n)): a short run's average is
+    not dominated by its first, untrained weights (with a fixed 0.999, 22% of a 1,500-step EMA is step 0)."""
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return update
 
 
 def drop_mask(batch: int, p: float, g: torch.Generator) -> torch.Tensor:
@@ -123,7 +134,7 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     spec = model_spec(cfg, level, data, num_classes)
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     sched = noise_scheduler(cfg, level)
     sigmas = [cfg.levels[k - 1].sigma for k in cfg.conditions_of(level)]
@@ -131,7 +142,7 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     start, curve, resumed_from = 0, [], None
     ckpt = latest_checkpoint(work)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, ema.module, opt)
+        state = load_checkpoint(ckpt, model, ema, opt)
         start, curve, resumed_from = state["step"], [tuple(p) for p in state["curve"]], state["step"]
         reporter.log(f"resuming level {level} from {ckpt.name} (step {start})")
     # find_unused_parameters: the null-condition tokens get no gradient in a batch where nothing was dropped
@@ -185,7 +196,7 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
             if rank == 0:
                 reporter.log(f"level {level} step {done}/{tc.steps} loss {curve[-1][1]:.4f}")
         if rank == 0 and (done % tc.checkpoint_every == 0 and done < tc.steps):
-            save_checkpoint(work, done, model, ema.module, opt, {"curve": curve})
+            save_checkpoint(work, done, model, ema, opt, {"curve": curve})
     sec_per_step = (time.perf_counter() - t0) / timed_steps if t0 is not None and timed_steps else None
 
     meta = None

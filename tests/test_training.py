@@ -110,3 +110,60 @@ def test_torchrun_with_gloo_trains_to_the_end(tiny_run):
     assert md["world_size"].value == 2 and md["steps"].value == 20
     model, _ = load_level_model(build_plan(cfg, tiny_run["home"])["level_2_model"].path)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cost_table_against_the_trained_models(tiny_run):
+    from pipeline.costs import cost_table
+
+    table = cost_table(tiny_run["cfg"])
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    for row in table["levels"]:  # meta-device counts equal the counts on the real CPU models
+        meta = plan[f"level_{row['level']}_model"].artifact.metadata()
+        assert row["gflops_per_forward"] == pytest.approx(meta["gflops_per_forward"], rel=1e-6)
+        assert row["params"] == meta["params"]
+    assert table["levels"][0]["gflops_per_forward"] > table["baseline"]["gflops_per_forward"]
+    assert table["relative_to_baseline"] == pytest.approx(
+        sum(r["gflops_per_forward"] for r in table["levels"]) / table["baseline"]["gflops_per_forward"])
+    md = tiny_run["result"].asset_materializations_for_node("level_0_model")[0].metadata
+    assert md["nested_vs_L1_gflops"].value == pytest.approx(table["relative_to_baseline"], rel=1e-3)
+    assert "L = 1 baseline" in md["cost_table"].value
+
+
+def test_level0_as_a_vae_latent(tiny_run, tmp_path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(16, 32), latent_channels=4, norm_num_groups=8, sample_size=16)
+    vae.save_pretrained(tmp_path / "vae")
+    data = tiny_run["cfg"].model_dump(mode="json")
+    data["level0"].update(space="vae", vae=str(tmp_path / "vae"))
+    data["level0"]["train"].update(steps=10)
+    cfg = parse_config(data)
+    result = run_assets(cfg, tiny_run["home"], names=["level_0_model"])
+    assert result.success
+    _, spec = load_level_model(build_plan(cfg, tiny_run["home"])["level_0_model"].path)
+    assert spec["in_shape"] == [4, 8, 8]  # 16 px through a 2x-downsampling VAE with 4 latent channels
+    from pipeline.costs import level_shape
+    assert level_shape(cfg, 0) == (4, 8, 8)
+    assert list((tiny_run["home"] / "vae_latents").glob("*/latents.safetensors"))  # encoded once, cached
+
+
+def test_ema_warms_up_and_survives_a_checkpoint(tmp_path):
+    from torch.optim.swa_utils import AveragedModel
+
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.train import ema_with_warmup
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.update_parameters(model)  # the first update copies
+        model.weight.fill_(1.0)
+        ema.update_parameters(model)  # n = 1: decay min(0.999, 2/11) -> moves 9/11 of the way
+    assert ema.module.weight.item() == pytest.approx(9 / 11)
+    opt = torch.optim.AdamW(model.parameters())
+    ckpt = save_checkpoint(tmp_path, 2, model, ema, opt, {"curve": []})
+    restored = AveragedModel(torch.nn.Linear(1, 1, bias=False), multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    load_checkpoint(ckpt, torch.nn.Linear(1, 1, bias=False), restored, torch.optim.AdamW(model.parameters()))
+    assert int(restored.n_averaged) == 2 and restored.module.weight.item() == pytest.approx(9 / 11)
