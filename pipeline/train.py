@@ -124,6 +124,7 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     if stage.artifact.is_complete():
         reporter.log(f"level {level} model already trained: {stage.path}")
         return stage.artifact.metadata()
+    began = time.perf_counter()
     rank, world = _dist()
     device = _device(rank)
     tc = cfg.train_config(level)
@@ -215,7 +216,8 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
                         gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                         samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
                         loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=len(data),
-                        condition_levels=cfg.conditions_of(level), device=str(device))
+                        condition_levels=cfg.conditions_of(level), device=str(device),
+                        seconds=round(time.perf_counter() - began, 1))
         shutil.rmtree(work, ignore_errors=True)
         meta = stage.artifact.metadata()
     if world > 1:
