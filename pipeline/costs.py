@@ -28,7 +28,8 @@ def level_shape(cfg: Config, level: int) -> tuple[int, int, int]:
         return (4, r // 8, r // 8)  # the SD VAE: 4 channels, 8x downsampling
 
 
-def _cost(tc, in_shape, cond_shapes, num_classes) -> tuple[int, float]:
+def model_cost(tc, in_shape, cond_shapes, num_classes: int = 0) -> tuple[int, float]:
+    """(parameters, GFLOPs of one forward for one image) of the denoiser a TrainConfig describes."""
     from models.denoiser import build_denoiser, count_params, gflops_per_step
 
     with torch.device("meta"):
@@ -42,11 +43,11 @@ def cost_table(cfg: Config, num_classes: int = 0) -> dict:
     for level in range(cfg.num_levels):
         tc = cfg.train_config(level)
         conds = [level_shape(cfg, k) for k in cfg.conditions_of(level)]
-        params, gflops = _cost(tc, level_shape(cfg, level), conds, num_classes)
+        params, gflops = model_cost(tc, level_shape(cfg, level), conds, num_classes)
         rows.append({"level": level, "backbone": tc.backbone, "size": tc.size, "shape": list(level_shape(cfg, level)),
                      "conditions": cfg.conditions_of(level), "params": params, "gflops_per_forward": gflops})
     tc0 = cfg.train_config(0)
-    base_params, base_gflops = _cost(tc0, level_shape(cfg, 0), [], num_classes)
+    base_params, base_gflops = model_cost(tc0, level_shape(cfg, 0), [], num_classes)
     total = sum(r["gflops_per_forward"] for r in rows)
     return {"levels": rows, "baseline": {"params": base_params, "gflops_per_forward": base_gflops},
             "total_gflops_per_forward": total, "total_params": sum(r["params"] for r in rows),

@@ -79,12 +79,9 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 2) -> None:
-    from PIL import Image
+    """(N, H, W, 3) uint8 -> one PNG grid (torchvision's make_grid, white padding), upscaled for viewing."""
+    from torchvision.utils import make_grid, save_image
 
-    n, h, w, _ = images.shape
-    rows = (n + cols - 1) // cols
-    grid = np.full((rows * h, cols * w, 3), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    Image.fromarray(grid).resize((cols * w * scale, rows * h * scale), Image.NEAREST).save(path)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    save_image(make_grid(x, nrow=cols, padding=2, pad_value=1.0), path)

@@ -13,6 +13,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .features import iter_rows
+from .plots import line_plot
 
 BASIS = "basis.safetensors"
 
@@ -64,7 +65,8 @@ def fit_svd(features, train_rows: np.ndarray, out_dir: Path) -> dict:
     basis = fit_basis((block for _, block in iter_rows(features, train_rows)), c)
     save_file(basis, str(out_dir / BASIS))
     ratio = np.cumsum(basis["explained_variance_ratio"])
-    plot_explained_variance(ratio, out_dir / "explained_variance.png")
+    line_plot(np.arange(1, c + 1), ratio, out_dir / "explained_variance.png", "Explained variance of the encoder features",
+              "SVD channels kept", "share of variance", logx=True, ylim=(0, 1.01))
     marks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512) if k <= c]
     return {"channels": c, "num_samples": int(basis["num_samples"][0]), "train_images": int(len(train_rows)),
             "cumulative_explained_variance": {str(k): round(float(ratio[k - 1]), 4) for k in marks},
@@ -73,23 +75,3 @@ def fit_svd(features, train_rows: np.ndarray, out_dir: Path) -> dict:
 
 def load_basis(svd_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(svd_dir / BASIS))
-
-
-def plot_explained_variance(cumulative: np.ndarray, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    k = np.arange(1, len(cumulative) + 1)
-    ax.plot(k, cumulative, lw=2)
-    ax.set_xscale("log")
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("SVD channels kept")
-    ax.set_ylabel("share of variance")
-    ax.set_title("Explained variance of the encoder features")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -25,6 +25,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import Config, load_config, nested_home
 from .data import LevelData, load_level_data
 from .plan import Stage, build_plan
+from .plots import line_plot
 
 
 class Reporter:
@@ -98,25 +99,6 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def plot_loss(curve: list[tuple[int, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    steps, losses = zip(*curve)
-    ax.plot(steps, losses)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     plan = build_plan(cfg, home)
@@ -149,11 +131,9 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     # find_unused_parameters: the null-condition tokens get no gradient in a batch where nothing was dropped
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
-    from models.denoiser import count_params, gflops_per_step
+    from .costs import model_cost
 
-    params = count_params(model)
-    gflops = gflops_per_step(build_model(spec), tuple(spec["in_shape"]), [tuple(s) for s in spec["cond_shapes"]],
-                             num_classes)
+    params, gflops = model_cost(tc, tuple(spec["in_shape"]), [tuple(s) for s in spec["cond_shapes"]], num_classes)
     reporter.log(f"level {level}: {spec['backbone']}-{spec['size']} {params / 1e6:.2f}M params, {gflops:.3f} "
                  f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}")
 
@@ -211,7 +191,8 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
                                                         "condition_levels": cfg.conditions_of(level),
                                                         "condition_sigmas": sigmas}, indent=1))
             if curve:
-                plot_loss(curve, tmp / "loss.png", f"level {level} ({spec['backbone']}-{spec['size']})")
+                line_plot(*zip(*curve), tmp / "loss.png", f"level {level} ({spec['backbone']}-{spec['size']})",
+                          "step", "loss", logy=True)
             meta.update(level=level, steps=tc.steps, resumed_from_step=resumed_from, params=params,
                         gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                         samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
