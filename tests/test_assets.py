@@ -12,7 +12,7 @@ from pipeline.svd import load_basis
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
-ASSETS = DATA + MODELS
+ASSETS = DATA + MODELS + ["samples"]
 
 
 def cache_flags(result, names=ASSETS):
@@ -95,16 +95,17 @@ def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, va
     assert cache_flags(again, DATA) == {a: "miss" if a == "level_2_latents" else "hit" for a in DATA}
     # SPEC table: level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model"}
+    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model", "samples"}
     assert stale == {"level_2_latents"}  # the models go stale through their inputs' data versions
 
 
 def test_changing_sigma_retrains_the_models_conditioned_on_that_level_only(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0].__setitem__("sigma", 2.0))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == stale == {"level_0_model"}  # level 1 conditions only level 0
+    assert rebuilt == {"level_0_model", "samples"}  # level 1 conditions only level 0
+    assert stale == {"level_0_model"}
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__("sigma", 0.0))
-    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model"}
+    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model", "samples"}
 
 
 def test_markov_conditioning_sees_the_next_level_only(tiny_run):
@@ -113,15 +114,15 @@ def test_markov_conditioning_sees_the_next_level_only(tiny_run):
     cfg = edited(cfg, lambda d: d["levels"][1].__setitem__("sigma", 0.0))
     rebuilt, _ = changed_assets(edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov")), cfg,
                                 tiny_run["home"])
-    assert rebuilt == {"level_1_model"}
+    assert rebuilt == {"level_1_model", "samples"}
 
 
 def test_changing_one_level_training_retrains_that_level_only(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0]["train"].__setitem__("steps", 30))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == stale == {"level_1_model"}
+    assert rebuilt == {"level_1_model", "samples"} and stale == {"level_1_model"}
     again = run_assets(cfg, tiny_run["home"], names=ASSETS)
-    assert cache_flags(again) == {a: "miss" if a == "level_1_model" else "hit" for a in ASSETS}
+    assert cache_flags(again) == {a: "miss" if a in ("level_1_model", "samples") else "hit" for a in ASSETS}
     md = again.asset_materializations_for_node("level_1_model")[0].metadata
     assert md["steps"].value == 30
 
@@ -132,3 +133,25 @@ def test_definitions_refuse_an_invalid_config(tmp_path, monkeypatch):
     monkeypatch.setenv("NESTED_CONFIG", str(bad))
     with pytest.raises(ConfigError, match=r"levels\[0\]\.channels"):
         build_definitions()
+
+
+def test_changing_sampling_settings_resamples_and_retrains_nothing(tiny_run):
+    cfg = edited(tiny_run["cfg"], lambda d: d["sampling"].update(steps=3, guidance=[0.0, 1.0]))
+    rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
+    assert rebuilt == stale == {"samples"}
+    again = run_assets(cfg, tiny_run["home"], names=ASSETS)
+    assert cache_flags(again) == {a: "miss" if a == "samples" else "hit" for a in ASSETS}
+
+
+def test_samples_artifact(tiny_run):
+    import webdataset as wds
+
+    stage = build_plan(tiny_run["cfg"], tiny_run["home"])["samples"]
+    shards = sorted(str(p) for p in stage.path.glob("samples-*.tar"))
+    got = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
+    assert [s["__key__"] for s in got] == [f"{i:07d}" for i in range(24)]
+    assert got[0]["png"].shape == (16, 16, 3)
+    assert got[0]["level_1.npy"].shape == (16, 4, 4) and got[0]["level_2.npy"].shape == (8, 2, 2)
+    assert (stage.path / "grid.png").is_file() and (stage.path / "shared_coarse.png").is_file()
+    md = tiny_run["result"].asset_materializations_for_node("samples")[0].metadata
+    assert "data:image/png;base64," in md["grid"].value and "| 1 |" in md["latent_stats"].value

@@ -96,3 +96,7 @@ def test_shipped_configs_validate(name):
 
 def test_unknown_model_size_refused():
     refused(with_change("levels.0.train", {"backbone": "unet", "size": "XXL"}), "levels[0].train.size", "tiny")
+
+
+def test_negative_guidance_refused():
+    refused(with_change("sampling.guidance", [0.1, -1.0]), "sampling", "must be >= 0")
