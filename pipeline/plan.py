@@ -90,3 +90,6 @@ if __name__ == "__main__":
     for name, st in build_plan(cfg, nested_home()).items():
         state = "done   " if st.artifact.is_complete() else "missing"
         print(f"  {state} {name:<18} {st.path}")
+    samples = build_plan(cfg, nested_home())["samples"]
+    if samples.artifact.is_complete():
+        print(f"sample grid: {samples.path / 'grid.png'}")
