@@ -33,3 +33,73 @@ def samples_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
         return result(stage, meta, hit, extra)
 
     return _samples
+
+
+def reference_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage, images = plan["reference_stats"], plan["images"]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation", deps=[images.asset],
+           description="Inception features, mean and covariance of the training images (FID reference, "
+                       "precision/recall), and of the held-out images (the real-data FID floor).")
+    def _reference(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.evaluate import build_reference
+
+        meta, hit = materialize_stage(context, stage, lambda out: build_reference(
+            images.artifact.require(), out, cfg.sampling.reference_images, context.log.info))
+        return result(stage, meta, hit, {"num_reference": meta["num_reference"], "num_holdout": meta["num_holdout"],
+                                         "fid_floor": meta["fid_floor"]})
+
+    return _reference
+
+
+def gflops_per_image(cfg: Config) -> float:
+    """Sampling cost of one image: every level's forward, times the steps, twice where guidance is on."""
+    from pipeline.costs import cost_table
+
+    rows = cost_table(cfg)["levels"]
+    w = cfg.guidance()
+    return sum(r["gflops_per_forward"] * cfg.sampling.steps * (2 if w[r["level"]] and r["conditions"] else 1)
+               for r in rows)
+
+
+def evaluation_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage, samples, reference = plan["evaluation"], plan["samples"], plan["reference_stats"]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation",
+           deps=[samples.asset, reference.asset],
+           description="FID (clean-fid, packaged Inception), precision/recall (k = 3) and nearest-training-image "
+                       "distances of the samples; one row appended to $NESTED_HOME/evaluations.parquet.")
+    def _evaluation(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.cache import stable_hash
+        from pipeline.evaluate import append_row, evaluate_samples
+
+        def build(out):
+            meta = evaluate_samples(samples.artifact.require(), reference.artifact.require(), out)
+            ref_meta, sample_meta = reference.artifact.metadata(), samples.artifact.metadata()
+            meta["row"] = {
+                "experiment": cfg.name, "config_fingerprint": stable_hash(cfg.model_dump(mode="json")),
+                "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
+                "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(),
+                "sampler": cfg.sampling.sampler, "steps": cfg.sampling.steps, "num_samples": meta["num_samples"],
+                "fid": meta["fid"], "fid_floor": ref_meta["fid_floor"], "precision": meta["precision"],
+                "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+                "gflops_per_image": gflops_per_image(cfg),
+                "wall_seconds": sample_meta["sample_seconds"] + meta["seconds"],
+            }
+            return meta
+
+        meta, hit = materialize_stage(context, stage, build)
+        table = stage.artifact.home / "evaluations.parquet"
+        if not hit:  # a cache hit is the same evaluation: it already has its row
+            append_row(stage.artifact.home, meta["row"])
+        context.log.info(f"FID {meta['fid']:.2f}; evaluation table: {table}")
+        row = meta["row"]
+        return result(stage, meta, hit, {
+            "fid": meta["fid"], "fid_floor": row["fid_floor"], "precision": meta["precision"],
+            "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+            "gflops_per_image": round(row["gflops_per_image"], 3),
+            "row": md_table(tuple(row), [tuple(v if not isinstance(v, float) else round(v, 4) for v in row.values())]),
+            "table": MetadataValue.path(str(table)),
+        })
+
+    return _evaluation

@@ -121,6 +121,7 @@ class SamplingConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="images per batch (large batches thrash the CPU caches)")
     pixel_thresholding: bool = True  # dynamic thresholding of pixel-space x0 estimates (keeps them in [-1, 1])
     shared_rows: int = Field(4, ge=0, description="rows of the shared-coarse-latent picture (paper Figure 1)")
+    reference_images: int | None = Field(None, ge=2, description="training images in the FID reference (all: None)")
 
 
 class Config(_Strict):

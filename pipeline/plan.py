@@ -14,7 +14,7 @@ from .config import Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
-CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1", "samples": "1"}
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1", "samples": "1", "reference": "1", "evaluation": "1"}
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,14 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"target": plan["images" if level == 0 else f"level_{level}_latents"].fingerprint,
                      "conditions": {k: plan[f"level_{k}_latents"].fingerprint for k in cfg.conditions_of(level)}})
         plan[st.asset] = st
-    st = _stage(home, "samples", "samples", {"sampling": cfg.sampling.model_dump(mode="json"),
+    st = _stage(home, "samples", "samples", {"sampling": cfg.sampling.model_dump(mode="json", exclude={"reference_images"}),
                                              "guidance": cfg.guidance()},
                 {f"level_{level}": plan[f"level_{level}_model"].fingerprint for level in range(cfg.num_levels)})
     plan[st.asset] = st
+    ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images},
+                 {"images": images.fingerprint})
+    ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st.fingerprint, "reference": ref.fingerprint})
+    plan.update({ref.asset: ref, ev.asset: ev})
     return plan
 
 

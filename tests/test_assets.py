@@ -12,7 +12,8 @@ from pipeline.svd import load_basis
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
-ASSETS = DATA + MODELS + ["samples"]
+ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation"]
+EVAL = {"samples", "evaluation"}
 
 
 def cache_flags(result, names=ASSETS):
@@ -95,17 +96,17 @@ def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, va
     assert cache_flags(again, DATA) == {a: "miss" if a == "level_2_latents" else "hit" for a in DATA}
     # SPEC table: level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model", "samples"}
+    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model"} | EVAL
     assert stale == {"level_2_latents"}  # the models go stale through their inputs' data versions
 
 
 def test_changing_sigma_retrains_the_models_conditioned_on_that_level_only(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0].__setitem__("sigma", 2.0))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_0_model", "samples"}  # level 1 conditions only level 0
+    assert rebuilt == {"level_0_model"} | EVAL  # level 1 conditions only level 0
     assert stale == {"level_0_model"}
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__("sigma", 0.0))
-    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model", "samples"}
+    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model"} | EVAL
 
 
 def test_markov_conditioning_sees_the_next_level_only(tiny_run):
@@ -114,15 +115,15 @@ def test_markov_conditioning_sees_the_next_level_only(tiny_run):
     cfg = edited(cfg, lambda d: d["levels"][1].__setitem__("sigma", 0.0))
     rebuilt, _ = changed_assets(edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov")), cfg,
                                 tiny_run["home"])
-    assert rebuilt == {"level_1_model", "samples"}
+    assert rebuilt == {"level_1_model"} | EVAL
 
 
 def test_changing_one_level_training_retrains_that_level_only(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0]["train"].__setitem__("steps", 30))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_1_model", "samples"} and stale == {"level_1_model"}
+    assert rebuilt == {"level_1_model"} | EVAL and stale == {"level_1_model"}
     again = run_assets(cfg, tiny_run["home"], names=ASSETS)
-    assert cache_flags(again) == {a: "miss" if a in ("level_1_model", "samples") else "hit" for a in ASSETS}
+    assert cache_flags(again) == {a: "miss" if a in {"level_1_model"} | EVAL else "hit" for a in ASSETS}
     md = again.asset_materializations_for_node("level_1_model")[0].metadata
     assert md["steps"].value == 30
 
@@ -138,9 +139,9 @@ def test_definitions_refuse_an_invalid_config(tmp_path, monkeypatch):
 def test_changing_sampling_settings_resamples_and_retrains_nothing(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["sampling"].update(steps=3, guidance=[0.0, 1.0]))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == stale == {"samples"}
+    assert rebuilt == EVAL and stale == {"samples"}
     again = run_assets(cfg, tiny_run["home"], names=ASSETS)
-    assert cache_flags(again) == {a: "miss" if a == "samples" else "hit" for a in ASSETS}
+    assert cache_flags(again) == {a: "miss" if a in EVAL else "hit" for a in ASSETS}
 
 
 def test_samples_artifact(tiny_run):
@@ -155,3 +156,25 @@ def test_samples_artifact(tiny_run):
     assert (stage.path / "grid.png").is_file() and (stage.path / "shared_coarse.png").is_file()
     md = tiny_run["result"].asset_materializations_for_node("samples")[0].metadata
     assert "data:image/png;base64," in md["grid"].value and "| 1 |" in md["latent_stats"].value
+
+
+def test_evaluation_matches_clean_fid_and_appends_one_row(tiny_run):
+    import pyarrow.parquet as pq
+    from cleanfid.fid import fid_from_feats
+    from safetensors.numpy import load_file
+
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    md = tiny_run["result"].asset_materializations_for_node("evaluation")[0].metadata
+    feats = np.load(plan["evaluation"].path / "sample_features.npy")
+    ref = load_file(str(plan["reference_stats"].path / "reference.safetensors"))
+    assert feats.shape == (24, 2048) and ref["train"].shape[1] == 2048
+    assert md["fid"].value == pytest.approx(fid_from_feats(feats, ref["train"]), rel=1e-6)
+    assert 0 <= md["precision"].value <= 1 and 0 <= md["recall"].value <= 1
+    rows = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
+    mine = [r for r in rows if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]
+    assert len(mine) == 1 and mine[0]["L"] == 3 and mine[0]["num_samples"] == 24
+    assert mine[0]["fid"] == pytest.approx(md["fid"].value) and mine[0]["gflops_per_image"] > 0
+    again = run_assets(tiny_run["cfg"], tiny_run["home"], names=["evaluation"])  # a cache hit adds no row
+    assert again.asset_materializations_for_node("evaluation")[0].metadata["cache"].value == "hit"
+    after = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
+    assert len([r for r in after if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]) == 1
