@@ -13,7 +13,7 @@ from dagster import (AssetSelection, Definitions, PipesSubprocessClient, define_
 from pipeline.config import Config, load_config, nested_home
 from pipeline.plan import build_plan
 
-from .evaluation import evaluation_asset, reference_asset, samples_asset
+from .evaluation import evaluation_asset, neighbours_asset, reference_asset, samples_asset
 from .stages import all_assets
 from .training import level_model_asset
 
@@ -25,7 +25,7 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
     models = [level_model_asset(cfg, plan, level, home) for level in range(cfg.num_levels)]
     return Definitions(
         assets=all_assets(cfg, plan) + models + [samples_asset(cfg, plan), reference_asset(cfg, plan),
-                                                 evaluation_asset(cfg, plan)],
+                                                 evaluation_asset(cfg, plan), neighbours_asset(cfg, plan)],
         jobs=[
             define_asset_job("all_assets", AssetSelection.all(), description=f"Every asset of '{cfg.name}'."),
             # Levels train on latents, not on each other's models: one process per level, side by side.

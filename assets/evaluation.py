@@ -103,3 +103,20 @@ def evaluation_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
         })
 
     return _evaluation
+
+
+def neighbours_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+    stage = plan["level_neighbours"]
+    latents = [f"level_{level}_latents" for level in range(1, cfg.num_levels)]
+
+    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation", deps=["images", *latents],
+           description="Nearest training images of held-out queries under each level's latents (paper Figure 3): "
+                       "coarse levels find semantic neighbours, fine levels visual ones.")
+    def _neighbours(context: AssetExecutionContext) -> MaterializeResult:
+        from pipeline.neighbours import level_neighbours
+
+        meta, hit = materialize_stage(context, stage, lambda out: level_neighbours(cfg, plan, out))
+        return result(stage, meta, hit, {"neighbours": png_markdown(stage.path / "neighbours.png", "neighbours"),
+                                         "layout": meta["layout"], "queries": MetadataValue.json(meta["queries"])})
+
+    return _neighbours

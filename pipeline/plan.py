@@ -14,7 +14,7 @@ from .config import Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
-CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1", "samples": "1", "reference": "1", "evaluation": "1"}
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1", "samples": "1", "reference": "1", "evaluation": "1", "neighbours": "1"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,10 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images},
                  {"images": images.fingerprint})
     ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st.fingerprint, "reference": ref.fingerprint})
-    plan.update({ref.asset: ref, ev.asset: ev})
+    nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
+                {"images": images.fingerprint,
+                 **{f"level_{level}": plan[f"level_{level}_latents"].fingerprint for level in range(1, cfg.num_levels)}})
+    plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan
 
 
@@ -94,6 +97,11 @@ if __name__ == "__main__":
     for name, st in build_plan(cfg, nested_home()).items():
         state = "done   " if st.artifact.is_complete() else "missing"
         print(f"  {state} {name:<18} {st.path}")
-    samples = build_plan(cfg, nested_home())["samples"]
-    if samples.artifact.is_complete():
-        print(f"sample grid: {samples.path / 'grid.png'}")
+    plan = build_plan(cfg, nested_home())
+    if plan["samples"].artifact.is_complete():
+        print(f"sample grid: {plan['samples'].path / 'grid.png'}")
+    if plan["evaluation"].artifact.is_complete():
+        row = plan["evaluation"].artifact.metadata()["row"]
+        print(f"evaluation row (in {nested_home() / 'evaluations.parquet'}): FID {row['fid']:.2f} "
+              f"(real-data floor {row['fid_floor']:.2f}), precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
+              f"N = {row['num_samples']}, {row['gflops_per_image']:.1f} GFLOPs per image")

@@ -12,7 +12,7 @@ from pipeline.svd import load_basis
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
-ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation"]
+ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation", "level_neighbours"]
 EVAL = {"samples", "evaluation"}
 
 
@@ -96,7 +96,7 @@ def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, va
     assert cache_flags(again, DATA) == {a: "miss" if a == "level_2_latents" else "hit" for a in DATA}
     # SPEC table: level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model"} | EVAL
+    assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model", "level_neighbours"} | EVAL
     assert stale == {"level_2_latents"}  # the models go stale through their inputs' data versions
 
 
@@ -178,3 +178,20 @@ def test_evaluation_matches_clean_fid_and_appends_one_row(tiny_run):
     assert again.asset_materializations_for_node("evaluation")[0].metadata["cache"].value == "hit"
     after = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
     assert len([r for r in after if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]) == 1
+
+
+def test_level_neighbours_are_the_nearest_latents(tiny_run):
+    import json
+
+    from pipeline.data import iter_pixels
+
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    found = json.loads((plan["level_neighbours"].path / "neighbours.json").read_text())
+    assert len(found) == 6 and (plan["level_neighbours"].path / "neighbours.png").is_file()
+    tkeys, tz, _ = read_latents(plan["level_1_latents"].path, "train")
+    hkeys, hz, _ = read_latents(plan["level_1_latents"].path, "holdout")
+    for q, per_level in found.items():
+        assert set(per_level) == {"0", "1", "2"} and all(len(v) == 7 for v in per_level.values())
+        d = ((tz - hz[hkeys.index(q)]) ** 2).reshape(len(tz), -1).sum(1)
+        assert per_level["1"][0] == tkeys[int(d.argmin())]  # faiss agrees with brute force
+    assert set(found) <= {k for k, _, _ in iter_pixels(plan["images"].path, "holdout")}

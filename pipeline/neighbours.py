@@ -1,0 +1,55 @@
+"""Nearest training images of a few held-out queries under each level's latents (the paper's Figure 3).
+
+Coarse levels should find semantic neighbours (same kind of thing, any colour), fine levels visual ones.
+Level 0 (raw pixels) is shown first for comparison.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from .config import Config
+from .data import iter_pixels
+from .levels import read_latents
+from .plan import Stage
+from .sample import save_grid
+
+
+def _uint8(x: np.ndarray) -> np.ndarray:
+    return ((x.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+
+
+def nearest(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    index = faiss.IndexFlatL2(train.shape[1])
+    index.add(np.ascontiguousarray(train, dtype=np.float32))
+    dist, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return np.sqrt(np.maximum(dist, 0)), idx
+
+
+def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries: int = 6, k: int = 7) -> dict:
+    images_dir = plan["images"].artifact.require()
+    train = {key: x for key, x, _ in iter_pixels(images_dir, "train")}
+    held = {key: x for key, x, _ in iter_pixels(images_dir, "holdout")}
+    train_keys = list(train)
+    query_keys = list(held)[:queries]
+    spaces = {0: (np.stack([train[t].ravel() for t in train_keys]), np.stack([held[q].ravel() for q in query_keys]))}
+    for level in range(1, cfg.num_levels):
+        path = plan[f"level_{level}_latents"].artifact.require()
+        tkeys, tz, _ = read_latents(path, "train")
+        hkeys, hz, _ = read_latents(path, "holdout")
+        assert tkeys == train_keys, "latent shards and images disagree on keys"
+        pos = {key: i for i, key in enumerate(hkeys)}
+        spaces[level] = (tz.reshape(len(tz), -1), hz[[pos[q] for q in query_keys]].reshape(len(query_keys), -1))
+    found, tiles = {}, []
+    for q, qkey in enumerate(query_keys):
+        for level, (t, h) in spaces.items():
+            dist, idx = nearest(t, h[q:q + 1], k)
+            found.setdefault(qkey, {})[level] = [train_keys[i] for i in idx[0]]
+            tiles += [_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]]
+    save_grid(np.stack(tiles), out_dir / "neighbours.png", cols=k + 1, scale=3)
+    (out_dir / "neighbours.json").write_text(json.dumps(found, indent=1))
+    return {"queries": query_keys, "k": k, "levels": list(spaces),
+            "layout": "one row per (query, level), levels 0 (pixels) .. L-1; first column is the query"}
