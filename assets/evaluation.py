@@ -25,7 +25,7 @@ def samples_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
             "num_samples": meta["num_samples"], "images_per_sec": meta["images_per_sec"],
             "grid": png_markdown(stage.path / "grid.png", "samples"),
             "latent_stats": md_table(("level", "max abs channel mean", "mean channel std", "min std", "max std"), rows),
-            "pixel_mean_std": MetadataValue.json(meta["level_stats"]["pixels"]),
+            "pixel_stats": MetadataValue.json(meta["level_stats"].get("pixels", {})),
             "grid_path": MetadataValue.path(str(stage.path / "grid.png")),
         }
         if "shared_coarse.png" in meta["pictures"]:

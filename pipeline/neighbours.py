@@ -34,7 +34,7 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries
     train = {key: x for key, x, _ in iter_pixels(images_dir, "train")}
     held = {key: x for key, x, _ in iter_pixels(images_dir, "holdout")}
     train_keys = list(train)
-    query_keys = list(held)[:queries]
+    query_keys = list(held)[:: max(1, len(held) // queries)][:queries]  # spread over the (sorted) source
     spaces = {0: (np.stack([train[t].ravel() for t in train_keys]), np.stack([held[q].ravel() for q in query_keys]))}
     for level in range(1, cfg.num_levels):
         path = plan[f"level_{level}_latents"].artifact.require()

@@ -60,9 +60,20 @@ def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0,
     `given` fixes some coarse levels (each (n, ...)) instead of sampling them: the finer levels are then
     generated from those latents (the paper's Figure 1 shares one coarse latent across a row).
     """
+    out: dict[int, list[torch.Tensor]] = {level: [] for level in range(cfg.num_levels)}
+    for batch in iter_hierarchy(cfg, plan, n, seed, steps, guidance, kind, pixel_thresholding, batch_size, use_ema,
+                                given):
+        for level, z in batch.items():
+            out[level].append(z)
+    return {level: torch.cat(zs) for level, zs in out.items()}
+
+
+def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
+                   guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
+                   batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None):
+    """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits)."""
     guidance = guidance or [0.0] * cfg.num_levels
     given = given or {}
-    out: dict[int, list[torch.Tensor]] = {level: [] for level in range(cfg.num_levels)}
     models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
               for level in range(cfg.num_levels) if level not in given}
     for start in range(0, n, batch_size):
@@ -77,9 +88,7 @@ def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0,
                      for k in cfg.conditions_of(level)]
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
             gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh)
-        for level, z in gen.items():
-            out[level].append(z)
-    return {level: torch.cat(zs) for level, zs in out.items()}
+        yield gen
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -108,11 +117,24 @@ def decode_level0(cfg: Config, z: torch.Tensor, batch_size: int = 32) -> torch.T
                           for i in range(0, len(z), batch_size)])
 
 
-def level_stats(z: torch.Tensor) -> dict:
-    """Per-channel mean and std over samples and positions, summarized (data latents: 0 and 1)."""
-    mean, std = z.mean((0, 2, 3)), z.std((0, 2, 3))
-    return {"mean_abs_max": float(mean.abs().max()), "std_mean": float(std.mean()),
-            "std_min": float(std.min()), "std_max": float(std.max()), "abs_max": float(z.abs().max())}
+class ChannelStats:
+    """Running per-channel mean and std over samples and positions (data latents: 0 and 1)."""
+
+    def __init__(self):
+        self.n, self.s1, self.s2, self.abs_max = 0, 0.0, 0.0, 0.0
+
+    def update(self, z: torch.Tensor) -> None:
+        z = z.double()
+        self.n += z.shape[0] * z.shape[2] * z.shape[3]
+        self.s1 = self.s1 + z.sum((0, 2, 3))
+        self.s2 = self.s2 + (z**2).sum((0, 2, 3))
+        self.abs_max = max(self.abs_max, float(z.abs().max()))
+
+    def summary(self) -> dict:
+        mean = self.s1 / self.n
+        std = (self.s2 / self.n - mean**2).clamp_min(0).sqrt()
+        return {"mean_abs_max": float(mean.abs().max()), "std_mean": float(std.mean()),
+                "std_min": float(std.min()), "std_max": float(std.max()), "abs_max": self.abs_max}
 
 
 def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print) -> dict:
@@ -125,17 +147,25 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=pri
 
     sc = cfg.sampling
     began = time.perf_counter()
-    gen = sample_hierarchy(cfg, plan, sc.num_samples, sc.seed, sc.steps, cfg.guidance(), sc.sampler,
-                           sc.pixel_thresholding, sc.batch_size)
-    seconds = time.perf_counter() - began
-    images = to_uint8(decode_level0(cfg, gen[0]))
+    stats = {level: ChannelStats() for level in range(cfg.num_levels)}
+    first: list[np.ndarray] = []
+    count = 0
     with wds.ShardWriter(str(out_dir / "samples-%06d.tar"), maxcount=10_000, verbose=0) as sink:
-        for i in range(len(images)):
-            buf = io.BytesIO()
-            Image.fromarray(images[i]).save(buf, format="PNG")
-            sample = {"__key__": f"{i:07d}", "png": buf.getvalue()}
-            sample.update({f"level_{level}.npy": z[i].numpy() for level, z in gen.items()})
-            sink.write(sample)
+        for gen in iter_hierarchy(cfg, plan, sc.num_samples, sc.seed, sc.steps, cfg.guidance(), sc.sampler,
+                                  sc.pixel_thresholding, sc.batch_size):
+            batch = to_uint8(decode_level0(cfg, gen[0]))
+            for level, z in gen.items():
+                stats[level].update(z.clamp(-1, 1) if level == 0 and cfg.level0.space == "pixels" else z)
+            for i in range(len(batch)):
+                buf = io.BytesIO()
+                Image.fromarray(batch[i]).save(buf, format="PNG")
+                sample = {"__key__": f"{count:07d}", "png": buf.getvalue()}
+                sample.update({f"level_{level}.npy": z[i].numpy() for level, z in gen.items()})
+                sink.write(sample)
+                count += 1
+            first += list(batch[: max(0, 64 - len(first))])
+    seconds = time.perf_counter() - began
+    images = np.stack(first)
     save_grid(images[:64], out_dir / "grid.png")
     rows = []
     top = cfg.num_levels - 1
@@ -148,10 +178,10 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=pri
                                 sc.pixel_thresholding, sc.batch_size, given=given)
         save_grid(to_uint8(decode_level0(cfg, fine[0])), out_dir / "shared_coarse.png")
         rows = ["shared_coarse.png"]
-    stats = {str(level): level_stats(z) for level, z in gen.items() if level > 0 or cfg.level0.space == "vae"}
-    pix = gen[0].clamp(-1, 1)
-    stats["pixels"] = {"mean": float(pix.mean()), "std": float(pix.std())}
-    log(f"samples: {len(images)} images in {seconds:.1f} s ({len(images) / seconds:.1f} img/s)")
-    return {"num_samples": len(images), "sample_seconds": round(seconds, 2),
-            "images_per_sec": round(len(images) / seconds, 2), "level_stats": stats, "pictures": ["grid.png", *rows],
+    summary = {str(level): st.summary() for level, st in stats.items() if level > 0 or cfg.level0.space == "vae"}
+    if cfg.level0.space == "pixels":
+        summary["pixels"] = stats[0].summary()
+    log(f"samples: {count} images in {seconds:.1f} s ({count / seconds:.1f} img/s)")
+    return {"num_samples": count, "sample_seconds": round(seconds, 2),
+            "images_per_sec": round(count / seconds, 2), "level_stats": summary, "pictures": ["grid.png", *rows],
             "guidance": cfg.guidance(), "steps": sc.steps, "sampler": sc.sampler}

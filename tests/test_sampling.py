@@ -15,3 +15,11 @@ def test_top_down_sampling_is_seeded(tiny_run):
         assert torch.equal(a[level], b[level])
         assert not torch.equal(a[level], c[level])
     assert to_uint8(a[0]).shape == (3, 16, 16, 3)
+
+
+def test_large_requests_are_generated_batch_by_batch(tiny_run):
+    from pipeline.sample import iter_hierarchy
+
+    cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
+    sizes = [b[0].shape[0] for b in iter_hierarchy(cfg, plan, 11, seed=0, steps=2, batch_size=4)]
+    assert sizes == [4, 4, 3]  # never more than one batch of any level in memory
