@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 import webdataset as wds
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from .data import iter_pixels
+from .sample import to_uint8
 from .metrics import feature_stats, fid_from_features, inception_features, nearest_neighbour_distances, precision_recall
 
 REFERENCE = "reference.safetensors"
@@ -28,7 +30,7 @@ def _pixels_uint8(images_dir: Path, split: str, limit: int | None):
     for i, (_, x, _) in enumerate(iter_pixels(images_dir, split)):
         if limit is not None and i >= limit:
             return
-        yield ((x.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)[None]
+        yield to_uint8(torch.from_numpy(x)[None])
 
 
 def build_reference(images_dir: Path, out_dir: Path, max_images: int | None = None, log=print) -> dict:

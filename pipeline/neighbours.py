@@ -10,16 +10,17 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import torch
 
 from .config import Config
 from .data import iter_pixels
 from .levels import read_latents
 from .plan import Stage
-from .sample import save_grid
+from .sample import save_grid, to_uint8
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
-    return ((x.transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    return to_uint8(torch.from_numpy(x)[None])[0]
 
 
 def nearest(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
