@@ -31,22 +31,23 @@ def kl_capacity_bits(second_moment: np.ndarray, sigma: float, positions: int) ->
     return float(positions * nats.sum() / math.log(2))
 
 
-def project(block: np.ndarray, basis: dict, pool: int, channels: int) -> torch.Tensor:
-    """(B, h, w, C) features -> (B, c, s, s) coordinates in the leading SVD axes (not yet standardized)."""
+def _centered_pool(block: np.ndarray, basis: dict, pool: int) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(block)).permute(0, 3, 1, 2)
-    x = torch.nn.functional.adaptive_avg_pool2d(x, pool)
-    x = x - torch.from_numpy(basis["mean"]).view(1, -1, 1, 1)
-    comps = torch.from_numpy(basis["components"][:channels])
-    return torch.einsum("bchw,kc->bkhw", x, comps)
+    return torch.nn.functional.adaptive_avg_pool2d(x, pool) - torch.from_numpy(basis["mean"]).view(1, -1, 1, 1)
+
+
+def project(block: np.ndarray, basis: dict, pool: int, channels: int, centered: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, h, w, C) features -> (B, c, s, s) coordinates in the leading SVD axes (not yet standardized)."""
+    x = _centered_pool(block, basis, pool) if centered is None else centered
+    return torch.einsum("bchw,kc->bkhw", x, torch.from_numpy(basis["components"][:channels]))
 
 
 def _pooled_stats(features, basis, train_rows, pool, channels):
     n, s1, s2, total_sq = 0, 0.0, 0.0, 0.0
-    mean = torch.from_numpy(basis["mean"]).double()
     for _, block in iter_rows(features, train_rows):
-        z = project(block, basis, pool, channels).double()
-        pooled = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(block).permute(0, 3, 1, 2).double(), pool)
-        total_sq += ((pooled - mean.view(1, -1, 1, 1)) ** 2).sum().item()
+        centered = _centered_pool(block, basis, pool)
+        z = project(block, basis, pool, channels, centered).double()
+        total_sq += (centered.double() ** 2).sum().item()
         n += z.shape[0] * pool * pool
         s1 = s1 + z.sum((0, 2, 3))
         s2 = s2 + (z**2).sum((0, 2, 3))

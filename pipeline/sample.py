@@ -6,6 +6,8 @@ As in training, the generated coarser latents get their own level's sigma noise 
 """
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,11 +141,8 @@ class ChannelStats:
 
 def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print) -> dict:
     """The samples asset's work: N images and every level's latents as WebDataset shards, plus two pictures."""
-    import time
-
     import webdataset as wds
     from PIL import Image
-    import io
 
     sc = cfg.sampling
     began = time.perf_counter()
