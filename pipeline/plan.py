@@ -2,7 +2,9 @@
 
 A stage's fingerprint hashes its own config fields, its inputs' fingerprints and its code version, so two
 experiments that differ only in L or sigma share features, SVD and latents, and an edit to one level's shape
-moves only that level's latents. ``code_version`` (shown by Dagster) hashes the stage's own fields only.
+moves only that level's latents. ``code_version`` (shown by Dagster) hashes the stage's own fields and its
+inputs' code versions: the config lineage without the data. After a config edit the UI thus marks stale exactly
+the assets whose fingerprints moved; Dagster's own staleness reaches a child only once its parent is rerun.
 """
 from __future__ import annotations
 
@@ -33,9 +35,18 @@ class Stage:
 
 
 def _stage(home: Path, asset: str, kind: str, own: dict, inputs: dict) -> Stage:
+    """`inputs` maps names to upstream Stages or to content hashes of outside data (nested dicts allowed)."""
     own = {**own, "code": CODE_VERSION[kind]}
-    fp = stable_hash({"kind": kind, "own": own, "inputs": inputs})
-    return Stage(asset, Artifact(home, kind, fp), stable_hash(own, 12))
+    fp = stable_hash({"kind": kind, "own": own, "inputs": _resolve(inputs, "fingerprint")})
+    return Stage(asset, Artifact(home, kind, fp), stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12))
+
+
+def _resolve(inputs, attr: str):
+    if isinstance(inputs, Stage):
+        return getattr(inputs, attr)
+    if isinstance(inputs, dict):
+        return {k: r for k, v in inputs.items() if (r := _resolve(v, attr)) is not None}
+    return inputs if attr == "fingerprint" else None  # outside data moves data versions, not code versions
 
 
 def latents_settings(cfg: Config, level: int) -> dict:
@@ -53,28 +64,27 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"source": source_fingerprint(cfg.dataset)})
     enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size"})
     features = _stage(home, "encoder_features", "features", {"encoder": enc},
-                      {"images": images.fingerprint, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
-    svd = _stage(home, "svd_basis", "svd", {}, {"features": features.fingerprint})
+                      {"images": images, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
+    svd = _stage(home, "svd_basis", "svd", {}, {"features": features})
     plan = {s.asset: s for s in (images, features, svd)}
     for level in range(1, cfg.num_levels):
         st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
-                    {"features": features.fingerprint, "svd": svd.fingerprint, "images": images.fingerprint})
+                    {"features": features, "svd": svd, "images": images})
         plan[st.asset] = st
     for level in range(cfg.num_levels):
         st = _stage(home, f"level_{level}_model", "models", model_settings(cfg, level),
-                    {"target": plan["images" if level == 0 else f"level_{level}_latents"].fingerprint,
-                     "conditions": {k: plan[f"level_{k}_latents"].fingerprint for k in cfg.conditions_of(level)}})
+                    {"target": plan["images" if level == 0 else f"level_{level}_latents"],
+                     "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}})
         plan[st.asset] = st
     st = _stage(home, "samples", "samples", {"sampling": cfg.sampling.model_dump(mode="json", exclude={"reference_images"}),
                                              "guidance": cfg.guidance()},
-                {f"level_{level}": plan[f"level_{level}_model"].fingerprint for level in range(cfg.num_levels)})
+                {f"level_{level}": plan[f"level_{level}_model"] for level in range(cfg.num_levels)})
     plan[st.asset] = st
     ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images},
-                 {"images": images.fingerprint})
-    ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st.fingerprint, "reference": ref.fingerprint})
+                 {"images": images})
+    ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st, "reference": ref})
     nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
-                {"images": images.fingerprint,
-                 **{f"level_{level}": plan[f"level_{level}_latents"].fingerprint for level in range(1, cfg.num_levels)}})
+                {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan
 
