@@ -2,37 +2,80 @@
 
 The experiment comes from $NESTED_CONFIG (default configs/emoji.yaml) and artifacts go under $NESTED_HOME
 (default .nested/). A config with an invalid value fails here, at load, naming the field.
+
+A config's `variants` (a sweep) become assets under a key prefix, `<variant>/...`, but only for the stages
+whose fingerprint differs from every earlier experiment's: a sigma variant gets its own models, samples and
+evaluation and depends on the base experiment's features, SVD and latents in the graph, as it does on disk.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import (AssetSelection, Definitions, PipesSubprocessClient, define_asset_job, in_process_executor,
-                     multiprocess_executor)
+from dagster import (AssetKey, AssetSelection, Definitions, PipesSubprocessClient, define_asset_job,
+                     in_process_executor, multiprocess_executor)
 
-from pipeline.config import Config, load_config, nested_home
+from pipeline.config import Config, load_config, nested_home, variant_configs
 from pipeline.plan import build_plan
 
+# WIRE-LATER from .checks import asset_checks
 from .evaluation import evaluation_asset, neighbours_asset, reference_asset, samples_asset
-from .stages import all_assets
+from .stages import Scope, features_asset, images_asset, level_latents_asset, svd_asset
 from .training import level_model_asset
+
+FACTORIES = {  # artifact stage -> asset factory
+    "images": images_asset, "features": features_asset, "svd": svd_asset, "samples": samples_asset,
+    "reference": reference_asset, "evaluation": evaluation_asset, "neighbours": neighbours_asset,
+    "latents": level_latents_asset, "models": level_model_asset,
+}
+
+
+def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[str, AssetKey]) -> tuple[Scope, list[str]]:
+    """The experiment's scope and the names of the stages it owns (`owner`: fingerprint -> key, updated)."""
+    plan = build_plan(cfg, home)
+    keys, own = {}, []
+    for name, stage in plan.items():
+        if variant and stage.artifact.stage == "neighbours":
+            continue  # a variant's latents are the base's (or a subset): its neighbour picture adds nothing
+        if stage.fingerprint not in owner:
+            owner[stage.fingerprint] = AssetKey([variant, name] if variant else [name])
+            own.append(name)
+        keys[name] = owner[stage.fingerprint]
+    return Scope(cfg, plan, keys, home, variant), own
+
+
+def make_asset(scope: Scope, name: str):
+    stage = scope.plan[name].artifact.stage
+    if stage in ("latents", "models"):
+        return FACTORIES[stage](scope, int(name.split("_")[1]))
+    return FACTORIES[stage](scope)
 
 
 def build_definitions(cfg: Config | None = None, home: Path | None = None) -> Definitions:
     cfg = cfg or load_config()
     home = Path(home) if home else nested_home()
-    plan = build_plan(cfg, home)
-    models = [level_model_asset(cfg, plan, level, home) for level in range(cfg.num_levels)]
+    owner: dict[str, AssetKey] = {}
+    assets, checks, owned_by = [], [], {}
+    for variant, vcfg in [(None, cfg), *variant_configs(cfg, check_files=False).items()]:
+        scope, own = experiment_scope(vcfg, home, variant, owner)
+        made = [make_asset(scope, name) for name in own]
+        assets += made
+        # WIRE-LATER checks += asset_checks(scope, own)
+        owned_by[variant] = [scope.keys[name] for name in own]
+    models = [a.key for a in assets if a.key.path[-1].endswith("_model")]
+    variant_keys = [k for v, keys in owned_by.items() if v for k in keys]
+    jobs = [
+        define_asset_job("all_assets", AssetSelection.all(), description=f"Every asset of '{cfg.name}' and its variants."),
+        define_asset_job("experiment", AssetSelection.assets(*owned_by[None]),
+                         description=f"The assets of '{cfg.name}' itself, without its variants."),
+        # Levels train on latents, not on each other's models: one process per level, side by side.
+        define_asset_job("train_levels_in_parallel", AssetSelection.assets(*models), executor_def=multiprocess_executor,
+                         description="Every level's model at once (each its own Pipes subprocess)."),
+    ]
+    if variant_keys:  # the variants' own assets; what they share with the base is read as a cache hit
+        jobs.append(define_asset_job("sweep", AssetSelection.assets(*variant_keys).upstream(),
+                                     description=f"The variants {', '.join(cfg.variants)} of '{cfg.name}'."))
     return Definitions(
-        assets=all_assets(cfg, plan) + models + [samples_asset(cfg, plan), reference_asset(cfg, plan),
-                                                 evaluation_asset(cfg, plan), neighbours_asset(cfg, plan)],
-        jobs=[
-            define_asset_job("all_assets", AssetSelection.all(), description=f"Every asset of '{cfg.name}'."),
-            # Levels train on latents, not on each other's models: one process per level, side by side.
-            define_asset_job("train_levels_in_parallel", AssetSelection.assets(*models),
-                             executor_def=multiprocess_executor,
-                             description="Every level's model at once (each its own Pipes subprocess)."),
-        ],
+        assets=assets, asset_checks=checks, jobs=jobs,
         resources={"pipes_subprocess_client": PipesSubprocessClient()},
         # Stages are few and coarse and each uses every core itself: in-process avoids a subprocess per step.
         executor=in_process_executor,

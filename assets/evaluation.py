@@ -2,17 +2,17 @@
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from pipeline.config import Config
-from pipeline.plan import Stage
 
-from .stages import materialize_stage, md_table, png_markdown, result
+from .stages import Scope, materialize_stage, md_table, png_markdown, result
 
 
-def samples_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+def samples_asset(scope: Scope) -> AssetsDefinition:
+    cfg, plan = scope.cfg, scope.plan
     stage = plan["samples"]
     sc = cfg.sampling
     models = [f"level_{level}_model" for level in range(cfg.num_levels)]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="generation", deps=models,
+    @asset(**scope.asset_args("samples", "generation", deps=models, kinds=("pytorch", "webdataset")),
            description=f"{sc.num_samples} images sampled top-down ({sc.sampler}, {sc.steps} steps, guidance "
                        f"{cfg.guidance()} from level 0 up), with every level's latents, as WebDataset shards.")
     def _samples(context: AssetExecutionContext) -> MaterializeResult:
@@ -35,10 +35,10 @@ def samples_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
     return _samples
 
 
-def reference_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
-    stage, images = plan["reference_stats"], plan["images"]
+def reference_asset(scope: Scope) -> AssetsDefinition:
+    cfg, stage, images = scope.cfg, scope.plan["reference_stats"], scope.plan["images"]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation", deps=[images.asset],
+    @asset(**scope.asset_args("reference_stats", "evaluation", deps=["images"], kinds=("pytorch", "safetensors")),
            description="Inception features, mean and covariance of the training images (FID reference, "
                        "precision/recall), and of the held-out images (the real-data FID floor).")
     def _reference(context: AssetExecutionContext) -> MaterializeResult:
@@ -62,11 +62,11 @@ def gflops_per_image(cfg: Config) -> float:
                for r in rows)
 
 
-def evaluation_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+def evaluation_asset(scope: Scope) -> AssetsDefinition:
+    cfg, plan = scope.cfg, scope.plan
     stage, samples, reference = plan["evaluation"], plan["samples"], plan["reference_stats"]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation",
-           deps=[samples.asset, reference.asset],
+    @asset(**scope.asset_args("evaluation", "evaluation", deps=["samples", "reference_stats"], kinds=("parquet",)),
            description="FID (clean-fid, packaged Inception), precision/recall (k = 3) and nearest-training-image "
                        "distances of the samples; one row appended to $NESTED_HOME/evaluations.parquet.")
     def _evaluation(context: AssetExecutionContext) -> MaterializeResult:
@@ -77,7 +77,8 @@ def evaluation_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
             meta = evaluate_samples(samples.artifact.require(), reference.artifact.require(), out)
             ref_meta, sample_meta = reference.artifact.metadata(), samples.artifact.metadata()
             meta["row"] = {
-                "experiment": cfg.name, "config_fingerprint": stable_hash(cfg.model_dump(mode="json")),
+                "experiment": cfg.name, "variant": scope.variant or "",
+                "config_fingerprint": stable_hash(cfg.model_dump(mode="json", exclude={"variants", "name"})),
                 "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
                 "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(),
                 "sampler": cfg.sampling.sampler, "steps": cfg.sampling.steps, "num_samples": meta["num_samples"],
@@ -105,11 +106,12 @@ def evaluation_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
     return _evaluation
 
 
-def neighbours_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
+def neighbours_asset(scope: Scope) -> AssetsDefinition:
+    cfg, plan = scope.cfg, scope.plan
     stage = plan["level_neighbours"]
     latents = [f"level_{level}_latents" for level in range(1, cfg.num_levels)]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="evaluation", deps=["images", *latents],
+    @asset(**scope.asset_args("level_neighbours", "evaluation", deps=["images", *latents], kinds=("faiss",)),
            description="Nearest training images of held-out queries under each level's latents (paper Figure 3): "
                        "coarse levels find semantic neighbours, fine levels visual ones.")
     def _neighbours(context: AssetExecutionContext) -> MaterializeResult:

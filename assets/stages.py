@@ -6,14 +6,37 @@ version), otherwise the stage function builds it atomically. The stage's config 
 """
 
 import base64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from dagster import AssetExecutionContext, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, asset
+from dagster import (AssetExecutionContext, AssetKey, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue,
+                     asset)
 
 from pipeline.config import Config
 from pipeline.plan import Stage
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One experiment (the base config or a sweep variant) as its asset factories see it.
+
+    `keys` maps each stage of the plan to its asset key: a stage whose fingerprint an earlier experiment already
+    has maps to that experiment's asset, so variants depend on the shared features, SVD and latents in the graph.
+    """
+    cfg: Config
+    plan: dict[str, Stage]
+    keys: dict[str, AssetKey]
+    home: Path
+    variant: str | None = None
+
+    def asset_args(self, name: str, group: str, deps=(), kinds=(), level: int | None = None, **kw) -> dict:
+        tags = {"stage": self.plan[name].artifact.stage, **({"level": str(level)} if level is not None else {})}
+        if self.variant:
+            tags["variant"] = self.variant
+        return dict(key=self.keys[name], code_version=self.plan[name].code_version, deps=[self.keys[d] for d in deps],
+                    group_name=f"variant_{self.variant}" if self.variant else group, tags=tags, kinds=set(kinds), **kw)
 
 
 def materialize_stage(context: AssetExecutionContext, stage: Stage, build: Callable[[Path], dict]) -> tuple[dict, bool]:
@@ -36,8 +59,8 @@ def result(stage: Stage, meta: dict, hit: bool, extra: dict) -> MaterializeResul
     )
 
 
-def png_markdown(path: Path, alt: str) -> MetadataValue:
-    data = base64.b64encode(path.read_bytes()).decode()
+def png_markdown(png: Path | bytes, alt: str) -> MetadataValue:
+    data = base64.b64encode(png if isinstance(png, bytes) else png.read_bytes()).decode()
     return MetadataValue.md(f"![{alt}](data:image/png;base64,{data})")
 
 
@@ -47,10 +70,10 @@ def md_table(header: tuple[str, ...], rows) -> MetadataValue:
     return MetadataValue.md("\n".join(lines))
 
 
-def images_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
-    stage = plan["images"]
+def images_asset(scope: Scope) -> AssetsDefinition:
+    cfg, stage = scope.cfg, scope.plan["images"]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="data",
+    @asset(**scope.asset_args("images", "data", kinds=("webdataset", "parquet")),
            description=f"Ingested '{cfg.dataset.source}' images as WebDataset shards + a Parquet manifest "
                        f"({cfg.dataset.resolution} px for level 0, {cfg.dataset.source_size} px for the encoder).")
     def _images(context: AssetExecutionContext) -> MaterializeResult:
@@ -69,11 +92,11 @@ def images_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
     return _images
 
 
-def features_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
-    stage, images = plan["encoder_features"], plan["images"]
-    enc = cfg.encoder
+def features_asset(scope: Scope) -> AssetsDefinition:
+    stage, images = scope.plan["encoder_features"], scope.plan["images"]
+    enc = scope.cfg.encoder
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="features", deps=[images.asset],
+    @asset(**scope.asset_args("encoder_features", "features", deps=["images"], kinds=("timm", "zarr")),
            description=f"Frozen {enc.name} features (layer {enc.layer}, {enc.input_size} px) in a chunked Zarr array.")
     def _features(context: AssetExecutionContext) -> MaterializeResult:
         from pipeline.features import extract_features
@@ -89,10 +112,10 @@ def features_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
     return _features
 
 
-def svd_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
-    stage, features, images = plan["svd_basis"], plan["encoder_features"], plan["images"]
+def svd_asset(scope: Scope) -> AssetsDefinition:
+    stage, features, images = scope.plan["svd_basis"], scope.plan["encoder_features"], scope.plan["images"]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name="features", deps=[features.asset],
+    @asset(**scope.asset_args("svd_basis", "features", deps=["encoder_features"], kinds=("numpy", "safetensors")),
            description="SVD basis (mean, components, singular values) of the training features' channels.")
     def _svd(context: AssetExecutionContext) -> MaterializeResult:
         from pipeline.features import open_features
@@ -113,19 +136,20 @@ def svd_asset(cfg: Config, plan: dict[str, Stage]) -> AssetsDefinition:
     return _svd
 
 
-def level_latents_asset(cfg: Config, plan: dict[str, Stage], level: int) -> AssetsDefinition:
-    stage = plan[f"level_{level}_latents"]
-    features, svd, images = plan["encoder_features"], plan["svd_basis"], plan["images"]
+def level_latents_asset(scope: Scope, level: int) -> AssetsDefinition:
+    cfg, plan, name = scope.cfg, scope.plan, f"level_{level}_latents"
+    stage, features, svd, images = plan[name], plan["encoder_features"], plan["svd_basis"], plan["images"]
     lv = cfg.levels[level - 1]
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name=f"level_{level}",
-           deps=[features.asset, svd.asset],
+    @asset(**scope.asset_args(name, f"level_{level}", deps=["encoder_features", "svd_basis"], level=level,
+                              kinds=("numpy", "webdataset")),
            description=f"Level {level} latents: features pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD "
                        f"channels, standardized; WebDataset shards keyed by manifest id.")
     def _latents(context: AssetExecutionContext) -> MaterializeResult:
         from pipeline.features import open_features
         from pipeline.ingest import read_manifest
         from pipeline.levels import build_latents, kl_capacity_bits
+        from pipeline.plots import latent_preview
         from pipeline.svd import load_basis
 
         def build(out: Path) -> dict:
@@ -143,13 +167,12 @@ def level_latents_asset(cfg: Config, plan: dict[str, Stage], level: int) -> Asse
             "num_train": meta["counts"]["train"], "num_holdout": meta["counts"]["holdout"],
             "train_channel_std_range": MetadataValue.json([round(meta["train_channel_std_min"], 4),
                                                            round(meta["train_channel_std_max"], 4)]),
+            "preview": png_markdown(latent_preview(stage.path, images.path), f"level {level} latents"),
+            "made_from": MetadataValue.md(
+                f"{cfg.encoder.name} `{cfg.encoder.layer}` at {cfg.encoder.input_size} px "
+                f"(features `{features.fingerprint}`), pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels "
+                f"(basis `{svd.fingerprint}`), standardized per channel on the training split"),
         })
 
     return _latents
-
-
-def all_assets(cfg: Config, plan: dict[str, Stage]) -> list[AssetsDefinition]:
-    out = [images_asset(cfg, plan), features_asset(cfg, plan), svd_asset(cfg, plan)]
-    out += [level_latents_asset(cfg, plan, level) for level in range(1, cfg.num_levels)]
-    return out
 

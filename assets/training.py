@@ -14,12 +14,12 @@ from pipeline.cache import stable_hash
 from pipeline.config import Config
 from pipeline.plan import Stage
 
-from .stages import png_markdown, result
+from .stages import Scope, png_markdown, result
 
 
 def train_command(cfg: Config, level: int, home: Path) -> list[str]:
     """The command line of a level's training process; the resolved config travels as a JSON file."""
-    cfg_json = cfg.model_dump_json(indent=1)
+    cfg_json = cfg.model_dump_json(indent=1, exclude={"variants"})
     path = home / "run_configs" / f"{cfg.name}-{stable_hash(cfg_json)}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,16 +53,19 @@ def model_metadata(cfg: Config, stage: Stage, meta: dict) -> dict:
     return out
 
 
-def level_model_asset(cfg: Config, plan: dict[str, Stage], level: int, home: Path) -> AssetsDefinition:
-    stage = plan[f"level_{level}_model"]
+def level_model_asset(scope: Scope, level: int) -> AssetsDefinition:
+    cfg, home, name = scope.cfg, scope.home, f"level_{level}_model"
+    stage = scope.plan[name]
     tc = cfg.train_config(level)
     target = "images" if level == 0 else f"level_{level}_latents"
     conds = [f"level_{k}_latents" for k in cfg.conditions_of(level)]
     what = "pixels" if level == 0 and cfg.level0.space == "pixels" else "VAE latents" if level == 0 else "latents"
+    sigmas = ", ".join(f"{c} (sigma {cfg.levels[k - 1].sigma})" for c, k in zip(conds, cfg.conditions_of(level)))
 
-    @asset(name=stage.asset, code_version=stage.code_version, group_name=f"level_{level}", deps=[target, *conds],
+    @asset(**scope.asset_args(name, f"level_{level}", deps=[target, *conds], level=level,
+                              kinds=("pytorch", "safetensors")),
            description=f"Level {level} denoiser ({tc.backbone}-{tc.size}) on {what}, conditioned on "
-                       f"{', '.join(conds) or 'nothing (coarsest level)'}; trained by a Pipes subprocess.")
+                       f"{sigmas or 'nothing (coarsest level)'}; trained by a Pipes subprocess.")
     def _model(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
         hit = stage.artifact.is_complete()
         reported = {}

@@ -5,7 +5,9 @@ finest semantic latent, and the last entry is the coarsest. Shapes must shrink a
 """
 from __future__ import annotations
 
+import copy
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -135,6 +137,19 @@ class Config(_Strict):
     conditioning: Literal["non_markov", "markov"] = "non_markov"
     class_conditional: bool = False
     sampling: SamplingConfig = SamplingConfig()
+    # A sweep: variant name -> overrides of this config (see apply_overrides). Each variant is its own experiment
+    # whose stages share every artifact whose fingerprint it shares with this one (features, SVD, latents, ...).
+    variants: dict[str, dict] = Field(default_factory=dict)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, v):
+        for name, overrides in v.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"'{name}': a variant name is a letter then letters, digits or '_' (an asset key prefix)")
+            if "variants" in overrides or "name" in overrides:
+                raise ValueError(f"{name}: a variant cannot set 'variants' or 'name'")
+        return v
 
     @field_validator("levels")
     @classmethod
@@ -229,6 +244,40 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
                               f"({enc.name} {enc.layer})")
 
 
+def apply_overrides(data: dict, overrides: dict) -> dict:
+    """A copy of `data` with `overrides` applied: a dotted key sets one value (`levels.1.sigma: 0.0`; integers
+    index lists), a mapping merges into a mapping (`sampling: {steps: 50}`), anything else replaces (`levels: [...]`)."""
+    out = copy.deepcopy(data)
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        node = out
+        try:
+            for part in path:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            if isinstance(node, list):
+                node[int(last)] = value
+            elif isinstance(value, dict) and isinstance(node.get(last), dict):
+                node[last] = apply_overrides(node[last], value)
+            else:
+                node[last] = value
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+            raise ConfigError(f"{key}: no such field to override") from None
+    return out
+
+
+def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:
+    """Each variant of the sweep as a config of its own, named '<experiment>/<variant>'."""
+    base = cfg.model_dump(mode="json", exclude={"variants"})
+    out = {}
+    for name, overrides in cfg.variants.items():
+        data = {**apply_overrides(base, overrides), "name": f"{cfg.name}/{name}"}
+        try:
+            out[name] = parse_config(data, f"variant '{name}'", check_files)
+        except ConfigError as e:
+            raise ConfigError(f"variants.{name}: {e}") from None
+    return out
+
+
 def parse_config(data: dict, source: str = "<dict>", check_files: bool = True) -> Config:
     try:
         cfg = Config.model_validate(data)
@@ -236,6 +285,7 @@ def parse_config(data: dict, source: str = "<dict>", check_files: bool = True) -
         raise ConfigError(_format(e, source)) from None
     cfg = _resolve_paths(cfg)
     check_against_world(cfg, check_files)
+    variant_configs(cfg, check_files)  # a bad variant is refused with the base, naming it
     return cfg
 
 
@@ -271,3 +321,5 @@ if __name__ == "__main__":
     shapes = ", ".join(f"{lv.pool}x{lv.pool}x{lv.channels} (sigma {lv.sigma})" for lv in c.levels)
     print(f"{c.name}: L = {c.num_levels}; {c.dataset.source} at {c.dataset.resolution} px; {c.encoder.name} "
           f"{c.encoder.layer} at {c.encoder.input_size} px; levels {shapes}")
+    for v in variant_configs(c, check_files=not args.no_file_checks).values():
+        print(f"  variant {v.name}: L = {v.num_levels}; sigmas {[lv.sigma for lv in v.levels]}")

@@ -100,24 +100,6 @@ def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, va
     assert stale == rebuilt  # code versions carry the config lineage: the UI marks all of them stale at once
 
 
-def test_changing_sigma_retrains_the_models_conditioned_on_that_level_only(tiny_run):
-    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0].__setitem__("sigma", 2.0))
-    rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
-    assert rebuilt == {"level_0_model"} | EVAL  # level 1 conditions only level 0
-    assert stale == rebuilt
-    cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__("sigma", 0.0))
-    assert changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])[0] == {"level_0_model", "level_1_model"} | EVAL
-
-
-def test_markov_conditioning_sees_the_next_level_only(tiny_run):
-    cfg = edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov"))
-    assert [cfg.conditions_of(level) for level in range(3)] == [[1], [2], []]
-    cfg = edited(cfg, lambda d: d["levels"][1].__setitem__("sigma", 0.0))
-    rebuilt, _ = changed_assets(edited(tiny_run["cfg"], lambda d: d.__setitem__("conditioning", "markov")), cfg,
-                                tiny_run["home"])
-    assert rebuilt == {"level_1_model"} | EVAL
-
-
 def test_changing_one_level_training_retrains_that_level_only(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][0]["train"].__setitem__("steps", 30))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
