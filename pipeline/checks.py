@@ -1,0 +1,192 @@
+"""Data-quality checks of the artifacts, free of Dagster: assets/ wraps each into an ``@asset_check``.
+
+Every check reads an artifact through the readers its stage uses and returns a CheckOutcome instead of
+raising: an artifact that cannot be read has failed its check, and the message says why. Large arrays are
+streamed block by block, so a check costs about as much memory as the stage that wrote the artifact.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import webdataset as wds
+from PIL import Image
+
+from .data import iter_latents
+from .evaluate import TABLE
+from .features import iter_rows, open_features
+from .ingest import image_shards, read_manifest
+from .levels import latent_shards
+from .sample import ChannelStats
+from .train import load_level_model
+
+SPLITS = ("train", "holdout")
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    passed: bool
+    description: str  # one line, shown in the Dagster UI
+    metadata: dict = field(default_factory=dict)  # JSON-able values shown beside it
+
+
+def _never_raises(check):
+    @functools.wraps(check)
+    def run(*args, **kwargs) -> CheckOutcome:
+        try:
+            return check(*args, **kwargs)
+        except Exception as e:  # missing files, torn tars, corrupt safetensors: all are failed checks
+            msg = " ".join(f"{type(e).__name__}: {e}".split())
+            return CheckOutcome(False, f"{check.__name__} raised {msg}", {"error": msg})
+    return run
+
+
+def _raw_samples(shards: list[str]):
+    """Undecoded samples: checks decode themselves, so one bad member is counted rather than fatal."""
+    # No shards is a legitimate empty split (build_latents removes its tar), which WebDataset cannot open.
+    return wds.WebDataset(shards, shardshuffle=False, empty_check=False) if shards else []
+
+
+def _manifest_ids(images_dir: Path) -> dict[str, list[str]]:
+    m = read_manifest(images_dir)
+    ids = {s: [] for s in SPLITS}
+    for key, split in zip(m.column("id").to_pylist(), m.column("split").to_pylist()):
+        ids[split].append(key)
+    return ids
+
+
+@_never_raises
+def images_match_manifest(images_dir: Path) -> CheckOutcome:
+    shards = image_shards(images_dir)
+    in_shards = Counter(json.loads(s["json"])["split"] for s in _raw_samples(shards))
+    manifest = {s: len(v) for s, v in _manifest_ids(images_dir).items()}
+    meta = {"shards": len(shards), **{f"shards_{s}": in_shards.get(s, 0) for s in SPLITS},
+            **{f"manifest_{s}": manifest[s] for s in SPLITS}}
+    total_s, total_m = sum(in_shards.values()), sum(manifest.values())
+    passed = all(in_shards.get(s, 0) == manifest[s] for s in SPLITS) and total_s == total_m
+    return CheckOutcome(passed, f"{total_s} images in {len(shards)} shards, {total_m} in the manifest "
+                        f"(train {meta['shards_train']}/{meta['manifest_train']}, "
+                        f"holdout {meta['shards_holdout']}/{meta['manifest_holdout']})", meta)
+
+
+@_never_raises
+def features_are_finite(features_dir: Path, images_dir: Path) -> CheckOutcome:
+    arr = open_features(features_dir)
+    bad = sum(int((~np.isfinite(block)).sum()) for _, block in iter_rows(arr))
+    rows = read_manifest(images_dir).num_rows
+    meta = {"shape": list(arr.shape), "non_finite": bad, "manifest_rows": rows}
+    return CheckOutcome(bad == 0 and arr.shape[0] == rows,
+                        f"{bad} non-finite values in features {tuple(arr.shape)}; {rows} rows in the manifest", meta)
+
+
+def _latent_stats(latents_dir: Path, split: str, batch: int = 256) -> tuple[dict, int]:
+    """Per-channel statistics of a split (ChannelStats: over samples and positions) and its non-finite count."""
+    stats, bad = ChannelStats(), 0
+    stream = iter_latents(latents_dir, split) if latent_shards(latents_dir, split) else iter(())
+    while block := [z for _, z, _ in islice(stream, batch)]:
+        x = torch.from_numpy(np.stack(block))
+        bad += int((~torch.isfinite(x)).sum())
+        stats.update(x)
+    return (stats.summary() if stats.n else {}), bad
+
+
+@_never_raises
+def latents_are_standardized(latents_dir: Path, tol: float = 0.1) -> CheckOutcome:
+    # Only the training split is held to 0 and 1, since the statistics were fitted on it; the held-out split
+    # is only reported: its spread shows how well those statistics carry over to unseen images.
+    stats = {s: _latent_stats(latents_dir, s) for s in SPLITS}
+    bad = sum(n for _, n in stats.values())
+    train = stats["train"][0]
+    meta = {"non_finite": bad, "train_mean_abs_max": train.get("mean_abs_max"),
+            **{f"{s}_std_{m}": stats[s][0].get(f"std_{m}") for s in SPLITS for m in ("min", "max")}}
+    if not train:
+        return CheckOutcome(False, "no training latents", meta)
+    passed = bad == 0 and train["mean_abs_max"] <= tol and 1 - tol <= train["std_min"] <= train["std_max"] <= 1 + tol
+    return CheckOutcome(passed, f"train channel |mean| <= {train['mean_abs_max']:.3f}, std in "
+                        f"[{train['std_min']:.3f}, {train['std_max']:.3f}] (tolerance {tol}); {bad} non-finite", meta)
+
+
+@_never_raises
+def latents_match_manifest(latents_dir: Path, images_dir: Path) -> CheckOutcome:
+    # Keys in manifest order, not just counts: training zips a level's latents with its conditions by position.
+    manifest = _manifest_ids(images_dir)
+    latents = {s: [x["__key__"] for x in _raw_samples(latent_shards(latents_dir, s))] for s in SPLITS}
+    meta = {**{f"latents_{s}": len(latents[s]) for s in SPLITS}, **{f"manifest_{s}": len(manifest[s]) for s in SPLITS},
+            "keys_match": all(latents[s] == manifest[s] for s in SPLITS)}
+    return CheckOutcome(meta["keys_match"], f"latents train {meta['latents_train']}/{meta['manifest_train']}, "
+                        f"holdout {meta['latents_holdout']}/{meta['manifest_holdout']} of the manifest; keys "
+                        f"{'match' if meta['keys_match'] else 'differ'}", meta)
+
+
+def _level_shape(cfg, level: int) -> tuple[int, int, int] | None:
+    """What level `level` holds according to the config (None for a VAE level 0: its shape is the VAE's)."""
+    if level == 0:
+        return (3, cfg.dataset.resolution, cfg.dataset.resolution) if cfg.level0.space == "pixels" else None
+    lv = cfg.levels[level - 1]
+    return (lv.channels, lv.pool, lv.pool)
+
+
+@_never_raises
+@torch.inference_mode()
+def checkpoint_loads(cfg, plan, level: int) -> CheckOutcome:
+    artifact = plan[f"level_{level}_model"].artifact
+    model, spec = load_level_model(artifact.require())
+    # Shapes come from the config, not from the saved spec: a spec only agrees with itself.
+    shape = _level_shape(cfg, level) or tuple(spec["in_shape"])
+    conds = [torch.randn(2, *_level_shape(cfg, k)) for k in cfg.conditions_of(level)]
+    labels = torch.zeros(2, dtype=torch.long) if spec["num_classes"] else None
+    t = torch.full((2,), spec["train"]["num_train_timesteps"] // 2, dtype=torch.long)
+    out = model(torch.randn(2, *shape), t, conds, labels)
+    meta = {"params": sum(p.numel() for p in model.parameters()), "step": artifact.metadata().get("steps"),
+            "output_shape": list(out.shape)}
+    passed = tuple(out.shape) == (2, *shape) and bool(torch.isfinite(out).all())
+    return CheckOutcome(passed, f"level {level} {spec['backbone']}-{spec['size']} loads; forward of (2, *{shape}) "
+                        f"gives {tuple(out.shape)}, {'finite' if passed else 'NOT finite or wrong shape'}", meta)
+
+
+def _png_ok(data: bytes) -> bool:
+    try:
+        Image.open(io.BytesIO(data)).convert("RGB")  # convert() decodes every pixel, open() only the header
+        return True
+    except Exception:
+        return False
+
+
+def _npy_ok(data: bytes) -> bool:
+    try:
+        return bool(np.isfinite(np.load(io.BytesIO(data), allow_pickle=False)).all())
+    except Exception:
+        return False
+
+
+@_never_raises
+def samples_are_complete(samples_dir: Path, num_samples: int) -> CheckOutcome:
+    count, bad_images, bad_latents = 0, 0, 0
+    for s in _raw_samples(sorted(str(p) for p in Path(samples_dir).glob("samples-*.tar"))):
+        count += 1
+        bad_images += not _png_ok(s["png"])
+        bad_latents += sum(not _npy_ok(v) for k, v in s.items() if k.startswith("level_") and k.endswith(".npy"))
+    meta = {"num_samples": count, "expected": num_samples, "undecodable_images": bad_images,
+            "bad_latents": bad_latents}
+    return CheckOutcome(count == num_samples and bad_images == 0 and bad_latents == 0,
+                        f"{count} of {num_samples} samples; {bad_images} undecodable images, {bad_latents} latents "
+                        "unreadable or non-finite", meta)
+
+
+@_never_raises
+def evaluation_row_present(home: Path, evaluation_fingerprint: str) -> CheckOutcome:
+    table = pq.read_table(Path(home) / TABLE, columns=["evaluation_fingerprint", "fid"]).to_pylist()
+    rows = [r for r in table if r["evaluation_fingerprint"] == evaluation_fingerprint]
+    fid = rows[0]["fid"] if len(rows) == 1 else None
+    passed = fid is not None and math.isfinite(fid)
+    return CheckOutcome(passed, f"{len(rows)} row(s) for evaluation {evaluation_fingerprint} in {TABLE}"
+                        + (f", FID {fid:.2f}" if fid is not None else ""), {"rows": len(rows), "fid": fid})
