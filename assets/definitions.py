@@ -17,7 +17,7 @@ from dagster import (AssetKey, AssetSelection, Definitions, PipesSubprocessClien
 from pipeline.config import Config, load_config, nested_home, variant_configs
 from pipeline.plan import build_plan
 
-# WIRE-LATER from .checks import asset_checks
+from .checks import asset_checks
 from .evaluation import evaluation_asset, neighbours_asset, reference_asset, samples_asset
 from .stages import Scope, features_asset, images_asset, level_latents_asset, svd_asset
 from .training import level_model_asset
@@ -59,7 +59,7 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
         scope, own = experiment_scope(vcfg, home, variant, owner)
         made = [make_asset(scope, name) for name in own]
         assets += made
-        # WIRE-LATER checks += asset_checks(scope, own)
+        checks += asset_checks(scope, own)
         owned_by[variant] = [scope.keys[name] for name in own]
     models = [a.key for a in assets if a.key.path[-1].endswith("_model")]
     variant_keys = [k for v, keys in owned_by.items() if v for k in keys]

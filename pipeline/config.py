@@ -270,11 +270,11 @@ def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:
     base = cfg.model_dump(mode="json", exclude={"variants"})
     out = {}
     for name, overrides in cfg.variants.items():
-        data = {**apply_overrides(base, overrides), "name": f"{cfg.name}/{name}"}
         try:
-            out[name] = parse_config(data, f"variant '{name}'", check_files)
-        except ConfigError as e:
-            raise ConfigError(f"variants.{name}: {e}") from None
+            out[name] = parse_config({**apply_overrides(base, overrides), "name": f"{cfg.name}/{name}"}, "", check_files)
+        except ConfigError as e:  # one line per refused field, each under the variant's name
+            lines = str(e).removeprefix("invalid config :\n").split("\n")
+            raise ConfigError("\n".join(f"variants.{name}: {line.strip()}" for line in lines)) from None
     return out
 
 

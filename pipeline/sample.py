@@ -78,9 +78,12 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
     given = given or {}
     models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
               for level in range(cfg.num_levels) if level not in given}
+    classes = label_frequencies(plan) if cfg.class_conditional else None
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
+        # one label per sample, shared by every level, drawn as often as the training set has it
+        labels = torch.multinomial(classes, b, replacement=True, generator=g) if classes is not None else None
         gen: dict[int, torch.Tensor] = {k: z[start:start + b] for k, z in given.items()}
         for level in reversed(range(cfg.num_levels)):
             if level in gen:
@@ -89,8 +92,17 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             conds = [gen[k] + cfg.levels[k - 1].sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
-            gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh)
+            gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, labels)
         yield gen
+
+
+def label_frequencies(plan: dict[str, Stage]) -> torch.Tensor:
+    """The training split's label frequencies (class-conditional sampling draws its labels from them)."""
+    from .ingest import read_manifest
+
+    m = read_manifest(plan["images"].artifact.require())
+    labels = [y for y, s in zip(m.column("label").to_pylist(), m.column("split").to_pylist()) if s == "train"]
+    return torch.bincount(torch.tensor(labels)).double()
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -26,7 +26,7 @@ def tiny_run(tiny_cfg, tmp_path_factory):
     return {"cfg": tiny_cfg, "home": home, "instance": instance, "result": result}
 
 
-def run_assets(cfg, home, instance=None, names=None):
+def run_assets(cfg, home, instance=None, names=None, **kwargs):
     """Materialize the experiment's assets (or those named) the way the code location defines them."""
     from dagster import DagsterInstance, materialize
 
@@ -34,5 +34,6 @@ def run_assets(cfg, home, instance=None, names=None):
 
     defs = build_definitions(cfg, home)
     assets = [a for a in defs.assets if names is None or a.key.to_user_string() in names]
-    return materialize(assets, instance=instance or DagsterInstance.ephemeral(), resources=defs.resources,
-                       selection=names)
+    checks = [c for c in defs.asset_checks if names is None or c.check_key.asset_key.to_user_string() in names]
+    return materialize([*assets, *checks], instance=instance or DagsterInstance.ephemeral(),
+                       resources=defs.resources, selection=names, **kwargs)

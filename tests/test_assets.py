@@ -177,3 +177,32 @@ def test_level_neighbours_are_the_nearest_latents(tiny_run):
         d = ((tz - hz[hkeys.index(q)]) ** 2).reshape(len(tz), -1).sum(1)
         assert per_level["1"][0] == tkeys[int(d.argmin())]  # faiss agrees with brute force
     assert set(found) <= {k for k, _, _ in iter_pixels(plan["images"].path, "holdout")}
+
+
+def test_asset_checks_ran_and_passed(tiny_run):
+    evaluations = tiny_run["result"].get_asset_check_evaluations()
+    found = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations}
+    latents = {(f"level_{lv}_latents", c) for lv in (1, 2) for c in ("standardized", "shards_match_manifest")}
+    assert found == {("images", "shards_match_manifest"), ("encoder_features", "finite"), *latents,
+                     *{(m, "checkpoint_loads") for m in MODELS}, ("samples", "complete"), ("evaluation", "row_present")}
+    assert all(e.passed for e in evaluations)
+
+
+def test_a_failing_check_stops_what_reads_the_artifact(tiny_run, tmp_path):
+    import shutil
+
+    from dagster import DagsterInstance
+
+    home = tmp_path / "home"
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    for name in ("images", "encoder_features", "svd_basis"):
+        dst = home / plan[name].path.relative_to(tiny_run["home"])
+        shutil.copytree(plan[name].path, dst)
+    feats = zarr.open_array(str(home / plan["encoder_features"].path.relative_to(tiny_run["home"]) / "features.zarr"),
+                            mode="r+")
+    feats[0, 0, 0, 0] = np.nan  # damage a cached artifact behind Dagster's back
+    result = run_assets(tiny_run["cfg"], home, DagsterInstance.ephemeral(), names=DATA, raise_on_error=False)
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.asset_key.to_user_string(), e.check_name) for e in failed] == [("encoder_features", "finite")]
+    assert not result.asset_materializations_for_node("svd_basis")  # blocked, not built from NaNs

@@ -23,3 +23,29 @@ def test_large_requests_are_generated_batch_by_batch(tiny_run):
     cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
     sizes = [b[0].shape[0] for b in iter_hierarchy(cfg, plan, 11, seed=0, steps=2, batch_size=4)]
     assert sizes == [4, 4, 3]  # never more than one batch of any level in memory
+
+
+def test_class_conditional_sampling_draws_training_labels(tiny_run, monkeypatch):
+    import numpy as np
+
+    import pipeline.sample as sample
+    from conftest import run_assets
+    from pipeline.config import parse_config
+    from pipeline.ingest import read_manifest
+
+    data = tiny_run["cfg"].model_dump(mode="json")
+    data["level0"]["train"]["steps"] = 3
+    cfg = parse_config({**data, "levels": [], "class_conditional": True})
+    assert run_assets(cfg, tiny_run["home"], names=["level_0_model"]).success
+    plan = build_plan(cfg, tiny_run["home"])
+    m = read_manifest(plan["images"].path)
+    train = [y for y, s in zip(m.column("label").to_pylist(), m.column("split").to_pylist()) if s == "train"]
+    np.testing.assert_array_equal(sample.label_frequencies(plan).numpy(), np.bincount(train))
+
+    def only(label):  # every sample gets this label
+        monkeypatch.setattr(sample, "label_frequencies", lambda plan: torch.nn.functional.one_hot(
+            torch.tensor(label), 10).double())
+        return sample_hierarchy(cfg, plan, 4, seed=0, steps=3, guidance=[1.0])[0]
+
+    three = only(3)
+    assert torch.equal(three, only(3)) and not torch.allclose(three, only(5))  # the label reaches the model

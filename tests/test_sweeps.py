@@ -28,6 +28,8 @@ def test_bad_variants_are_refused_with_their_name(tiny_cfg):
         with_variants(tiny_cfg, {"typo": {"levels.0.sigmaa": 1.0}})
     with pytest.raises(ConfigError, match="variant name"):
         with_variants(tiny_cfg, {"sigma 0": {"levels.1.sigma": 0.0}})
+    with pytest.raises(ConfigError, match=r"variants\.far: levels\.9\.sigma: no such field"):
+        with_variants(tiny_cfg, {"far": {"levels.9.sigma": 0.0}})
 
 
 def test_variants_own_only_what_they_change(tiny_cfg, tmp_path):
@@ -55,8 +57,8 @@ def test_sweep_runs_share_upstream_and_land_in_the_evaluation_table(tiny_run):
     defs = build_definitions(cfg, tiny_run["home"])
     result = defs.resolve_job_def("sweep").execute_in_process(instance=tiny_run["instance"])
     assert result.success
-    flags = {m.asset_key.to_user_string(): m.metadata["cache"].value for m in result.get_asset_materialization_events()
-             for m in [m.asset_materialization]}
+    flags = {e.materialization.asset_key.to_user_string(): e.materialization.metadata["cache"].value
+             for e in result.get_asset_materialization_events()}
     own = {k for k in flags if "/" in k}
     assert own == {"L1/level_0_model", "L1/samples", "L1/evaluation", "sigma0/level_0_model", "sigma0/level_1_model",
                    "sigma0/samples", "sigma0/evaluation"}
