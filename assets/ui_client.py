@@ -141,7 +141,6 @@ class DagsterUI:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._execute = execute or self._post
-        self.log_tail: Callable[[], str] = lambda: ""  # `dagster dev`'s output, where this client started it
 
     def _post(self, q: str, variables: dict) -> dict:
         body = json.dumps({"query": q, "variables": variables}).encode()
@@ -253,8 +252,9 @@ class DagsterUI:
             conn = self.query(RUN_EVENTS_QUERY, {"runId": run_id, "after": after})["runOrError"]["eventConnection"]
             for ev in conn["events"]:
                 if ev.get("error") or ev.get("level") in ("ERROR", "CRITICAL"):
-                    step = f"[{ev['stepKey']}] " if ev.get("stepKey") else ""
-                    errors.append(step + (python_error(ev["error"]) if ev.get("error") else ev.get("message", "")))
+                    text = python_error(ev["error"]) if ev.get("error") else ev.get("message", "")
+                    if all(text not in e for e in errors):  # a step's error comes back in the run's failure
+                        errors.append(f"[{ev['stepKey']}] {text}" if ev.get("stepKey") else text)
             if not conn["hasMore"]:
                 return errors
             after = conn["cursor"]
@@ -330,16 +330,14 @@ def dagster_webserver(port: int | None = None, env: dict | None = None, workspac
     port = port or free_port()
     dagster = Path(sys.executable).with_name("dagster")
     cmd = [str(dagster), "dev", "-w", str(workspace), "-h", "127.0.0.1", "-p", str(port)]
-    log = open(log_path, "wb") if log_path else tempfile.TemporaryFile()
+    log = open(log_path, "w+b") if log_path else tempfile.TemporaryFile()
     proc = subprocess.Popen(cmd, cwd=Path(workspace).parent, env={**os.environ, **(env or {})}, stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint,
-                            start_new_session=True)  # its own group: our Ctrl-C does not reach it half-way
+                            start_new_session=True)  # a Ctrl-C at our terminal reaches us only; `finally` stops it
 
-    def log_tail() -> str:
-        log.flush()
-        with open(log.fileno(), "rb", closefd=False) as f:
-            f.seek(0)
-            return f.read().decode(errors="replace")[-4000:]
+    def log_tail() -> str:  # pread: leaves the offset `dagster dev` writes at alone
+        size = os.fstat(log.fileno()).st_size
+        return os.pread(log.fileno(), 4000, max(size - 4000, 0)).decode(errors="replace")
 
     try:
         ui = DagsterUI(f"http://127.0.0.1:{port}")
@@ -355,7 +353,6 @@ def dagster_webserver(port: int | None = None, env: dict | None = None, workspac
                     raise TimeoutError(f"dagster dev not answering after {startup_timeout:.0f} s:\n{log_tail()}")
                 time.sleep(0.5)
         ui.wait_loaded(max(deadline - time.monotonic(), 10))
-        ui.log_tail = log_tail
         yield ui
     finally:
         stop_process_group(proc)
