@@ -41,3 +41,9 @@ ui: setup $(DAGSTER_HOME)/dagster.yaml
 
 clean-artifacts:
 	rm -rf $(NESTED_HOME)
+
+# What the UI shows stale or missing and why, and the command that rematerializes exactly those and their
+# downstream (STALE_ARGS="--url http://127.0.0.1:3000 --launch" runs it through the UI's webserver).
+.PHONY: stale
+stale: setup $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/python -m assets.stale $(STALE_ARGS)
