@@ -214,11 +214,15 @@ class DagsterUI:
     # -- runs
 
     def launch_assets(self, keys: list[str], tags: dict[str, str] | None = None) -> str:
-        """Launch one run of the asset job materializing exactly `keys`; returns the run id."""
+        """Launch one run of the asset job materializing exactly `keys`, with their checks; returns the run id."""
         keys = sorted(set(keys))
         nodes = self.query("""query Where($keys: [AssetKeyInput!]) { assetNodes(assetKeys: $keys) {
-                                assetKey { path } jobNames repository { name location { name } } } }""",
+                                assetKey { path } jobNames repository { name location { name } }
+                                assetChecksOrError { ... on AssetChecks { checks { name } } } } }""",
                            {"keys": [{"path": k.split("/")} for k in keys]})["assetNodes"]
+        # as the UI's Materialize button does: the selected assets' checks run (and block) in the same run
+        checks = [{"assetKey": n["assetKey"], "name": c["name"]}
+                  for n in nodes for c in n["assetChecksOrError"].get("checks", [])]
         missing = set(keys) - {key_name(n["assetKey"]) for n in nodes}
         if missing:
             raise GraphQLError(f"no such assets: {sorted(missing)}")
@@ -230,7 +234,7 @@ class DagsterUI:
         params = {"mode": "default", "runConfigData": "{}",
                   "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]},
                   "selector": {"repositoryLocationName": location, "repositoryName": repo, "pipelineName": job,
-                               "assetSelection": [{"path": k.split("/")} for k in keys], "assetCheckSelection": []}}
+                               "assetSelection": [{"path": k.split("/")} for k in keys], "assetCheckSelection": checks}}
         res = self.query(LAUNCH_MUTATION, {"executionParams": params})["launchPipelineExecution"]
         if res["__typename"] != "LaunchRunSuccess":
             detail = res.get("message") or res.get("errors") or res.get("invalidStepKey")
