@@ -5,6 +5,7 @@ Rows follow the manifest order. Only one batch of images and features is in memo
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -81,15 +82,31 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
     extractor = build_extractor(cfg)
     pre = Preprocess(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
-    row = 0
-    with torch.inference_mode(), autocast, tqdm(total=n, desc="features", unit="img", mininterval=5) as bar:
-        for keys, batch in image_batches(images_dir, cfg.batch_size):
+    row, pending, written = 0, [], 0
+    # PNG decoding and Zarr writes run in a helper thread while the forward (which releases the GIL) computes;
+    # writes cover whole chunks, so no chunk is decompressed and recompressed batch after batch.
+    with ThreadPoolExecutor(1) as io_pool, torch.inference_mode(), autocast, \
+            tqdm(total=n, desc="features", unit="img", mininterval=5) as bar:
+        batches = image_batches(images_dir, cfg.batch_size)
+        ahead = io_pool.submit(next, batches, None)
+        write = None
+        while (item := ahead.result()) is not None:
+            keys, batch = item
+            ahead = io_pool.submit(next, batches, None)
             if keys != ids[row:row + len(keys)]:
                 raise RuntimeError(f"image shards and manifest disagree at row {row}: {keys[0]} vs {ids[row]}")
-            feats = extractor(pre(torch.from_numpy(batch))).float().numpy()
-            arr[row:row + len(keys)] = feats
+            pending.append(extractor(pre(torch.from_numpy(batch))).float().numpy())
             row += len(keys)
             bar.update(len(keys))
+            if row - written >= arr.chunks[0] or row == n:
+                block = np.concatenate(pending)
+                cut = block.shape[0] if row == n else (row // arr.chunks[0]) * arr.chunks[0] - written
+                if write is not None:
+                    write.result()
+                write = io_pool.submit(arr.__setitem__, slice(written, written + cut), block[:cut])
+                pending, written = [block[cut:]] if cut < block.shape[0] else [], written + cut
+        if write is not None:
+            write.result()
     if row != n:
         raise RuntimeError(f"image shards hold {row} samples but the manifest lists {n}")
     log(f"features: {n} images -> {(n, h, w, c)} in {out_dir / FEATURES}")

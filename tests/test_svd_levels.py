@@ -63,3 +63,21 @@ def test_kl_capacity_known_cases():
     # more noise leaves less capacity
     caps = [kl_capacity_bits(np.ones(8), s, 4) for s in (0.25, 0.5, 1.0)]
     assert caps[0] > caps[1] > caps[2]
+
+
+def test_features_match_a_plain_forward_whatever_the_chunking(tiny_run, tmp_path):
+    import torch
+    import zarr
+
+    from pipeline.features import FEATURES, Preprocess, build_extractor, extract_features, image_batches
+    from pipeline.plan import build_plan
+
+    cfg = tiny_run["cfg"].encoder.model_copy(update={"batch_size": 48})
+    images = build_plan(tiny_run["cfg"], tiny_run["home"])["images"].path
+    extract_features(cfg, images, tmp_path, chunk_rows=100, log=lambda _: None)  # batches straddle chunks
+    got = zarr.open_array(str(tmp_path / FEATURES), mode="r")
+    extractor, pre = build_extractor(cfg), Preprocess(cfg)
+    with torch.inference_mode():
+        want = np.concatenate([extractor(pre(torch.from_numpy(b))).numpy() for _, b in image_batches(images, 48)])
+    assert got.chunks[0] == 100 and got.shape == want.shape
+    np.testing.assert_allclose(got[:], want, rtol=1e-5, atol=1e-5)
