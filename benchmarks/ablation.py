@@ -19,7 +19,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def collect(cfg, home: Path, profile: str) -> list[dict]:
-    from pipeline.cache import stable_hash
     from pipeline.config import variant_configs
     from pipeline.plan import build_plan
 
@@ -35,7 +34,7 @@ def collect(cfg, home: Path, profile: str) -> list[dict]:
             "fid": row["fid"], "fid_floor": row["fid_floor"], "precision": row["precision"], "recall": row["recall"],
             "gflops_per_image": row["gflops_per_image"], "num_samples": row["num_samples"],
             "level0_model": f"{tc.backbone}-{tc.size}, {tc.steps} steps", "sampler": f"{row['sampler']} {row['steps']}",
-            "config_fingerprint": stable_hash(vcfg.model_dump(mode="json", exclude={"variants", "name"})),
+            "config_fingerprint": row["config_fingerprint"],
             "evaluation_fingerprint": plan["evaluation"].fingerprint,
         })
     return runs

@@ -21,6 +21,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .costs import level_shape
 from .data import iter_latents
 from .evaluate import TABLE
 from .features import iter_rows, open_features
@@ -127,22 +128,15 @@ def latents_match_manifest(latents_dir: Path, images_dir: Path) -> CheckOutcome:
                         f"{'match' if meta['keys_match'] else 'differ'}", meta)
 
 
-def _level_shape(cfg, level: int) -> tuple[int, int, int] | None:
-    """What level `level` holds according to the config (None for a VAE level 0: its shape is the VAE's)."""
-    if level == 0:
-        return (3, cfg.dataset.resolution, cfg.dataset.resolution) if cfg.level0.space == "pixels" else None
-    lv = cfg.levels[level - 1]
-    return (lv.channels, lv.pool, lv.pool)
-
-
 @_never_raises
 @torch.inference_mode()
 def checkpoint_loads(cfg, plan, level: int) -> CheckOutcome:
     artifact = plan[f"level_{level}_model"].artifact
     model, spec = load_level_model(artifact.require())
-    # Shapes come from the config, not from the saved spec: a spec only agrees with itself.
-    shape = _level_shape(cfg, level) or tuple(spec["in_shape"])
-    conds = [torch.randn(2, *_level_shape(cfg, k)) for k in cfg.conditions_of(level)]
+    # Shapes come from the config (a VAE level 0's from its saved spec): a spec only agrees with itself.
+    vae = level == 0 and cfg.level0.space == "vae"
+    shape = tuple(spec["in_shape"]) if vae else level_shape(cfg, level)
+    conds = [torch.randn(2, *level_shape(cfg, k)) for k in cfg.conditions_of(level)]
     labels = torch.zeros(2, dtype=torch.long) if spec["num_classes"] else None
     t = torch.full((2,), spec["train"]["num_train_timesteps"] // 2, dtype=torch.long)
     out = model(torch.randn(2, *shape), t, conds, labels)
