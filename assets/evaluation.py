@@ -1,8 +1,6 @@
 """Generation (and, next, evaluation) assets: they read the trained models and never retrain them."""
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
-from pipeline.config import Config
-
 from .stages import Scope, materialize_stage, md_table, png_markdown, result
 
 
@@ -52,16 +50,6 @@ def reference_asset(scope: Scope) -> AssetsDefinition:
     return _reference
 
 
-def gflops_per_image(cfg: Config) -> float:
-    """Sampling cost of one image: every level's forward, times the steps, twice where guidance is on."""
-    from pipeline.costs import cost_table
-
-    rows = cost_table(cfg)["levels"]
-    w = cfg.guidance()
-    return sum(r["gflops_per_forward"] * cfg.sampling.steps * (2 if w[r["level"]] and r["conditions"] else 1)
-               for r in rows)
-
-
 def evaluation_asset(scope: Scope) -> AssetsDefinition:
     cfg, plan = scope.cfg, scope.plan
     stage, samples, reference = plan["evaluation"], plan["samples"], plan["reference_stats"]
@@ -70,7 +58,8 @@ def evaluation_asset(scope: Scope) -> AssetsDefinition:
            description="FID (clean-fid, packaged Inception), precision/recall (k = 3) and nearest-training-image "
                        "distances of the samples; one row appended to $NESTED_HOME/evaluations.parquet.")
     def _evaluation(context: AssetExecutionContext) -> MaterializeResult:
-        from pipeline.cache import stable_hash
+        from pipeline.config import config_fingerprint
+        from pipeline.costs import cost_table
         from pipeline.evaluate import append_row, evaluate_samples
 
         def build(out):
@@ -78,13 +67,13 @@ def evaluation_asset(scope: Scope) -> AssetsDefinition:
             ref_meta, sample_meta = reference.artifact.metadata(), samples.artifact.metadata()
             meta["row"] = {
                 "experiment": cfg.name, "variant": scope.variant or "",
-                "config_fingerprint": stable_hash(cfg.model_dump(mode="json", exclude={"variants", "name"})),
+                "config_fingerprint": config_fingerprint(cfg),
                 "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
                 "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(),
                 "sampler": cfg.sampling.sampler, "steps": cfg.sampling.steps, "num_samples": meta["num_samples"],
                 "fid": meta["fid"], "fid_floor": ref_meta["fid_floor"], "precision": meta["precision"],
                 "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
-                "gflops_per_image": gflops_per_image(cfg),
+                "gflops_per_image": cost_table(cfg)["sampling_gflops_per_image"],
                 "wall_seconds": sample_meta["sample_seconds"] + meta["seconds"],
             }
             return meta

@@ -15,6 +15,8 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+from pipeline.train import cpu_has_native_bf16
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -27,17 +29,49 @@ def collect(cfg, home: Path, profile: str) -> list[dict]:
         plan = build_plan(vcfg, home)
         row = plan["evaluation"].artifact.metadata()["row"]
         tc = vcfg.level0.train
-        runs.append({
+        runs.append(with_costs({
             "profile": profile, "dataset": f"{vcfg.dataset.source}-{vcfg.dataset.resolution}px", "variant": variant,
             "L": vcfg.num_levels, "sigma_top": vcfg.levels[-1].sigma if vcfg.levels else 0.0,
             "sigmas": [lv.sigma for lv in vcfg.levels], "conditional": vcfg.class_conditional,
             "fid": row["fid"], "fid_floor": row["fid_floor"], "precision": row["precision"], "recall": row["recall"],
-            "gflops_per_image": row["gflops_per_image"], "num_samples": row["num_samples"],
+            "num_samples": row["num_samples"],
             "level0_model": f"{tc.backbone}-{tc.size}, {tc.steps} steps", "sampler": f"{row['sampler']} {row['steps']}",
             "config_fingerprint": row["config_fingerprint"],
             "evaluation_fingerprint": plan["evaluation"].fingerprint,
-        })
+        }, vcfg))
     return runs
+
+
+def with_costs(run: dict, vcfg) -> dict:
+    """The fields a run's config decides: its guidance, and its sampling cost in both conventions
+    (one image: steps x forwards, x2 where guidance runs the unconditional pass; one forward of every level:
+    the paper's 27 -> 34 GFLOPs)."""
+    from pipeline.costs import cost_table
+
+    costs = cost_table(vcfg)
+    return {**run, "guidance": vcfg.guidance(), "gflops_per_image": costs["sampling_gflops_per_image"],
+            "gflops_per_forward": costs["total_gflops_per_forward"]}
+
+
+def refresh(recorded: list[dict], cfg, profile: str) -> list[dict]:
+    """The recorded runs of `profile` with their config-decided fields recomputed by the code on this checkout,
+    after checking that each was made with the config as it is now."""
+    from pipeline.config import config_fingerprint, variant_configs
+
+    configs = {"base": cfg, **variant_configs(cfg, check_files=False)}
+    out = []
+    for r in recorded:
+        if r["profile"] != profile:
+            continue
+        vcfg = configs.get(r["variant"])
+        if vcfg is None or config_fingerprint(vcfg) != r["config_fingerprint"]:
+            raise SystemExit(f"run '{r['variant']}' ({r['config_fingerprint']}) was made with another config than "
+                             f"{profile}'s: rerun the sweep")
+        out.append(with_costs(r, vcfg))
+    missing = set(configs) - {r["variant"] for r in out}
+    if missing:
+        raise SystemExit(f"no recorded {profile} run for {sorted(missing)}: rerun the sweep")
+    return out
 
 
 def verdicts(runs: list[dict]) -> dict:
@@ -58,7 +92,14 @@ def verdicts(runs: list[dict]) -> dict:
             v["fid_ratio_best_vs_L1"] = round(best["fid"] / base["fid"], 3)
             v["fid_target_met"] = best["fid"] <= 0.6 * base["fid"]
             v["gflops_ratio"] = round(best["gflops_per_image"] / base["gflops_per_image"], 3)
+            v["gflops_per_forward_ratio"] = round(best["gflops_per_forward"] / base["gflops_per_forward"], 3)
             v["gflops_target_met"] = v["gflops_ratio"] <= 1.3
+            # the best run within the sampling budget, where the best overall is over it
+            cheap = min((r for r in rs if r["L"] > 1 and not r["conditional"] and r["sigma_top"] > 0
+                         and r["gflops_per_image"] <= 1.3 * base["gflops_per_image"]), key=lambda r: r["fid"], default=None)
+            if cheap:
+                v["best_within_1.3x_gflops"] = cheap["variant"]
+                v["fid_ratio_within_1.3x_gflops"] = round(cheap["fid"] / base["fid"], 3)
         zero = next((r for r in rs if r["L"] > 1 and not r["conditional"] and r["sigma_top"] == 0), None)
         same_L = next((r for r in rs if zero and r["L"] == zero["L"] and not r["conditional"] and r["sigma_top"] > 0), None)
         if zero and same_L:
@@ -76,16 +117,20 @@ def plot(runs: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=100)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
-        rs = sorted((r for r in runs if (r["profile"], r["dataset"]) == key and not r["conditional"]
-                     and (r["L"] == 1 or r["sigma_top"] > 0)), key=lambda r: r["L"])
+        rs = [r for r in runs if (r["profile"], r["dataset"]) == key and not r["conditional"]]
         label = "/".join(key)
-        a.plot([r["L"] for r in rs], [r["fid"] for r in rs], "o-", label=label)
-        a.axhline(rs[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
-        b.plot([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], "o-", label=label)
+        # FID against L: the runs sampled with the base experiment's guidance, sigma > 0 at the top
+        base_w = next(r["guidance"] for r in rs if r["variant"] == "base")
+        line = sorted((r for r in rs if (r["L"] == 1 or r["sigma_top"] > 0)
+                       and r["guidance"] == base_w[: r["L"]]), key=lambda r: r["L"])
+        a.plot([r["L"] for r in line], [r["fid"] for r in line], "o-", label=label)
+        a.axhline(line[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
+        b.scatter([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], label=label)
         for r in rs:
-            b.annotate(f"L={r['L']}", (r["gflops_per_image"], r["fid"]), fontsize=7)
+            b.annotate(f"{r['variant']} (L={r['L']})", (r["gflops_per_image"], r["fid"]), fontsize=7)
+    a.set_xticks(sorted({r["L"] for r in runs}))
     a.set(xlabel="L (levels, counting the data)", ylabel="FID", title="FID against L (dotted: real-data floor)")
     b.set(xlabel="sampling GFLOPs per image", ylabel="FID", title="FID against sampling cost")
     for ax in (a, b):
@@ -101,34 +146,41 @@ def main() -> None:
     ap.add_argument("--config", default="configs/ablation_cpu.yaml")
     ap.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--collect-only", action="store_true", help="read the finished runs, materialize nothing")
+    ap.add_argument("--from-json", action="store_true",
+                    help="materialize and read nothing: recompute costs, verdicts and plots of the runs recorded in "
+                         "ablation.json (refused if the config changed since)")
     args = ap.parse_args()
 
-    from dagster import DagsterInstance
-
-    from assets.definitions import build_definitions
     from pipeline.config import load_config, nested_home
 
-    cfg, home = load_config(args.config), nested_home()
-    began = time.perf_counter()
-    if not args.collect_only:
-        defs = build_definitions(cfg, home)
-        with DagsterInstance.get() as instance:
-            assert defs.resolve_job_def("all_assets").execute_in_process(instance=instance).success
-    runs = collect(cfg, home, args.profile)
-    RESULTS.mkdir(exist_ok=True)
+    cfg, home = load_config(args.config, check_files=not args.from_json), nested_home()
     path = RESULTS / "ablation.json"
-    old = json.loads(path.read_text())["runs"] if path.exists() else []
-    runs = [r for r in old if r["profile"] != args.profile] + runs
-    result = {
-        "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}",
-        f"machine_{args.profile}": {"platform": platform.platform(), "processor": platform.processor(),
-                                    "python": platform.python_version(),
-                                    **{p: version(p) for p in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
-        f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
-        "verdicts": verdicts(runs), "runs": runs,
-    }
-    if path.exists():  # keep the other profile's machine and timing
-        result = {**{k: v for k, v in json.loads(path.read_text()).items() if k.endswith(("_cpu", "_gpu"))}, **result}
+    recorded = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    began = time.perf_counter()
+    if args.from_json:
+        runs = refresh(recorded["runs"], cfg, args.profile)
+        result = {k: v for k, v in recorded.items() if k not in ("verdicts", "runs")}  # where the runs were made
+    else:
+        if not args.collect_only:
+            from dagster import DagsterInstance
+
+            from assets.definitions import build_definitions
+
+            with DagsterInstance.get() as instance:
+                job = build_definitions(cfg, home).resolve_job_def("all_assets")
+                assert job.execute_in_process(instance=instance).success
+        runs = collect(cfg, home, args.profile)
+        result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
+        result.update({
+            "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}",
+            f"machine_{args.profile}": {"platform": platform.platform(), "processor": platform.processor(),
+                                        "cpu_native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
+                                        **{p: version(p) for p in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
+            f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
+        })
+    runs = [r for r in recorded["runs"] if r["profile"] != args.profile] + runs
+    result.update({"verdicts": verdicts(runs), "runs": runs})
+    RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     plot(runs, RESULTS / "ablation.png")
     print(json.dumps(result["verdicts"], indent=1))

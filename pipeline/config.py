@@ -265,6 +265,13 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
     return out
 
 
+def config_fingerprint(cfg: Config) -> str:
+    """Hash of everything an experiment's results depend on in its config (not its name, not other variants)."""
+    from .cache import stable_hash
+
+    return stable_hash(cfg.model_dump(mode="json", exclude={"variants", "name"}))
+
+
 def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:
     """Each variant of the sweep as a config of its own, named '<experiment>/<variant>'."""
     base = cfg.model_dump(mode="json", exclude={"variants"})

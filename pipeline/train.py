@@ -99,6 +99,19 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU does bfloat16 in hardware (AVX512-BF16 or AMX); None where /proc/cpuinfo is absent.
+    Without it oneDNN emulates bf16: measured here on an AVX2 EPYC, a unet-tiny step took 10.0 s in bf16
+    autocast against 0.73 s in float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None = None) -> dict:
     reporter = reporter or Reporter()
     plan = build_plan(cfg, home)
@@ -111,6 +124,9 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     device = _device(rank)
     tc = cfg.train_config(level)
     work = stage.path.parent / f"{stage.fingerprint}.work"
+    if tc.precision == "bfloat16" and device.type == "cpu" and cpu_has_native_bf16() is False:
+        reporter.log(f"warning: level {level} trains in bfloat16 on a CPU without AVX512-BF16 or AMX, where bf16 "
+                     f"is emulated and many times slower than float32: set precision: float32 for this machine")
 
     data = load_level_data(cfg, plan, level)
     num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0

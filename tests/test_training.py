@@ -170,3 +170,34 @@ def test_ema_warms_up_and_survives_a_checkpoint(tmp_path):
     restored = AveragedModel(torch.nn.Linear(1, 1, bias=False), multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
     load_checkpoint(ckpt, torch.nn.Linear(1, 1, bias=False), restored, torch.optim.AdamW(model.parameters()))
     assert int(restored.n_averaged) == 2 and restored.module.weight.item() == pytest.approx(9 / 11)
+
+
+def test_sampling_cost_counts_the_unconditional_pass_where_guidance_runs_it(tiny_cfg):
+    from pipeline.costs import cost_table
+
+    def sampling(guidance, **change):
+        cfg = tiny_cfg.model_copy(update={**change, "sampling": tiny_cfg.sampling.model_copy(update={"guidance": guidance})})
+        return cost_table(cfg)
+
+    steps = tiny_cfg.sampling.steps
+    off = sampling([0.0, 0.0, 0.0])
+    per_level = [r["gflops_per_forward"] for r in off["levels"]]
+    assert off["sampling_gflops_per_image"] == pytest.approx(steps * sum(per_level))
+    assert off["sampling_relative_to_baseline"] == pytest.approx(off["relative_to_baseline"])
+    # guidance at level 0 doubles level 0; at the unconditional top level it costs nothing extra
+    on = sampling([0.1, 0.0, 0.5])
+    assert on["sampling_gflops_per_image"] == pytest.approx(steps * (2 * per_level[0] + per_level[1] + per_level[2]))
+    # with labels the top level and the L = 1 baseline have something to drop too
+    labelled = sampling([0.1, 0.0, 0.5], class_conditional=True)
+    rows = [r["gflops_per_forward"] for r in labelled["levels"]]
+    assert labelled["sampling_gflops_per_image"] == pytest.approx(steps * (2 * rows[0] + rows[1] + 2 * rows[2]))
+    assert labelled["baseline"]["sampling_gflops_per_image"] == pytest.approx(
+        2 * steps * labelled["baseline"]["gflops_per_forward"])
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from pipeline.train import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512_bf16") is True
+    assert cpu_has_native_bf16("flags : fpu sse2 avx2 amx_bf16 amx_tile") is True
+    assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f") is False  # AVX512 alone still emulates bf16
