@@ -5,6 +5,9 @@ artifact), reads each run's evaluation row, and writes ``benchmarks/results/abla
 profiles already there are kept) and two plots. Run it in the background; it prints the verdicts at the end:
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_cpu.yaml --profile cpu > ablation.log 2>&1 &
+
+``--from-json`` materializes and reads nothing: it recomputes the config-decided fields (guidance, costs), the
+verdicts and the plots of the runs recorded in the JSON, after checking each run's config fingerprint.
 """
 from __future__ import annotations
 

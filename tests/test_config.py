@@ -88,7 +88,7 @@ def test_env_config_and_relative_paths(monkeypatch, tmp_path):
     assert cfg.dataset.path == ROOT / "configs" / "tiny.yaml"
 
 
-@pytest.mark.parametrize("name", ["emoji", "emoji_gpu", "imagenet256_mocov3", "coco_clip"])
+@pytest.mark.parametrize("name", ["emoji", "emoji_gpu", "ablation_cpu", "ablation_gpu", "imagenet256_mocov3", "coco_clip"])
 def test_shipped_configs_validate(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", check_files=False)
     assert cfg.num_levels >= 3
