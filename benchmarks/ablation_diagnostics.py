@@ -1,0 +1,194 @@
+"""Why the nested runs of the level ablation gain what they gain: three measurements on the finished sweep.
+
+1. **FID noise at N.** The baseline (and the best nested run) sampled again with other seeds: a gap between
+   two runs smaller than this spread is not a result.
+2. **Oracle conditions.** Level 0 of each nested run sampled from the held-out images' *real* coarser latents
+   (with sigma noise, as in training) instead of generated ones. The gap between this FID and the run's own
+   FID is what imperfect latent models cost; the gap to the baseline is what the conditioning can buy at most.
+3. **Guidance at level 0.** Each nested run sampled again with other level-0 guidance weights: at 0 the
+   unconditional pass, most of the sampling cost above the baseline, is saved; larger weights lean harder on
+   the coarse latents.
+4. **Latent quality.** Frechet distance of each generated latent level to the training latents, next to the
+   held-out latents' distance (the floor at the same N), and the generated latents' channel std (data: 1).
+
+Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
+precision (bfloat16 autocast is emulated, ~14x slower than float32, on CPUs without AVX512-BF16 or AMX); then
+the base and the ``--variants`` named are materialized first. Writes ``benchmarks/results/ablation_diagnostics.json``:
+
+    .venv/bin/python benchmarks/ablation_diagnostics.py --config configs/ablation_cpu.yaml --profile cpu \
+        --precision float32 --variants L1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sample_fid(cfg, plan, reference: dict, seed: int, given: dict | None = None) -> dict:
+    """Sample N images top-down (or from `given` coarse latents) and score them as the evaluation asset does."""
+    from pipeline.metrics import fid_from_features, inception_features, precision_recall
+    from pipeline.sample import decode_level0, iter_hierarchy, to_uint8
+
+    sc = cfg.sampling
+    n = len(next(iter(given.values()))) if given else sc.num_samples
+    images = [to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(
+        cfg, plan, n, seed, sc.steps, cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size, given=given)]
+    feats = inception_features(np.concatenate(images))
+    pr = precision_recall(reference["train"], feats, k=3)
+    return {"fid": fid_from_features(feats, reference["train"]), **pr, "num_samples": len(feats)}
+
+
+def sampled_latents(samples_dir: Path, num_levels: int) -> dict[int, np.ndarray]:
+    """The latents the sweep generated (the samples asset stores every level beside each image)."""
+    import webdataset as wds
+
+    shards = sorted(str(p) for p in samples_dir.glob("samples-*.tar"))
+    rows = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode())
+    return {level: np.stack([r[f"level_{level}.npy"] for r in rows]) for level in range(1, num_levels)}
+
+
+def latent_fd(generated: np.ndarray, train: np.ndarray) -> float:
+    from pipeline.metrics import fid_from_features
+
+    return fid_from_features(generated.reshape(len(generated), -1).astype(np.float64),
+                             train.reshape(len(train), -1).astype(np.float64))
+
+
+def with_precision(path: str, precision: str, keep: list[str] | None):
+    """The sweep config with every level trained in `precision`, keeping only the variants in `keep`."""
+    import yaml
+
+    from pipeline.config import parse_config
+
+    data = yaml.safe_load(Path(path).read_text())
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "precision" in node:
+                node["precision"] = precision
+            for v in node.values():
+                visit(v)
+        elif isinstance(node, list):
+            for v in node:
+                visit(v)
+
+    visit(data)
+    if keep is not None:
+        data["variants"] = {k: v for k, v in data.get("variants", {}).items() if k in keep}
+    data["name"] = f"{data['name']}_{precision}"
+    return parse_config(data, source=f"{path} ({precision})")
+
+
+def materialize(cfg, home: Path) -> None:
+    from dagster import DagsterInstance
+
+    from assets.definitions import build_definitions
+
+    with DagsterInstance.get() as instance:
+        assert build_definitions(cfg, home).resolve_job_def("all_assets").execute_in_process(instance=instance).success
+
+
+PARTS = ("seeds", "oracle", "guidance", "latents")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/ablation_cpu.yaml")
+    ap.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to measure (default: all)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="extra sampling seeds (the sweep used 0)")
+    ap.add_argument("--level0-guidance", type=float, nargs="+", default=[0.0, 0.5, 1.0],
+                    help="level-0 guidance weights to sample the nested runs with")
+    ap.add_argument("--precision", choices=("float32", "bfloat16"), help="retrain the runs in this precision first")
+    ap.add_argument("--variants", nargs="*", help="the variants to diagnose beside the base (default: all)")
+    args = ap.parse_args()
+
+    from safetensors.numpy import load_file
+
+    from pipeline.config import load_config, nested_home, variant_configs
+    from pipeline.costs import cost_table
+    from pipeline.evaluate import REFERENCE
+    from pipeline.levels import read_latents
+    from pipeline.plan import build_plan
+
+    began = time.perf_counter()
+    home = nested_home()
+    if args.precision:
+        cfg = with_precision(args.config, args.precision, args.variants)
+        materialize(cfg, home)
+    else:
+        cfg = load_config(args.config)
+    runs = {"base": cfg, **{k: c for k, c in variant_configs(cfg, check_files=False).items()
+                            if args.variants is None or k.split("/")[-1] in args.variants}}
+    plans = {name: build_plan(c, home) for name, c in runs.items()}
+    reference = load_file(str(plans["base"]["reference_stats"].artifact.require() / REFERENCE))
+    command = f"python benchmarks/ablation_diagnostics.py --config {args.config} --profile {args.profile}"
+    if args.precision:
+        command += f" --precision {args.precision}"
+    if args.variants is not None:
+        command += " --variants " + " ".join(args.variants)
+    command += " --parts " + " ".join(args.parts)
+    out = {"command": command, "profile": args.profile, "precision": args.precision or "as configured",
+           "fid_floor": plans["base"]["reference_stats"].artifact.metadata()["fid_floor"], "runs": {}}
+    unconditional = {name: c for name, c in runs.items() if not c.class_conditional}
+    best = min((n for n, c in unconditional.items() if c.num_levels > 1),
+               key=lambda n: plans[n]["evaluation"].artifact.metadata()["row"]["fid"])
+    for name, c in unconditional.items():
+        plan = plans[name]
+        row = plan["evaluation"].artifact.metadata()["row"]
+        rec = {"L": c.num_levels, "sigmas": [lv.sigma for lv in c.levels], "guidance": c.guidance(),
+               "fid_seed0": row["fid"], "precision": row["precision"], "recall": row["recall"],
+               "gflops_per_image": cost_table(c)["sampling_gflops_per_image"],
+               "config_fingerprint": row["config_fingerprint"]}
+        if "seeds" in args.parts and (c.num_levels == 1 or name == best):
+            rec["fid_other_seeds"] = {str(s): sample_fid(c, plan, reference, s)["fid"] for s in args.seeds}
+            fids = [row["fid"], *rec["fid_other_seeds"].values()]
+            rec["fid_mean"], rec["fid_std"] = float(np.mean(fids)), float(np.std(fids, ddof=1))
+        if c.num_levels > 1:  # the held-out images' latents: oracle conditions, and the latents' FD floor
+            real = {level: torch.from_numpy(read_latents(plan[f"level_{level}_latents"].artifact.require(), "holdout")[1])
+                    for level in range(1, c.num_levels)}
+        if c.num_levels > 1 and "oracle" in args.parts:
+            oracle = sample_fid(c, plan, reference, 0, given=real)
+            rec["oracle"] = {"fid": oracle["fid"], "precision": oracle["precision"], "recall": oracle["recall"],
+                             "num_samples": oracle["num_samples"]}
+        if c.num_levels > 1 and "guidance" in args.parts:
+            rec["level0_guidance"] = {}
+            for w in args.level0_guidance:
+                cw = c.model_copy(update={"sampling": c.sampling.model_copy(update={"guidance": [w, *c.guidance()[1:]]})})
+                rec["level0_guidance"][str(w)] = {
+                    "gflops_per_image": cost_table(cw)["sampling_gflops_per_image"],
+                    **{k: v for k, v in sample_fid(cw, plan, reference, 0).items() if k in ("fid", "precision", "recall")}}
+        if c.num_levels > 1 and "latents" in args.parts:
+            generated = sampled_latents(plan["samples"].artifact.require(), c.num_levels)
+            rec["latents"] = {}
+            for level in range(1, c.num_levels):
+                _, train, _ = read_latents(plan[f"level_{level}_latents"].artifact.require(), "train")
+                gen = generated[level]
+                rec["latents"][str(level)] = {
+                    "fd_generated": latent_fd(gen, train), "fd_holdout_floor": latent_fd(real[level].numpy(), train),
+                    "generated_channel_std": float(gen.std(axis=(0, 2, 3)).mean()),
+                    "dims": int(np.prod(gen.shape[1:]))}
+        out["runs"][name] = rec
+        print(name, json.dumps(rec), flush=True)
+    out["wall_seconds_with_training"] = round(time.perf_counter() - began, 1)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "ablation_diagnostics.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    if old.get(args.profile, {}).get("precision") == out["precision"]:  # add these parts to the earlier ones
+        earlier = old[args.profile]
+        out["runs"] = {n: {**earlier["runs"].get(n, {}), **r} for n, r in out["runs"].items()}
+        out["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
+                          out["command"]]
+    old[args.profile] = out
+    path.write_text(json.dumps(old, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
