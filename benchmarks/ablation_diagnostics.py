@@ -86,15 +86,6 @@ def with_precision(path: str, precision: str, keep: list[str] | None):
     return parse_config(data, source=f"{path} ({precision})")
 
 
-def materialize(cfg, home: Path) -> None:
-    from dagster import DagsterInstance
-
-    from assets.definitions import build_definitions
-
-    with DagsterInstance.get() as instance:
-        assert build_definitions(cfg, home).resolve_job_def("all_assets").execute_in_process(instance=instance).success
-
-
 PARTS = ("seeds", "oracle", "guidance", "latents")
 
 
@@ -121,12 +112,14 @@ def main() -> None:
     began = time.perf_counter()
     home = nested_home()
     if args.precision:
+        from ablation import materialize_sweep  # benchmarks/ablation.py, beside this script
+
         cfg = with_precision(args.config, args.precision, args.variants)
-        materialize(cfg, home)
+        materialize_sweep(cfg, home)
     else:
         cfg = load_config(args.config)
     runs = {"base": cfg, **{k: c for k, c in variant_configs(cfg, check_files=False).items()
-                            if args.variants is None or k.split("/")[-1] in args.variants}}
+                            if args.variants is None or k in args.variants}}
     plans = {name: build_plan(c, home) for name, c in runs.items()}
     reference = load_file(str(plans["base"]["reference_stats"].artifact.require() / REFERENCE))
     command = f"python benchmarks/ablation_diagnostics.py --config {args.config} --profile {args.profile}"

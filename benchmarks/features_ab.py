@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/features_ab.py     # needs the emoji images built under .nested/
 """
-import os, time, tempfile, torch
+import time, tempfile, torch
 from pathlib import Path
 torch.set_num_threads(1)
 from pipeline.config import load_config

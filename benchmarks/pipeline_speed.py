@@ -110,8 +110,7 @@ def main() -> None:
 
     from dagster import DagsterInstance
 
-    from pipeline.cache import stable_hash
-    from pipeline.config import load_config
+    from pipeline.config import config_fingerprint, load_config
     from pipeline.plan import build_plan
 
     cfg, built = load_config(args.config), Path(args.built).resolve()
@@ -272,7 +271,7 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads(), "load_average_end": os.getloadavg(),
                     "cuda": torch.cuda.is_available()},
         "packages": {p: version(p) for p in PACKAGES},
-        "configs": {c.name: {"path": p, "fingerprint": stable_hash(c.model_dump(mode="json", exclude={"variants", "name"}))}
+        "configs": {c.name: {"path": p, "fingerprint": config_fingerprint(c)}
                     for c, p in ((cfg, args.config), (tiny, args.tiny))},
         "artifacts_read": {k: built_plan[k].fingerprint for k in built_plan if k != "level_neighbours"},
         "figures": figures, "machine_load": loads, "notes": args.note,
