@@ -1,6 +1,7 @@
 """Dagster asset checks over the artifacts; the checking itself is plain Python in ``pipeline/checks.py``.
 
 The checks are blocking: a failed one stops the run before anything downstream reads the bad artifact.
+Every asset has ``files_intact`` (each file's size and SHA-256 against its marker) besides its own checks.
 """
 from typing import Callable
 
@@ -26,19 +27,36 @@ CHECKS: dict[str, list[tuple[str, str, Callable]]] = {
                 lambda s, n: checks.checkpoint_loads(s.cfg, s.plan, int(n.split("_")[1])))],
     "samples": [("complete", "All requested samples are in the shards and decode; their latents are finite.",
                  lambda s, n: checks.samples_are_complete(s.plan[n].artifact.require(), s.cfg.sampling.num_samples))],
+    "svd": [("orthonormal", "The basis loads, is finite, orthonormal, one axis per feature channel, variances descending.",
+             lambda s, n: checks.basis_is_orthonormal(s.plan[n].artifact.require(),
+                                                      s.plan["encoder_features"].artifact.metadata()["shape"][-1]))],
+    "reference": [("consistent", "Inception features of every reference and held-out image, finite; mu is their mean.",
+                   lambda s, n: checks.reference_is_consistent(s.plan[n].artifact.require(),
+                                                               s.plan[n].artifact.metadata()["num_reference"],
+                                                               s.plan[n].artifact.metadata()["num_holdout"]))],
+    "neighbours": [("complete", "k neighbours of every query under every level, and the picture decodes.",
+                    lambda s, n: checks.neighbours_complete(s.plan[n].artifact.require(), s.cfg.num_levels,
+                                                            s.plan[n].artifact.metadata()["k"]))],
     "evaluation": [("row_present", "The evaluation table has this evaluation's row, with a finite FID.",
                     lambda s, n: checks.evaluation_row_present(s.home, s.plan[n].fingerprint))],
 }
+
+INTACT = ("files_intact", "Every file is there with the size and SHA-256 its marker recorded when it was built.",
+          lambda s, n: checks.files_intact(s.plan[n].artifact))
 
 
 def _check(scope: Scope, name: str, check_name: str, description: str, run: Callable) -> AssetChecksDefinition:
     @asset_check(asset=scope.keys[name], name=check_name, description=description, blocking=True)
     def _run() -> AssetCheckResult:
-        outcome = run(scope, name)
+        try:
+            outcome = run(scope, name)
+        except Exception as e:  # a missing or damaged artifact fails its checks; it does not crash the run
+            outcome = checks.CheckOutcome(False, " ".join(f"{type(e).__name__}: {e}".split()))
         return AssetCheckResult(passed=outcome.passed, description=outcome.description, metadata=outcome.metadata)
 
     return _run
 
 
 def asset_checks(scope: Scope, names: list[str]) -> list[AssetChecksDefinition]:
-    return [_check(scope, name, *spec) for name in names for spec in CHECKS.get(scope.plan[name].artifact.stage, ())]
+    return [_check(scope, name, *spec) for name in names
+            for spec in (*CHECKS.get(scope.plan[name].artifact.stage, ()), INTACT)]

@@ -40,15 +40,8 @@ class Scope:
 
 
 def materialize_stage(context: AssetExecutionContext, stage: Stage, build: Callable[[Path], dict]) -> tuple[dict, bool]:
-    """Run `build(tmp_dir) -> metadata` unless the artifact is already complete; returns (metadata, cache_hit)."""
-    hit = stage.artifact.is_complete()
-    if hit:
-        context.log.info(f"cache hit: {stage.path}")
-    else:
-        context.log.info(f"building {stage.path}")
-        with stage.artifact.build() as (tmp, meta):
-            meta.update(build(tmp))
-    return stage.artifact.metadata(), hit
+    """Run `build(tmp_dir) -> metadata` unless the artifact is complete and intact; returns (metadata, cache_hit)."""
+    return stage.artifact.materialize(build, context.log.info)
 
 
 def result(stage: Stage, meta: dict, hit: bool, extra: dict) -> MaterializeResult:

@@ -21,13 +21,14 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from .cache import Artifact
 from .costs import level_shape
 from .data import iter_latents
-from .evaluate import TABLE
 from .features import iter_rows, open_features
 from .ingest import image_shards, read_manifest
 from .levels import latent_shards
 from .sample import ChannelStats
+from .table import KEY, TABLE, evaluation_rows
 from .train import load_level_model
 
 SPLITS = ("train", "holdout")
@@ -178,9 +179,73 @@ def samples_are_complete(samples_dir: Path, num_samples: int) -> CheckOutcome:
 
 @_never_raises
 def evaluation_row_present(home: Path, evaluation_fingerprint: str) -> CheckOutcome:
-    table = pq.read_table(Path(home) / TABLE, columns=["evaluation_fingerprint", "fid"]).to_pylist()
-    rows = [r for r in table if r["evaluation_fingerprint"] == evaluation_fingerprint]
+    # The row lives in the evaluation artifact; the table is its export and must hold it exactly once.
+    own = [r for r in evaluation_rows(home) if r[KEY] == evaluation_fingerprint]
+    table = pq.read_table(Path(home) / TABLE, columns=[KEY, "fid"]).to_pylist()
+    rows = [r for r in table if r[KEY] == evaluation_fingerprint]
     fid = rows[0]["fid"] if len(rows) == 1 else None
-    passed = fid is not None and math.isfinite(fid)
-    return CheckOutcome(passed, f"{len(rows)} row(s) for evaluation {evaluation_fingerprint} in {TABLE}"
-                        + (f", FID {fid:.2f}" if fid is not None else ""), {"rows": len(rows), "fid": fid})
+    passed = len(own) == 1 and fid is not None and math.isfinite(fid)
+    return CheckOutcome(passed, f"{len(rows)} row(s) for evaluation {evaluation_fingerprint} in {TABLE}, "
+                        f"{len(own)} in its artifact" + (f", FID {fid:.2f}" if fid is not None else ""),
+                        {"rows": len(rows), "artifact_rows": len(own), "fid": fid})
+
+
+@_never_raises
+def files_intact(artifact: Artifact) -> CheckOutcome:
+    """Every file the marker recorded is there with its size and SHA-256 (all files hashed, however large)."""
+    files = artifact.metadata().get("files")
+    if files is None:
+        return CheckOutcome(False, "the marker records no files (built by an older version): rematerialize to verify",
+                            {"files": None})
+    problems = artifact.damage(full=True)
+    meta = {"files": len(files), "bytes": sum(size for size, _ in files.values()), "problems": problems[:20]}
+    return CheckOutcome(not problems, f"{len(files)} files, {meta['bytes'] / 2**20:.1f} MiB: "
+                        + ("; ".join(problems[:3]) if problems else "all match their recorded size and SHA-256"), meta)
+
+
+@_never_raises
+def basis_is_orthonormal(svd_dir: Path, channels: int, tol: float = 1e-3) -> CheckOutcome:
+    from .svd import load_basis
+
+    b = load_basis(svd_dir)
+    comp = b["components"].astype(np.float64)
+    finite = all(bool(np.isfinite(v).all()) for v in b.values())
+    err = float(np.abs(comp @ comp.T - np.eye(len(comp))).max()) if comp.ndim == 2 else math.inf
+    ev = b["explained_variance"]
+    ordered = bool((ev >= 0).all() and (np.diff(ev) <= 1e-6 * max(float(ev.max()), 1e-12)).all())
+    meta = {"shape": list(comp.shape), "orthonormality_error": err, "finite": finite, "descending": ordered,
+            "num_samples": int(b["num_samples"][0])}
+    passed = finite and comp.shape == (channels, channels) and err <= tol and ordered and meta["num_samples"] > 1
+    return CheckOutcome(passed, f"components {tuple(comp.shape)} for {channels} feature channels, max |VV^T - I| "
+                        f"{err:.2e} (tolerance {tol}), variances {'descending' if ordered else 'NOT descending'}, "
+                        f"{'finite' if finite else 'NOT finite'}", meta)
+
+
+@_never_raises
+def reference_is_consistent(reference_dir: Path, num_reference: int, num_holdout: int) -> CheckOutcome:
+    from safetensors.numpy import load_file
+
+    from .evaluate import REFERENCE
+
+    ref = load_file(str(Path(reference_dir) / REFERENCE))
+    train = ref["train"].astype(np.float64)
+    finite = all(bool(np.isfinite(v).all()) for v in ref.values())
+    mu_err = float(np.abs(train.mean(0) - ref["mu"]).max()) if len(train) else math.inf
+    meta = {"train": list(ref["train"].shape), "holdout": list(ref["holdout"].shape), "finite": finite,
+            "mu_error": mu_err, "sigma_symmetric": bool(np.allclose(ref["sigma"], ref["sigma"].T))}
+    passed = (finite and ref["train"].shape == (num_reference, 2048) and len(ref["holdout"]) == num_holdout
+              and ref["sigma"].shape == (2048, 2048) and meta["sigma_symmetric"] and mu_err <= 1e-3)
+    return CheckOutcome(passed, f"{len(train)} of {num_reference} training and {len(ref['holdout'])} of {num_holdout} "
+                        f"held-out Inception features, {'finite' if finite else 'NOT finite'}; mean matches mu to "
+                        f"{mu_err:.1e}", meta)
+
+
+@_never_raises
+def neighbours_complete(neighbours_dir: Path, levels: int, k: int) -> CheckOutcome:
+    found = json.loads((Path(neighbours_dir) / "neighbours.json").read_text())
+    picture_ok = _png_ok((Path(neighbours_dir) / "neighbours.png").read_bytes())
+    bad = [q for q, per in found.items() if len(per) != levels or any(len(v) != k for v in per.values())]
+    meta = {"queries": len(found), "levels": levels, "k": k, "incomplete_queries": bad, "picture_decodes": picture_ok}
+    return CheckOutcome(bool(found) and not bad and picture_ok,
+                        f"{len(found)} queries x {levels} levels x {k} neighbours, {len(bad)} incomplete; picture "
+                        f"{'decodes' if picture_ok else 'does NOT decode'}", meta)

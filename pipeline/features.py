@@ -76,9 +76,10 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
     attrs = {"encoder": cfg.name, "weights": cfg.weights, "checkpoint_sha256": checkpoint_sha256(cfg.weights),
              "layer": cfg.layer, "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std),
              "dtype": cfg.dtype, "layout": "N h w C, rows in manifest order"}
+    # Fill value NaN, not zero: a chunk missing from the store then reads as NaN and fails the `finite` check.
     arr = zarr.create_array(store=str(out_dir / FEATURES), shape=(n, h, w, c), chunks=(min(chunk_rows, n), h, w, c),
-                            dtype="float32", compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)],
-                            attributes=attrs)
+                            dtype="float32", fill_value=float("nan"),
+                            compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)], attributes=attrs)
     extractor = build_extractor(cfg)
     pre = Preprocess(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")

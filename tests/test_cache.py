@@ -1,8 +1,12 @@
+import multiprocessing
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 
-from pipeline.cache import MARKER, Artifact, stable_hash
+from pipeline.cache import MARKER, Artifact, ArtifactDamaged, stable_hash
 
 
 def test_stable_hash_ignores_key_order_and_sees_values():
@@ -54,3 +58,109 @@ def test_incomplete_final_directory_is_rebuilt(tmp_path):
     with art.build() as (tmp, meta):
         (tmp / "good").write_text("!")
     assert art.is_complete() and not (art.path / "partial").exists()
+
+
+def _built(tmp_path, files: dict[str, bytes]) -> Artifact:
+    art = Artifact(tmp_path, "stage", "abc")
+    with art.build() as (tmp, meta):
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+    return art
+
+
+def test_marker_records_every_file_and_damage_is_found(tmp_path):
+    art = _built(tmp_path, {"a.bin": b"x" * 100, "sub/b.bin": b"y" * 10})
+    files = art.metadata()["files"]
+    assert set(files) == {"a.bin", "sub/b.bin"} and files["a.bin"][0] == 100
+    assert art.damage() == [] and art.require() == art.path
+
+    (art.path / "a.bin").write_bytes(b"x" * 50)  # truncated
+    (art.path / "sub" / "b.bin").unlink()  # deleted
+    problems = art.damage()
+    assert problems == ["a.bin is 50 bytes, 100 when built", "sub/b.bin is missing"]
+    with pytest.raises(ArtifactDamaged, match="a.bin is 50 bytes.*rematerialize the 'stage' asset"):
+        art.require()
+
+
+def test_same_size_change_is_found_by_hash(tmp_path, monkeypatch):
+    import pipeline.cache as cache
+
+    art = _built(tmp_path, {"a.bin": b"x" * 100})
+    (art.path / "a.bin").write_bytes(b"z" * 100)
+    assert art.damage() == ["a.bin has changed since it was built (SHA-256 differs)"]
+    monkeypatch.setattr(cache, "HASH_ON_USE_BYTES", 10)  # a large file: only sizes on use, hashes when asked
+    assert art.damage() == []
+    assert art.damage(full=True) != []
+    monkeypatch.setenv("NESTED_VERIFY", "full")
+    assert art.damage() != []
+
+
+def test_damaged_artifact_is_set_aside_and_rebuilt(tmp_path):
+    art = _built(tmp_path, {"a.bin": b"x" * 100})
+    (art.path / "a.bin").write_bytes(b"")
+    calls = []
+    meta, hit = art.materialize(lambda out: (out / "a.bin").write_bytes(b"new") and calls.append(1) or {"v": 2},
+                                log=lambda m: None)
+    assert not hit and calls == [1] and meta["v"] == 2 and (art.path / "a.bin").read_bytes() == b"new"
+    aside = list(art.path.parent.glob("abc.damaged-*"))
+    assert len(aside) == 1 and (aside[0] / "a.bin").read_bytes() == b""  # nothing is deleted
+    assert art.materialize(lambda out: pytest.fail("rebuilt an intact artifact"), log=lambda m: None)[1]
+
+
+def _slow_build(home: str, started: str, result: str) -> None:
+    """One process materializing the artifact; records 'miss' or 'hit'."""
+    art = Artifact(Path(home), "stage", "abc")
+
+    def build(out):
+        Path(started).touch()
+        time.sleep(1.5)  # long enough for the other process to arrive while this one builds
+        (out / "data.bin").write_bytes(str(os.getpid()).encode())
+        return {"builder": os.getpid()}
+
+    _, hit = art.materialize(build, log=lambda m: None)
+    Path(result).write_text("hit" if hit else "miss")
+
+
+def test_concurrent_materializations_build_once(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    started = tmp_path / "started"
+    first = ctx.Process(target=_slow_build, args=(str(tmp_path), str(started), str(tmp_path / "r1")))
+    first.start()
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = ctx.Process(target=_slow_build, args=(str(tmp_path), str(tmp_path / "started2"), str(tmp_path / "r2")))
+    second.start()  # arrives while the first holds the lock
+    first.join(60), second.join(60)
+    assert (first.exitcode, second.exitcode) == (0, 0)
+    assert ((tmp_path / "r1").read_text(), (tmp_path / "r2").read_text()) == ("miss", "hit")
+    assert not (tmp_path / "started2").exists()  # the second never built
+    art = Artifact(tmp_path, "stage", "abc")
+    assert (art.path / "data.bin").read_text() == str(art.metadata()["builder"])
+    assert sorted(p.name for p in art.path.parent.iterdir()) == ["abc"]
+
+
+def _hold_lock_forever(home: str, ready: str) -> None:
+    with Artifact(Path(home), "stage", "abc").lock():
+        Path(ready).touch()
+        time.sleep(600)
+
+
+def test_a_killed_holder_does_not_block_the_next_build(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    ready = tmp_path / "ready"
+    holder = ctx.Process(target=_hold_lock_forever, args=(str(tmp_path), str(ready)))
+    holder.start()
+    deadline = time.time() + 60
+    while not ready.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    art = Artifact(tmp_path, "stage", "abc")
+    assert str(holder.pid) in art.lock_path.read_text()  # who holds it, for the waiting message
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    messages = []
+    began = time.time()
+    meta, hit = art.materialize(lambda out: {"n": 1}, log=messages.append)
+    assert not hit and meta["n"] == 1 and time.time() - began < 5
+    assert any("took over the lock" in m and str(holder.pid) in m for m in messages)

@@ -16,7 +16,7 @@ import webdataset as wds
 import zarr
 
 from pipeline import checks
-from pipeline.evaluate import TABLE
+from pipeline.table import TABLE
 from pipeline.ingest import MANIFEST, read_manifest
 from pipeline.plan import build_plan
 
@@ -176,8 +176,9 @@ def test_checkpoint_fails_truncated_or_missing(run, tmp_path):
     shutil.copytree(run["plan"]["level_1_model"].path, plan["level_1_model"].path)
     ema = plan["level_1_model"].path / "ema.safetensors"
     ema.write_bytes(ema.read_bytes()[: ema.stat().st_size // 2])
-    torn = checks.checkpoint_loads(cfg, plan, 1)
-    assert not torn.passed and "SafetensorError" in torn.metadata["error"] in torn.description
+    torn = checks.checkpoint_loads(cfg, plan, 1)  # caught by the marker's sizes before safetensors reads it
+    assert not torn.passed and "ArtifactDamaged" in torn.metadata["error"] in torn.description
+    assert "ema.safetensors is" in torn.description
 
 
 def test_checkpoint_fails_against_a_config_of_another_shape(run):
@@ -220,9 +221,12 @@ def test_evaluation_row_present(run):
     assert ok.metadata["rows"] == 1 and math.isclose(ok.metadata["fid"], evaluation.artifact.metadata()["fid"])
 
 
-@pytest.mark.parametrize("damage", ["row_removed", "row_twice", "fid_nan", "no_table"])
+@pytest.mark.parametrize("damage", ["row_removed", "row_twice", "fid_nan", "no_table", "no_artifact"])
 def test_evaluation_row_fails_on_a_damaged_table(run, tmp_path, damage):
-    fingerprint = run["plan"]["evaluation"].fingerprint
+    evaluation = run["plan"]["evaluation"]
+    fingerprint = evaluation.fingerprint
+    if damage != "no_artifact":  # a home holding this evaluation's artifact (its row) and a damaged export
+        shutil.copytree(evaluation.path, tmp_path / "evaluation" / fingerprint)
     table = pq.read_table(run["home"] / TABLE)
     mine = pc.equal(table["evaluation_fingerprint"], fingerprint)
     if damage == "row_removed":
@@ -236,4 +240,81 @@ def test_evaluation_row_fails_on_a_damaged_table(run, tmp_path, damage):
         pq.write_table(table, tmp_path / TABLE)
     bad = checks.evaluation_row_present(tmp_path, fingerprint)
     assert not bad.passed
-    assert bad.metadata.get("rows") == {"row_removed": 0, "row_twice": 2, "fid_nan": 1, "no_table": None}[damage]
+    assert bad.metadata.get("rows") == {"row_removed": 0, "row_twice": 2, "fid_nan": 1, "no_table": None,
+                                        "no_artifact": 1}[damage]
+
+
+# ---------------------------------------------------------------- svd, reference, neighbours, every file
+
+def test_basis_is_orthonormal(run, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    channels = run["plan"]["encoder_features"].artifact.metadata()["shape"][-1]
+    ok = checks.basis_is_orthonormal(run["plan"]["svd_basis"].path, channels)
+    assert ok.passed, ok.description
+    assert ok.metadata["orthonormality_error"] < 1e-4
+
+    svd = copy_of(run, "svd_basis", tmp_path)
+    basis = load_file(str(svd / "basis.safetensors"))
+    basis["components"][0] *= 1.1  # one axis no longer unit length
+    save_file(basis, str(svd / "basis.safetensors"))
+    bad = checks.basis_is_orthonormal(svd, channels)
+    assert not bad.passed and bad.metadata["orthonormality_error"] > 0.1
+    (svd / "basis.safetensors").write_bytes((svd / "basis.safetensors").read_bytes()[:100])  # truncated
+    assert not checks.basis_is_orthonormal(svd, channels).passed
+
+
+def test_reference_is_consistent(run, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    meta = run["plan"]["reference_stats"].artifact.metadata()
+    args = (meta["num_reference"], meta["num_holdout"])
+    ok = checks.reference_is_consistent(run["plan"]["reference_stats"].path, *args)
+    assert ok.passed, ok.description
+
+    ref_dir = copy_of(run, "reference_stats", tmp_path)
+    ref = load_file(str(ref_dir / "reference.safetensors"))
+    ref["mu"] = ref["mu"] + 1.0  # statistics that no longer describe the features
+    save_file(ref, str(ref_dir / "reference.safetensors"))
+    bad = checks.reference_is_consistent(ref_dir, *args)
+    assert not bad.passed and bad.metadata["mu_error"] == pytest.approx(1.0, abs=1e-3)
+    ref["mu"] -= 1.0
+    ref["train"] = ref["train"][:-1]
+    save_file(ref, str(ref_dir / "reference.safetensors"))
+    assert not checks.reference_is_consistent(ref_dir, *args).passed  # a reference image missing
+
+
+def test_neighbours_complete(run, tmp_path):
+    import json
+
+    k = run["plan"]["level_neighbours"].artifact.metadata()["k"]
+    ok = checks.neighbours_complete(run["plan"]["level_neighbours"].path, run["cfg"].num_levels, k)
+    assert ok.passed, ok.description
+
+    nb = copy_of(run, "level_neighbours", tmp_path)
+    found = json.loads((nb / "neighbours.json").read_text())
+    first = next(iter(found))
+    found[first].popitem()  # one level's neighbours lost
+    (nb / "neighbours.json").write_text(json.dumps(found))
+    bad = checks.neighbours_complete(nb, run["cfg"].num_levels, k)
+    assert not bad.passed and bad.metadata["incomplete_queries"] == [first]
+
+
+@pytest.mark.parametrize("asset", ["encoder_features", "svd_basis", "level_1_model", "reference_stats"])
+def test_files_intact_hashes_every_file(run, tmp_path, asset):
+    from pipeline.cache import Artifact
+
+    stage = run["plan"][asset]
+    ok = checks.files_intact(stage.artifact)
+    assert ok.passed, ok.description
+    assert ok.metadata["files"] == len([p for p in stage.path.rglob("*") if p.is_file()]) - 1  # all but the marker
+
+    copy = Artifact(tmp_path, stage.artifact.stage, stage.fingerprint)
+    shutil.copytree(stage.path, copy.path)
+    biggest = max((p for p in copy.path.rglob("*") if p.is_file() and p.name != "_COMPLETE.json"),
+                  key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, other content
+    biggest.write_bytes(bytes(data))
+    bad = checks.files_intact(copy)
+    assert not bad.passed and "SHA-256" in bad.description
