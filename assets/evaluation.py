@@ -1,4 +1,6 @@
 """Generation (and, next, evaluation) assets: they read the trained models and never retrain them."""
+from datetime import datetime, timezone
+
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from .stages import Scope, materialize_stage, md_table, png_markdown, result
@@ -43,7 +45,8 @@ def reference_asset(scope: Scope) -> AssetsDefinition:
         from pipeline.evaluate import build_reference
 
         meta, hit = materialize_stage(context, stage, lambda out: build_reference(
-            images.artifact.require(), out, cfg.sampling.reference_images, context.log.info))
+            images.artifact.require(), out, cfg.sampling.reference_images, context.log.info,
+            cfg.sampling.inception_weights))
         return result(stage, meta, hit, {"num_reference": meta["num_reference"], "num_holdout": meta["num_holdout"],
                                          "fid_floor": meta["fid_floor"]})
 
@@ -55,19 +58,22 @@ def evaluation_asset(scope: Scope) -> AssetsDefinition:
     stage, samples, reference = plan["evaluation"], plan["samples"], plan["reference_stats"]
 
     @asset(**scope.asset_args("evaluation", "evaluation", deps=["samples", "reference_stats"], kinds=("parquet",)),
-           description="FID (clean-fid, packaged Inception), precision/recall (k = 3) and nearest-training-image "
-                       "distances of the samples; one row appended to $NESTED_HOME/evaluations.parquet.")
+           description="FID (clean-fid; the packaged Inception or sampling.inception_weights), precision/recall "
+                       "(k = 3) and nearest-training-image distances of the samples; its row, kept in the artifact, "
+                       "is exported to $NESTED_HOME/evaluations.parquet.")
     def _evaluation(context: AssetExecutionContext) -> MaterializeResult:
         from pipeline.config import config_fingerprint
         from pipeline.costs import cost_table
-        from pipeline.evaluate import append_row, evaluate_samples
+        from pipeline.evaluate import evaluate_samples
+        from pipeline.table import export_table
 
         def build(out):
-            meta = evaluate_samples(samples.artifact.require(), reference.artifact.require(), out)
+            meta = evaluate_samples(samples.artifact.require(), reference.artifact.require(), out,
+                                    weights=cfg.sampling.inception_weights)
             ref_meta, sample_meta = reference.artifact.metadata(), samples.artifact.metadata()
             meta["row"] = {
                 "experiment": cfg.name, "variant": scope.variant or "",
-                "config_fingerprint": config_fingerprint(cfg),
+                "config_fingerprint": config_fingerprint(cfg, stage.artifact.home),
                 "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
                 "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(),
                 "sampler": cfg.sampling.sampler, "steps": cfg.sampling.steps, "num_samples": meta["num_samples"],
@@ -75,13 +81,14 @@ def evaluation_asset(scope: Scope) -> AssetsDefinition:
                 "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
                 "gflops_per_image": cost_table(cfg)["sampling_gflops_per_image"],
                 "wall_seconds": sample_meta["sample_seconds"] + meta["seconds"],
+                "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             return meta
 
         meta, hit = materialize_stage(context, stage, build)
-        table = stage.artifact.home / "evaluations.parquet"
-        if not hit:  # a cache hit is the same evaluation: it already has its row
-            append_row(stage.artifact.home, meta["row"])
+        # The row is part of the artifact; the table is re-exported from the artifacts every time (a cache hit
+        # too), so an export that failed last time (a full disk, a kill) is completed now, and never doubled.
+        table = export_table(stage.artifact.home)
         context.log.info(f"FID {meta['fid']:.2f}; evaluation table: {table}")
         row = meta["row"]
         return result(stage, meta, hit, {

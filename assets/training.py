@@ -5,7 +5,10 @@ same module a user runs by hand. Levels depend on latents, never on each other's
 train in parallel under the multiprocess executor.
 """
 import json
+import os
 import sys
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, PipesSubprocessClient, asset
@@ -20,12 +23,15 @@ from .stages import Scope, png_markdown, result
 def train_command(cfg: Config, level: int, home: Path) -> list[str]:
     """The command line of a level's training process; the resolved config travels as a JSON file."""
     cfg_json = cfg.model_dump_json(indent=1, exclude={"variants"})
-    path = home / "run_configs" / f"{cfg.name}-{stable_hash(cfg_json)}.json"
+    # A variant is named '<experiment>/<variant>': one flat file name (the config refuses unsafe names).
+    path = home / "run_configs" / f"{cfg.name.replace('/', '__')}-{stable_hash(cfg_json)}.json"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(cfg_json)
-        tmp.rename(path)
+        # A temp name of its own: two runs starting at once must not write into each other's file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(cfg_json)
+        os.replace(tmp, path)
     module = ["-m", "pipeline.train", "--config", str(path), "--level", str(level), "--home", str(home)]
     nproc = cfg.train_config(level).nproc
     if nproc > 1:
@@ -67,13 +73,21 @@ def level_model_asset(scope: Scope, level: int) -> AssetsDefinition:
            description=f"Level {level} denoiser ({tc.backbone}-{tc.size}) on {what}, conditioned on "
                        f"{sigmas or 'nothing (coarsest level)'}; trained by a Pipes subprocess.")
     def _model(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
-        hit = stage.artifact.is_complete()
+        hit = stage.artifact.is_complete() and not stage.artifact.damage()
         reported = {}
         if not hit:
-            # The process logs its loss as it falls and reports its metadata through Pipes; the rendered view is
-            # read from the finished artifact, so a cache hit shows the same thing.
-            results = pipes_subprocess_client.run(command=train_command(cfg, level, home), context=context).get_results()
-            reported = dict(results[0].metadata or {}) if results else {}
+            # The training process takes the fingerprint's lock itself (and sets a damaged model aside); under
+            # torchrun this process holds it instead, since the ranks must not wait on one another.
+            with stage.artifact.lock(context.log.info) if tc.nproc > 1 else nullcontext():
+                hit = tc.nproc > 1 and stage.artifact.reusable(context.log.info)
+                if not hit:
+                    # The process logs its loss as it falls and reports its metadata through Pipes; the rendered
+                    # view is read from the finished artifact, so a cache hit shows the same thing.
+                    results = pipes_subprocess_client.run(command=train_command(cfg, level, home),
+                                                          context=context).get_results()
+                    reported = dict(results[0].metadata or {}) if results else {}
+                    cache = reported.pop("cache", None)  # 'hit' when another run trained it meanwhile
+                    hit = getattr(cache, "value", cache) == "hit"
         meta = stage.artifact.metadata()
         return result(stage, meta, hit, {**reported, **model_metadata(cfg, stage, meta)})
 

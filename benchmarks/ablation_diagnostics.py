@@ -49,9 +49,13 @@ def sampled_latents(samples_dir: Path, num_levels: int) -> dict[int, np.ndarray]
     """The latents the sweep generated (the samples asset stores every level beside each image)."""
     import webdataset as wds
 
+    from pipeline.levels import decode_npy
+
     shards = sorted(str(p) for p in samples_dir.glob("samples-*.tar"))
-    rows = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False).decode())
-    return {level: np.stack([r[f"level_{level}.npy"] for r in rows]) for level in range(1, num_levels)}
+    # Raw members, decoded here one by one: webdataset's default .decode() would unpickle any .pyd/.pth member.
+    rows = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False))
+    return {level: np.stack([decode_npy(r[f"level_{level}.npy"], f"level_{level}.npy") for r in rows])
+            for level in range(1, num_levels)}
 
 
 def latent_fd(generated: np.ndarray, train: np.ndarray) -> float:

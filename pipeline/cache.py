@@ -176,33 +176,36 @@ class Artifact:
 
     @contextmanager
     def build(self) -> Iterator[tuple[Path, dict]]:
-        """Yield (tmp_dir, metadata dict to fill); on success the marker is written and the directory published."""
-        with self.lock():
-            parent = self.path.parent
-            parent.mkdir(parents=True, exist_ok=True)
-            for stale in parent.glob(f"{self.fingerprint}.tmp-*"):
-                if _owner_dead(stale):
-                    shutil.rmtree(stale, ignore_errors=True)
-            tmp = parent / f"{self.fingerprint}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-            tmp.mkdir()
-            meta: dict = {}
-            try:
-                start = time.perf_counter()
-                yield tmp, meta
-                meta.setdefault("seconds", round(time.perf_counter() - start, 3))
-                meta.update(stage=self.stage, fingerprint=self.fingerprint, files=file_record(tmp))
-                marker = tmp / MARKER
-                marker.with_suffix(".part").write_text(json.dumps(meta, indent=1, default=str))
-                marker.with_suffix(".part").rename(marker)
-                if self.path.exists():  # an incomplete leftover (no marker) or a twin built without the lock
-                    if self.is_complete():
-                        shutil.rmtree(tmp)
-                        return
-                    shutil.rmtree(self.path)
-                tmp.rename(self.path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+        """Yield (tmp_dir, metadata dict to fill); on success the marker is written and the directory published.
+
+        It takes no lock itself (under torchrun the launching process holds it for the ranks): callers that
+        may race use `materialize`, or hold `lock()` around it.
+        """
+        parent = self.path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f"{self.fingerprint}.tmp-*"):
+            if _owner_dead(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = parent / f"{self.fingerprint}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.mkdir()
+        meta: dict = {}
+        try:
+            start = time.perf_counter()
+            yield tmp, meta
+            meta.setdefault("seconds", round(time.perf_counter() - start, 3))
+            meta.update(stage=self.stage, fingerprint=self.fingerprint, files=file_record(tmp))
+            marker = tmp / MARKER
+            marker.with_suffix(".part").write_text(json.dumps(meta, indent=1, default=str))
+            marker.with_suffix(".part").rename(marker)
+            if self.path.exists():  # an incomplete leftover (no marker) or a twin built without the lock
+                if self.is_complete():
+                    shutil.rmtree(tmp)
+                    return
+                shutil.rmtree(self.path)
+            tmp.rename(self.path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def materialize(self, build: Callable[[Path], dict], log: Callable[[str], None] = print) -> tuple[dict, bool]:
         """Build with `build(tmp_dir) -> metadata` unless an intact artifact exists; returns (metadata, cache_hit)."""

@@ -17,6 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "emoji.yaml"
 DATASET_SOURCES = ("emoji", "folder", "npz", "digits", "mnist")
+# Precision/recall take each point's k-th nearest neighbour (k = 3): a set needs k + 1 points.
+EVAL_K = 3
+MAX_SAMPLES = 1_000_000  # sampling.num_samples cap: the paper evaluates 50k; 1e12 is a typo, not a run
+MAX_SEED = 2**63 - 1  # torch and numpy take 64-bit seeds
+# The experiment name becomes part of file names under $NESTED_HOME: each '/'-separated part a safe file name.
+_NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
 class ConfigError(ValueError):
@@ -24,7 +30,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an inf sigma or a NaN lr would train NaN and publish a NaN model.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetConfig(_Strict):
@@ -35,7 +42,7 @@ class DatasetConfig(_Strict):
     resolution: int = Field(32, ge=4, le=1024, description="level-0 pixel size (square)")
     source_size: int = Field(64, ge=8, le=1024, description="size kept for the encoder (center crop, square)")
     max_images: int | None = Field(None, ge=1)
-    holdout_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="held-out images (real-data FID floor)")
+    holdout_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="held-out images (real-data FID floor)")
     shard_size: int = Field(1000, ge=1, description="samples per WebDataset shard")
     drop_categories: tuple[str, ...] = ("Component",)
 
@@ -89,6 +96,13 @@ class TrainConfig(_Strict):
     log_every: int = Field(50, ge=1)
     nproc: int = Field(1, ge=1, description="processes: >1 launches torchrun (DDP: NCCL on GPU, gloo on CPU)")
 
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v):
+        if not all(0 <= b < 1 for b in v):  # AdamW refuses them only when training starts
+            raise ValueError(f"{list(v)}: each Adam beta must be in [0, 1)")
+        return v
+
 
 class LevelConfig(_Strict):
     pool: int = Field(ge=1, description="s_l: the feature map is average-pooled to s_l x s_l")
@@ -115,20 +129,37 @@ class SamplingConfig(_Strict):
     """Top-down generation. Guidance convention (U-ViT): eps = eps_cond + w * (eps_cond - eps_uncond), so w = 0
     is plain conditional sampling; one w per level, listed from level 0 up (the paper decays them coarse to fine,
     e.g. [0.1, 0.2, 0.3, 0.4, 0.5] for L = 5). Missing entries are 0."""
-    num_samples: int = Field(500, ge=1)
+    num_samples: int = 500
     steps: int = Field(25, ge=1)
     sampler: Literal["dpm", "ddim", "ddpm"] = "dpm"  # dpm: DPM-Solver++ (multistep), as U-ViT
     guidance: tuple[float, ...] = ()
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     batch_size: int = Field(64, ge=1, description="images per batch (large batches thrash the CPU caches)")
     pixel_thresholding: bool = True  # dynamic thresholding of pixel-space x0 estimates (keeps them in [-1, 1])
     shared_rows: int = Field(4, ge=0, description="rows of the shared-coarse-latent picture (paper Figure 1)")
-    reference_images: int | None = Field(None, ge=2, description="training images in the FID reference (all: None)")
+    reference_images: int | None = Field(None, description="training images in the FID reference (all: None)")
+    inception_weights: Path | None = Field(None, description="a local TorchScript file of NVIDIA's inception-2015-12-05 "
+                                           "(clean-fid's download) to use instead of the packaged copy")
+
+    @field_validator("num_samples", "reference_images")
+    @classmethod
+    def _enough_points(cls, v):
+        if v is not None and v < EVAL_K + 1:
+            raise ValueError(f"{v} < {EVAL_K + 1}: precision/recall and the nearest-neighbour stats take each point's "
+                             f"k = {EVAL_K} nearest neighbours, so they need at least k + 1 points")
+        return v
+
+    @field_validator("num_samples")
+    @classmethod
+    def _capped(cls, v):
+        if v > MAX_SAMPLES:
+            raise ValueError(f"{v} > {MAX_SAMPLES:,}: too many to sample and evaluate (the paper uses 50k); a typo?")
+        return v
 
 
 class Config(_Strict):
-    name: str = "experiment"
-    seed: int = 0
+    name: str = "experiment"  # '<experiment>/<variant>' for a variant
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     dataset: DatasetConfig
     encoder: EncoderConfig = EncoderConfig()
     level0: Level0Config = Level0Config()
@@ -140,6 +171,15 @@ class Config(_Strict):
     # A sweep: variant name -> overrides of this config (see apply_overrides). Each variant is its own experiment
     # whose stages share every artifact whose fingerprint it shares with this one (features, SVD, latents, ...).
     variants: dict[str, dict] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v):
+        # It is part of file names under $NESTED_HOME (run configs): '../x' or '/x' would write outside it.
+        if len(v) > 200 or not all(_NAME_PART.fullmatch(part) for part in v.split("/")):
+            raise ValueError(f"{v!r}: each '/'-separated part must be letters, digits, '_', '.' or '-', not starting "
+                             f"with '.' or '-' (no absolute paths, '..' or backslashes; at most 200 characters)")
+        return v
 
     @field_validator("variants")
     @classmethod
@@ -163,6 +203,39 @@ class Config(_Strict):
             if b.pool == a.pool and b.channels == a.channels:
                 raise ValueError(f"levels[{i}]: same shape as levels[{i - 1}]; shapes must shrink with l")
         return levels
+
+    @model_validator(mode="after")
+    def _fits_the_models(self):
+        # Refused here rather than when a level's training (or sampling) process starts.
+        from models.denoiser import default_patch_size  # torch import: only when validating
+
+        trains = [("level0.train", self.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(self.levels)]
+        for name, tc in trains:
+            if self.sampling.steps > tc.num_train_timesteps:
+                raise ValueError(f"sampling.steps: {self.sampling.steps} is more than {name}.num_train_timesteps "
+                                 f"({tc.num_train_timesteps})")
+        pixels = self.level0.space == "pixels"  # a VAE latent's size is the VAE's to say: not checked here
+        inputs = [("dataset.resolution", self.dataset.resolution if pixels else None)]
+        inputs += [(f"levels[{i}].pool", lv.pool) for i, lv in enumerate(self.levels)]
+        for (name, tc), (what, size) in zip(trains, inputs):
+            if size is None or tc.backbone != "uvit":
+                continue
+            p = tc.patch_size or default_patch_size(size)
+            if size % p:
+                default = "" if tc.patch_size else " (the default for that size: set one that divides it)"
+                raise ValueError(f"{name}.patch_size: {p}{default} does not divide {what} {size}: U-ViT cuts its "
+                                 f"{size}x{size} input into patches")
+        n, f = self.dataset.max_images, self.dataset.holdout_fraction
+        if n is not None and n * f < 1:
+            raise ValueError(f"dataset.max_images: {n} images x holdout_fraction {f} hold out no image (the real-data "
+                             f"FID floor and the neighbour queries need held-out images)")
+        if n is not None and n * (1 - f) < EVAL_K + 1:
+            raise ValueError(f"dataset.max_images: {n} images leave under {EVAL_K + 1} training images (the FID "
+                             f"reference's precision/recall need k + 1 = {EVAL_K + 1})")
+        if pixels and self.levels and self.levels[0].pool > self.dataset.resolution:
+            raise ValueError(f"levels[0].pool: {self.levels[0].pool} is larger than dataset.resolution "
+                             f"{self.dataset.resolution}; level 0 is conditioned on it and shapes must shrink with l")
+        return self
 
     @property
     def num_levels(self) -> int:
@@ -194,7 +267,7 @@ def _format(err: ValidationError, source: str) -> str:
     for e in err.errors():
         loc = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in e["loc"]).replace(".[", "[")
         msg = e["msg"].removeprefix("Value error, ")
-        lines.append(f"{loc or '<root>'}: {msg}")
+        lines.append(f"{loc}: {msg}" if loc else msg)  # Config's own validators name their fields
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
 
 
@@ -210,7 +283,8 @@ def _resolve_paths(cfg: Config) -> Config:
     enc = cfg.encoder
     if enc.weights not in ("hub", "none") and not enc.weights.startswith("package:"):
         enc = enc.model_copy(update={"weights": str(fix(enc.weights))})
-    return cfg.model_copy(update={"dataset": dataset, "encoder": enc})
+    sampling = cfg.sampling.model_copy(update={"inception_weights": fix(cfg.sampling.inception_weights)})
+    return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling})
 
 
 def check_against_world(cfg: Config, check_files: bool = True) -> None:
@@ -225,6 +299,9 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
             resolve_weights(enc.weights)
         except FileNotFoundError as e:
             raise ConfigError(f"encoder.weights: {e}") from None
+        inc = cfg.sampling.inception_weights
+        if inc is not None and not inc.is_file():
+            raise ConfigError(f"sampling.inception_weights: file not found: {inc}")
     try:
         h, w, c = probe_features(enc.name, enc.layer, enc.input_size)
     except ValueError as e:
@@ -265,11 +342,29 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
     return out
 
 
-def config_fingerprint(cfg: Config) -> str:
-    """Hash of everything an experiment's results depend on in its config (not its name, not other variants)."""
-    from .cache import stable_hash
+def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
+    """Hash of everything an experiment's results depend on in its config (not its name, not other variants).
 
-    return stable_hash(cfg.model_dump(mode="json", exclude={"variants", "name"}))
+    Files enter by content, not by location: `dataset.path` is replaced by the source's content fingerprint
+    and a local `encoder.weights` or `sampling.inception_weights` file by its sha256, so the same config in
+    another checkout, a path spelled through `..` or a symlink, or a touched file give the same fingerprint.
+    (`level0.vae`, when a local diffusers folder, stays as spelled: it is a model id as often as a path.)
+    `cache_dir` (the artifact home) lets a folder source's file hashes be reused across processes.
+    """
+    from models.weights import checkpoint_sha256  # lazy: ingest imports this module
+
+    from .cache import stable_hash
+    from .ingest import source_fingerprint
+
+    dump = cfg.model_dump(mode="json", exclude={"variants", "name"})
+    del dump["dataset"]["path"]
+    dump["dataset"]["source_fingerprint"] = source_fingerprint(cfg.dataset, cache_dir=cache_dir)
+    w = cfg.encoder.weights
+    if w not in ("hub", "none") and not w.startswith("package:"):
+        dump["encoder"]["weights"] = {"sha256": checkpoint_sha256(w)}
+    if cfg.sampling.inception_weights is not None:
+        dump["sampling"]["inception_weights"] = {"sha256": checkpoint_sha256(str(cfg.sampling.inception_weights))}
+    return stable_hash(dump)
 
 
 def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:

@@ -20,13 +20,8 @@ from PIL import Image
 from .cache import Artifact, stable_hash
 from .config import Config
 from .ingest import image_shards
-from .levels import latent_shards
+from .levels import every_shard, iter_latent_samples
 from .plan import Stage
-
-
-def every_shard(urls):
-    """Node splitter for torchrun: every process reads every shard (each holds the small set and draws its own batches)."""
-    return urls
 
 
 @dataclass
@@ -50,10 +45,8 @@ def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, n
 
 
 def iter_latents(latents_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
-    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False,
-                         nodesplitter=every_shard).decode()
-    for s in ds:
-        yield s["__key__"], s["latent.npy"], int(s["cls"])
+    """(key, (c, s, s) float32, label): only latent.npy (no pickles) and cls are decoded, nothing else."""
+    yield from iter_latent_samples(latents_dir, split)
 
 
 def _collect(stream) -> tuple[list[str], torch.Tensor, torch.Tensor]:
@@ -86,14 +79,16 @@ def vae_latents(cfg: Config, images: Stage, split: str) -> tuple[list[str], torc
     art = Artifact(images.artifact.home, "vae_latents",
                    stable_hash({"images": images.fingerprint, "vae": cfg.level0.vae, "scale": cfg.level0.vae_scale,
                                 "split": split}))
-    if not art.is_complete():
+
+    def build(out: Path) -> dict:
         keys, x, labels = _collect(iter_pixels(images.artifact.require(), split))
-        with art.build() as (tmp, meta):
-            save_file({"z": encode_vae(x, cfg.level0.vae, cfg.level0.vae_scale).contiguous(), "labels": labels},
-                      str(tmp / "latents.safetensors"))
-            meta["keys"] = keys
-    t = load_file(str(art.path / "latents.safetensors"))
-    return art.metadata()["keys"], t["z"], t["labels"]
+        save_file({"z": encode_vae(x, cfg.level0.vae, cfg.level0.vae_scale).contiguous(), "labels": labels},
+                  str(out / "latents.safetensors"))
+        return {"keys": keys}
+
+    meta, _ = art.materialize(build)
+    t = load_file(str(art.require() / "latents.safetensors"))
+    return meta["keys"], t["z"], t["labels"]
 
 
 def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str = "train") -> LevelData:

@@ -12,6 +12,8 @@ import io
 import json
 import os
 import tarfile
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,22 +55,106 @@ def _require(path: Path | None) -> Path:
     return Path(path)
 
 
-def source_fingerprint(cfg: DatasetConfig) -> str:
-    """Cheap identity of the raw source (stat data, not content), for the cache key."""
+HASH_CACHE = ".source-hashes.json"  # under the artifact home: {realpath: [size, mtime_ns, inode, sha256]}
+# A file modified this recently may be modified again within the same timestamp tick (Linux stamps files with
+# a coarse clock), which its (size, mtime_ns, inode) key could not tell apart: such a file is hashed every time.
+_RACY_NS = 2 * 10**9
+_memo: dict[str, tuple[tuple[int, int, int], str]] = {}  # in-process: realpath -> (stat key, sha256)
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class _HashCache:
+    """Content hashes of source files, reused while a file's (realpath, size, mtime_ns, inode) is unchanged.
+
+    Always memoized in-process; with a `cache_dir` also kept in a JSON file there, so a large folder is hashed
+    once and not in every process. The file is only a cache: a missing or corrupt one is rebuilt.
+    """
+
+    def __init__(self, cache_dir: Path | None):
+        self.path = Path(cache_dir) / HASH_CACHE if cache_dir is not None else None
+        self.disk: dict[str, list] = {}
+        self.dirty = False
+        if self.path is not None:
+            try:
+                data = json.loads(self.path.read_text())
+                if isinstance(data, dict):
+                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
+            except (OSError, ValueError):
+                pass  # missing, unreadable or corrupt: hash again
+
+    def sha256(self, path: Path) -> str:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+        key = _stat_key(st)
+        racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+        if not racy:
+            if (hit := _memo.get(real)) is not None and hit[0] == key:
+                return hit[1]
+            if (rec := self.disk.get(real)) is not None and tuple(rec[:3]) == key and isinstance(rec[3], str):
+                _memo[real] = (key, rec[3])
+                return rec[3]
+        with open(real, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        if not racy and _stat_key(os.stat(real)) == key:  # unchanged while it was read
+            _memo[real] = (key, digest)
+            if self.path is not None:
+                self.disk[real] = [*key, digest]
+                self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.path is None or not self.dirty:
+            return
+        keep = {k: v for k, v in self.disk.items() if os.path.exists(k)}  # forget files that are gone
+        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(keep, sort_keys=True))
+            os.replace(tmp, self.path)
+        except OSError:  # a read-only home only costs the hashing again next time
+            tmp.unlink(missing_ok=True)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str:
+    """Content identity of the raw source, for the cache key: the same bytes give the same fingerprint wherever
+    the source lies, however its path is spelled and whatever its mtime.
+
+    emoji/npz: the sha256 of the file. folder: the sorted relative paths (POSIX) of its files with each one's
+    sha256; hidden files and folders are left out, as ingest never reads them. Hashes are reused while a file's
+    (realpath, size, mtime_ns, inode) is unchanged: in-process, and across processes in `cache_dir` if given.
+    """
     h = hashlib.sha256(cfg.source.encode())
-    if cfg.source in ("emoji", "npz"):
-        p = _require(cfg.path).resolve()
-        st = p.stat()
-        h.update(f"\0{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    elif cfg.source == "folder":
-        root = _require(cfg.path)
-        listing = []
-        for dirpath, _, files in os.walk(root):
-            for f in files:
-                st = os.stat(os.path.join(dirpath, f))
-                listing.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size, st.st_mtime_ns))
-        for rel, size, mtime in sorted(listing):
-            h.update(f"\0{rel}\0{size}\0{mtime}".encode())
+    if cfg.source in ("emoji", "npz", "folder"):
+        cache = _HashCache(cache_dir)
+        try:
+            if cfg.source in ("emoji", "npz"):
+                p = _require(cfg.path)
+                if not p.is_file():
+                    raise ValueError(f"{cfg.source} source: {p} is not a file")
+                h.update(f"\0{cache.sha256(p)}".encode())
+            else:
+                root = _require(cfg.path)
+                if not root.is_dir():
+                    raise ValueError(f"folder source: {root} is not a directory")
+                # What _folder reads: the visible files at the top and under each visible subfolder (a
+                # symlinked class folder included), nothing hidden at any depth.
+                found = [p for p in root.iterdir() if _visible(p.name) and p.is_file()]
+                for d in sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir()):
+                    for dirpath, dirs, files in os.walk(d):
+                        dirs[:] = [x for x in dirs if _visible(x)]
+                        found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
+                listing = [(p.relative_to(root).as_posix(), p) for p in found]
+                for rel, full in sorted(listing):
+                    h.update(f"\0{rel}\0{cache.sha256(full)}".encode())
+        finally:
+            cache.save()
     elif cfg.source == "digits":
         import sklearn
         h.update(f"\0sklearn {sklearn.__version__}".encode())

@@ -6,8 +6,10 @@ split only and are stored in ``stats.safetensors``.
 """
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -103,12 +105,44 @@ def latent_shards(latents_dir: Path, split: str = "train") -> list[str]:
     return sorted(str(p) for p in Path(latents_dir).glob(f"{split}-*.tar"))
 
 
+def every_shard(urls):
+    """Node splitter for torchrun: every process reads every shard (each holds the small set and draws its own batches)."""
+    return urls
+
+
+def decode_npy(raw: bytes, what: str = "latent.npy") -> np.ndarray:
+    """A .npy member, refusing pickled (object) arrays: np.load(allow_pickle=False) raises on them."""
+    try:
+        return np.load(io.BytesIO(raw), allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{what}: refused to load ({e})") from None
+
+
+def decode_cls(raw: bytes) -> int:
+    return int(raw.decode("ascii").strip())
+
+
+def iter_latent_samples(latents_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
+    """(key, (c, s, s) float32, label) of each sample of a split: the one reader of latent shards.
+
+    Only ``latent.npy`` (no pickles) and ``cls`` (an int) are read; every other member is ignored, never
+    decoded: webdataset's default decoders unpickle ``.pyd`` and torch.load ``.pth`` members, so a planted
+    member would run code in whoever reads the shard.
+    """
+    shards = latent_shards(latents_dir, split)
+    if not shards:
+        return
+    for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=every_shard):
+        if "latent.npy" not in s or "cls" not in s:
+            raise ValueError(f"{s.get('__url__')}: sample {s['__key__']!r} lacks latent.npy or cls")
+        yield s["__key__"], decode_npy(s["latent.npy"]), decode_cls(s["cls"])
+
+
 def read_latents(latents_dir: Path, split: str = "train") -> tuple[list[str], np.ndarray, np.ndarray]:
     """All latents of a split in memory (keys, (N, c, s, s), labels): for tests and small sets."""
-    ds = wds.WebDataset(latent_shards(latents_dir, split), shardshuffle=False, empty_check=False).decode()
     keys, zs, ys = [], [], []
-    for s in ds:
-        keys.append(s["__key__"])
-        zs.append(s["latent.npy"])
-        ys.append(s["cls"])
+    for key, z, y in iter_latent_samples(latents_dir, split):
+        keys.append(key)
+        zs.append(z)
+        ys.append(y)
     return keys, np.stack(zs) if zs else np.zeros((0,)), np.asarray(ys)

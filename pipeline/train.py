@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -113,12 +114,24 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
 
 
 def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None = None) -> dict:
+    """Train level `level` unless an intact model exists; its metadata, with `cache` 'hit' or 'miss'.
+
+    One process trains a fingerprint at a time: a second one waits for the first's lock, then reads its model.
+    Under torchrun the launching asset holds that lock, since the ranks must not wait on each other.
+    """
     reporter = reporter or Reporter()
+    stage: Stage = build_plan(cfg, home)[f"level_{level}_model"]
+    single = int(os.environ.get("WORLD_SIZE", "1")) == 1
+    with stage.artifact.lock(reporter.log) if single else nullcontext():
+        if stage.artifact.reusable(reporter.log) if single else stage.artifact.is_complete():
+            reporter.log(f"level {level} model already trained: {stage.path}")
+            return {**stage.artifact.metadata(), "cache": "hit"}
+        meta = _train(cfg, level, home, stage, reporter)
+        return {**meta, "cache": "miss"} if meta is not None else None  # ranks > 0 publish nothing
+
+
+def _train(cfg: Config, level: int, home: Path, stage: Stage, reporter: Reporter) -> dict:
     plan = build_plan(cfg, home)
-    stage: Stage = plan[f"level_{level}_model"]
-    if stage.artifact.is_complete():
-        reporter.log(f"level {level} model already trained: {stage.path}")
-        return stage.artifact.metadata()
     began = time.perf_counter()
     rank, world = _dist()
     device = _device(rank)
@@ -176,6 +189,16 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
         with autocast:
             pred = net(xt, t, conds, labels, drop)
         loss = torch.nn.functional.mse_loss(pred.float(), target)
+        # One non-finite loss poisons the weights and the EMA for good: stop before opt.step(), with nothing
+        # published. Under DDP every rank decides on the same summed value, so none is left waiting.
+        seen = loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(seen)
+        if not torch.isfinite(seen):
+            raise FloatingPointError(
+                f"level {level} diverged: loss is {seen.item()} at step {step + 1}/{tc.steps} (nothing was published). "
+                f"Try a lower lr (now {tc.lr}) or more warmup_steps, check the level's data and conditions for "
+                f"NaN/inf, or train in precision: float32 (now {tc.precision}).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -257,7 +280,7 @@ def main(argv=None) -> None:
 
 
 def pipes_metadata(meta: dict) -> dict:
-    keep = ("level", "steps", "params", "gflops_per_forward", "sec_per_step", "samples_per_sec", "final_loss",
+    keep = ("cache", "level", "steps", "params", "gflops_per_forward", "sec_per_step", "samples_per_sec", "final_loss",
             "resumed_from_step", "world_size", "num_samples", "device")
     out = {k: meta[k] for k in keep if meta.get(k) is not None}
     out["loss_curve"] = {"raw_value": meta.get("loss_curve", []), "type": "json"}

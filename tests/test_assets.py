@@ -183,13 +183,18 @@ def test_asset_checks_ran_and_passed(tiny_run):
     evaluations = tiny_run["result"].get_asset_check_evaluations()
     found = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations}
     latents = {(f"level_{lv}_latents", c) for lv in (1, 2) for c in ("standardized", "shards_match_manifest")}
-    assert found == {("images", "shards_match_manifest"), ("encoder_features", "finite"), *latents,
-                     *{(m, "checkpoint_loads") for m in MODELS}, ("samples", "complete"), ("evaluation", "row_present")}
+    own = {("images", "shards_match_manifest"), ("encoder_features", "finite"), ("svd_basis", "orthonormal"), *latents,
+           *{(m, "checkpoint_loads") for m in MODELS}, ("samples", "complete"), ("reference_stats", "consistent"),
+           ("level_neighbours", "complete"), ("evaluation", "row_present")}
+    assert found == own | {(a, "files_intact") for a in ASSETS}
     assert all(e.passed for e in evaluations)
 
 
 def test_a_failing_check_stops_what_reads_the_artifact(tiny_run, tmp_path):
+    import json
     import shutil
+
+    from pipeline.cache import MARKER, Artifact, file_record
 
     from dagster import DagsterInstance
 
@@ -200,7 +205,10 @@ def test_a_failing_check_stops_what_reads_the_artifact(tiny_run, tmp_path):
         shutil.copytree(plan[name].path, dst)
     feats = zarr.open_array(str(home / plan["encoder_features"].path.relative_to(tiny_run["home"]) / "features.zarr"),
                             mode="r+")
-    feats[0, 0, 0, 0] = np.nan  # damage a cached artifact behind Dagster's back
+    feats[0, 0, 0, 0] = np.nan  # a stage that wrote a NaN: the marker vouches for the files as they are now
+    features = Artifact(home, "features", plan["encoder_features"].fingerprint)
+    marker = features.path / MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "files": file_record(features.path)}))
     result = run_assets(tiny_run["cfg"], home, DagsterInstance.ephemeral(), names=DATA, raise_on_error=False)
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]

