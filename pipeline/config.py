@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from models.weights import is_local_file
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "emoji.yaml"
 DATASET_SOURCES = ("emoji", "folder", "npz", "digits", "mnist")
@@ -281,7 +283,7 @@ def _resolve_paths(cfg: Config) -> Config:
 
     dataset = cfg.dataset.model_copy(update={"path": fix(cfg.dataset.path)})
     enc = cfg.encoder
-    if enc.weights not in ("hub", "none") and not enc.weights.startswith("package:"):
+    if is_local_file(enc.weights):
         enc = enc.model_copy(update={"weights": str(fix(enc.weights))})
     sampling = cfg.sampling.model_copy(update={"inception_weights": fix(cfg.sampling.inception_weights)})
     return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling})
@@ -359,9 +361,8 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
     dump = cfg.model_dump(mode="json", exclude={"variants", "name"})
     del dump["dataset"]["path"]
     dump["dataset"]["source_fingerprint"] = source_fingerprint(cfg.dataset, cache_dir=cache_dir)
-    w = cfg.encoder.weights
-    if w not in ("hub", "none") and not w.startswith("package:"):
-        dump["encoder"]["weights"] = {"sha256": checkpoint_sha256(w)}
+    if is_local_file(cfg.encoder.weights):
+        dump["encoder"]["weights"] = {"sha256": checkpoint_sha256(cfg.encoder.weights)}
     if cfg.sampling.inception_weights is not None:
         dump["sampling"]["inception_weights"] = {"sha256": checkpoint_sha256(str(cfg.sampling.inception_weights))}
     return stable_hash(dump)

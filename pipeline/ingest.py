@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from pipeline.cache import file_sha256
 from pipeline.config import DatasetConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -96,8 +97,7 @@ class _HashCache:
             if (rec := self.disk.get(real)) is not None and tuple(rec[:3]) == key and isinstance(rec[3], str):
                 _memo[real] = (key, rec[3])
                 return rec[3]
-        with open(real, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        digest = file_sha256(Path(real))
         if not racy and _stat_key(os.stat(real)) == key:  # unchanged while it was read
             _memo[real] = (key, digest)
             if self.path is not None:

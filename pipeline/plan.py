@@ -57,7 +57,7 @@ def latents_settings(cfg: Config, level: int) -> dict:
 
 def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     from .ingest import source_fingerprint
-    from models.weights import checkpoint_sha256
+    from models.weights import checkpoint_sha256, is_local_file
 
     # Where the data lies is not a setting: the source's content hash (an input) identifies it.
     ds = cfg.dataset.model_dump(mode="json", exclude={"path"})
@@ -65,9 +65,8 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"source": source_fingerprint(cfg.dataset, cache_dir=home)})
     # Nor where a local checkpoint lies: its content hash is the "checkpoint" input ("hub", "none" and
     # "package:..." are names, kept).
-    w = cfg.encoder.weights
-    local_weights = w not in ("hub", "none") and not w.startswith("package:")
-    enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local_weights else {"batch_size"})
+    local = is_local_file(cfg.encoder.weights)
+    enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local else {"batch_size"})
     features = _stage(home, "encoder_features", "features", {"encoder": enc},
                       {"images": images, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
     svd = _stage(home, "svd_basis", "svd", {}, {"features": features})

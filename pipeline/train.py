@@ -120,18 +120,18 @@ def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None =
     Under torchrun the launching asset holds that lock, since the ranks must not wait on each other.
     """
     reporter = reporter or Reporter()
-    stage: Stage = build_plan(cfg, home)[f"level_{level}_model"]
+    plan = build_plan(cfg, home)
+    stage: Stage = plan[f"level_{level}_model"]
     single = int(os.environ.get("WORLD_SIZE", "1")) == 1
     with stage.artifact.lock(reporter.log) if single else nullcontext():
         if stage.artifact.reusable(reporter.log) if single else stage.artifact.is_complete():
             reporter.log(f"level {level} model already trained: {stage.path}")
             return {**stage.artifact.metadata(), "cache": "hit"}
-        meta = _train(cfg, level, home, stage, reporter)
+        meta = _train(cfg, level, plan, stage, reporter)
         return {**meta, "cache": "miss"} if meta is not None else None  # ranks > 0 publish nothing
 
 
-def _train(cfg: Config, level: int, home: Path, stage: Stage, reporter: Reporter) -> dict:
-    plan = build_plan(cfg, home)
+def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, reporter: Reporter) -> dict:
     began = time.perf_counter()
     rank, world = _dist()
     device = _device(rank)
