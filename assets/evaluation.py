@@ -1,6 +1,4 @@
 """Generation (and, next, evaluation) assets: they read the trained models and never retrain them."""
-from datetime import datetime, timezone
-
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, asset
 
 from .stages import Scope, materialize_stage, md_table, png_markdown, result
@@ -55,35 +53,20 @@ def reference_asset(scope: Scope) -> AssetsDefinition:
 
 def evaluation_asset(scope: Scope) -> AssetsDefinition:
     cfg, plan = scope.cfg, scope.plan
-    stage, samples, reference = plan["evaluation"], plan["samples"], plan["reference_stats"]
+    stage = plan["evaluation"]
 
     @asset(**scope.asset_args("evaluation", "evaluation", deps=["samples", "reference_stats"], kinds=("parquet",)),
            description="FID (clean-fid; the packaged Inception or sampling.inception_weights), precision/recall "
-                       "(k = 3) and nearest-training-image distances of the samples; its row, kept in the artifact, "
-                       "is exported to $NESTED_HOME/evaluations.parquet.")
+                       "(k = 3) and nearest-training-image distances of the samples; FID mean and std over "
+                       f"{cfg.sampling.eval_seeds} sampling seed(s); for a nested run the oracle FID (level 0 from "
+                       "the held-out images' real coarser latents). Its row, kept in the artifact, is exported to "
+                       "$NESTED_HOME/evaluations.parquet.")
     def _evaluation(context: AssetExecutionContext) -> MaterializeResult:
-        from pipeline.config import config_fingerprint
-        from pipeline.costs import cost_table
-        from pipeline.evaluate import evaluate_samples
+        from pipeline.evaluate import evaluate_run
         from pipeline.table import export_table
 
         def build(out):
-            meta = evaluate_samples(samples.artifact.require(), reference.artifact.require(), out,
-                                    weights=cfg.sampling.inception_weights)
-            ref_meta, sample_meta = reference.artifact.metadata(), samples.artifact.metadata()
-            meta["row"] = {
-                "experiment": cfg.name, "variant": scope.variant or "",
-                "config_fingerprint": config_fingerprint(cfg, stage.artifact.home),
-                "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
-                "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(),
-                "sampler": cfg.sampling.sampler, "steps": cfg.sampling.steps, "num_samples": meta["num_samples"],
-                "fid": meta["fid"], "fid_floor": ref_meta["fid_floor"], "precision": meta["precision"],
-                "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
-                "gflops_per_image": cost_table(cfg)["sampling_gflops_per_image"],
-                "wall_seconds": sample_meta["sample_seconds"] + meta["seconds"],
-                "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            return meta
+            return evaluate_run(cfg, plan, out, context.log.info, scope.variant or "")
 
         meta, hit = materialize_stage(context, stage, build)
         # The row is part of the artifact; the table is re-exported from the artifacts every time (a cache hit
@@ -92,7 +75,8 @@ def evaluation_asset(scope: Scope) -> AssetsDefinition:
         context.log.info(f"FID {meta['fid']:.2f}; evaluation table: {table}")
         row = meta["row"]
         return result(stage, meta, hit, {
-            "fid": meta["fid"], "fid_floor": row["fid_floor"], "precision": meta["precision"],
+            "fid": meta["fid"], "fid_mean": row["fid_mean"], "fid_std": row["fid_std"],
+            "oracle_fid": row["oracle_fid"], "fid_floor": row["fid_floor"], "precision": meta["precision"],
             "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
             "gflops_per_image": round(row["gflops_per_image"], 3),
             "row": md_table(tuple(row), [tuple(v if not isinstance(v, float) else round(v, 4) for v in row.values())]),

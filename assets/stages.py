@@ -47,7 +47,8 @@ def materialize_stage(context: AssetExecutionContext, stage: Stage, build: Calla
 def result(stage: Stage, meta: dict, hit: bool, extra: dict) -> MaterializeResult:
     return MaterializeResult(
         metadata={"cache": "hit" if hit else "miss", "fingerprint": stage.fingerprint,
-                  "path": MetadataValue.path(str(stage.path)), "build_seconds": meta.get("seconds", 0.0), **extra},
+                  "path": MetadataValue.path(str(stage.path)), "build_seconds": meta.get("seconds", 0.0),
+                  **{k: v for k, v in extra.items() if v is not None}},  # e.g. no oracle FID for L = 1
         data_version=DataVersion(stage.fingerprint),
     )
 

@@ -21,20 +21,28 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def collect(cfg, home: Path, profile: str) -> list[dict]:
-    from pipeline.config import variant_configs
+def collect(cfg, home: Path, profile: str, variants: list[str] | None = None) -> list[dict]:
+    """The evaluation row of every run that has one (all of `variants`, or every run, must)."""
     from pipeline.plan import build_plan
 
     runs = []
-    for variant, vcfg in [("base", cfg), *variant_configs(cfg, check_files=False).items()]:
+    for variant, vcfg in sweep_configs(cfg).items():
         plan = build_plan(vcfg, home)
+        if not plan["evaluation"].artifact.is_complete():
+            if variants is None or variant in variants:
+                raise SystemExit(f"run '{variant}' has no evaluation yet: materialize it first")
+            continue
         row = plan["evaluation"].artifact.metadata()["row"]
         tc = vcfg.level0.train
         runs.append(with_costs({
             "profile": profile, "dataset": f"{vcfg.dataset.source}-{vcfg.dataset.resolution}px", "variant": variant,
             "L": vcfg.num_levels, "sigma_top": vcfg.levels[-1].sigma if vcfg.levels else 0.0,
             "sigmas": [lv.sigma for lv in vcfg.levels], "conditional": vcfg.class_conditional,
-            "fid": row["fid"], "fid_floor": row["fid_floor"], "precision": row["precision"], "recall": row["recall"],
+            "train_seed": vcfg.training_seed, "compute_matched": variant in cfg_matched(cfg),
+            # fid: the mean over the sampling seeds (what is reported); fid_seeds: each seed's
+            "fid": row["fid_mean"], "fid_std": row["fid_std"], "seeds": row["seeds"], "fid_seeds": row["fid_seeds"],
+            "oracle_fid": row["oracle_fid"], "oracle_fid_std": row["oracle_fid_std"],
+            "fid_floor": row["fid_floor"], "precision": row["precision"], "recall": row["recall"],
             "num_samples": row["num_samples"],
             "level0_model": f"{tc.backbone}-{tc.size}, {tc.steps} steps", "sampler": f"{row['sampler']} {row['steps']}",
             "config_fingerprint": row["config_fingerprint"],
@@ -43,33 +51,55 @@ def collect(cfg, home: Path, profile: str) -> list[dict]:
     return runs
 
 
-def materialize_sweep(cfg, home: Path) -> None:
-    """The config and all its variants, through the Dagster definitions (shared artifacts are built once)."""
-    from dagster import DagsterInstance
+def sweep_configs(cfg) -> dict:
+    from pipeline.config import variant_configs
+
+    return {"base": cfg, **variant_configs(cfg, check_files=False)}
+
+
+def cfg_matched(cfg) -> list[str]:
+    """The compute-matched baselines: L = 1 variants whose level-0 steps differ from the base's."""
+    return [v for v, c in sweep_configs(cfg).items()
+            if c.num_levels == 1 and c.level0.train.steps != cfg.level0.train.steps]
+
+
+def materialize_sweep(cfg, home: Path, variants: list[str] | None = None) -> None:
+    """The config and its variants (or only `variants`, with what they read), through the Dagster definitions:
+    shared artifacts are built once, also across processes running other variants (per-artifact locks)."""
+    from dagster import AssetKey, AssetSelection, DagsterInstance, Definitions, define_asset_job
 
     from assets.definitions import build_definitions
 
+    defs, job = build_definitions(cfg, home), "all_assets"
+    if variants is not None:
+        unknown = set(variants) - set(sweep_configs(cfg))
+        if unknown:
+            raise SystemExit(f"unknown variants {sorted(unknown)}; the sweep has {sorted(sweep_configs(cfg))}")
+        keys = [AssetKey(["evaluation"] if v == "base" else [v, "evaluation"]) for v in variants]
+        job = "selected_runs"
+        defs = Definitions.merge(defs, Definitions(jobs=[define_asset_job(job, AssetSelection.assets(*keys).upstream())]))
     with DagsterInstance.get() as instance:
-        assert build_definitions(cfg, home).resolve_job_def("all_assets").execute_in_process(instance=instance).success
+        assert defs.resolve_job_def(job).execute_in_process(instance=instance).success
 
 
 def with_costs(run: dict, vcfg) -> dict:
-    """The fields a run's config decides: its guidance, and its sampling cost in both conventions
-    (one image: steps x forwards, x2 where guidance runs the unconditional pass; one forward of every level:
-    the paper's 27 -> 34 GFLOPs)."""
-    from pipeline.costs import cost_table
+    """The fields a run's config decides: its guidance, its sampling cost in both conventions (one image:
+    steps x forwards, x2 where guidance runs the unconditional pass; one forward of every level: the paper's
+    27 -> 34 GFLOPs) and its training cost (all levels; flop_counter's 2 FLOPs per multiply-add, backward = 2x
+    forward)."""
+    from pipeline.costs import cost_table, train_gflops
 
     costs = cost_table(vcfg)
     return {**run, "guidance": vcfg.guidance(), "gflops_per_image": costs["sampling_gflops_per_image"],
-            "gflops_per_forward": costs["total_gflops_per_forward"]}
+            "gflops_per_forward": costs["total_gflops_per_forward"], "train_gflops": train_gflops(vcfg)}
 
 
 def refresh(recorded: list[dict], cfg, profile: str) -> list[dict]:
     """The recorded runs of `profile` with their config-decided fields recomputed by the code on this checkout,
     after checking that each was made with the config as it is now."""
-    from pipeline.config import config_fingerprint, variant_configs
+    from pipeline.config import config_fingerprint
 
-    configs = {"base": cfg, **variant_configs(cfg, check_files=False)}
+    configs = sweep_configs(cfg)
     out = []
     for r in recorded:
         if r["profile"] != profile:
@@ -79,46 +109,73 @@ def refresh(recorded: list[dict], cfg, profile: str) -> list[dict]:
             raise SystemExit(f"run '{r['variant']}' ({r['config_fingerprint']}) was made with another config than "
                              f"{profile}'s: rerun the sweep")
         out.append(with_costs(r, vcfg))
-    missing = set(configs) - {r["variant"] for r in out}
-    if missing:
-        raise SystemExit(f"no recorded {profile} run for {sorted(missing)}: rerun the sweep")
     return out
 
 
+def pooled(rs: list[dict]) -> dict | None:
+    """FID of a group of runs (training seeds) over all their sampling seeds: mean, std, and how many."""
+    import numpy as np
+
+    fids = [f for r in rs for f in r["fid_seeds"]]
+    if not fids:
+        return None
+    return {"variants": [r["variant"] for r in rs], "fid": float(np.mean(fids)),
+            "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else None, "n": len(fids),
+            "gflops_per_image": rs[0]["gflops_per_image"], "train_gflops": rs[0]["train_gflops"]}
+
+
+def compare(better: dict | None, worse: dict | None, ratio_target: float | None = None) -> dict | None:
+    """Is `better` below `worse` beyond the noise? 'met' needs the gap above two stds (and the ratio target),
+    a gap inside one std is 'inconclusive'; between one and two stds, or a ratio target missed: 'missed'."""
+    if not better or not worse:
+        return None
+    std = max(s for s in (better["fid_std"], worse["fid_std"], 0.0) if s is not None)
+    gap, ratio = worse["fid"] - better["fid"], better["fid"] / worse["fid"]
+    if abs(gap) <= std:
+        verdict = "inconclusive"
+    elif gap > 2 * std and (ratio_target is None or ratio <= ratio_target):
+        verdict = "met"
+    else:
+        verdict = "missed"
+    return {"a": better["variants"], "b": worse["variants"], "fid_a": round(better["fid"], 2),
+            "fid_b": round(worse["fid"], 2), "gap": round(gap, 2), "std": round(std, 2), "ratio": round(ratio, 3),
+            "verdict": verdict}
+
+
 def verdicts(runs: list[dict]) -> dict:
-    """SPEC section 8's paper targets, per profile and dataset."""
+    """SPEC section 8's paper targets, per profile and dataset, on seed means (module docstring)."""
     out = {}
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key]
-        by = lambda L, cond=False, top=None: next((r for r in rs if r["L"] == L and r["conditional"] == cond  # noqa: E731
-                                                   and (top is None or (r["sigma_top"] > 0) == top)), None)
-        nested = [r for r in rs if r["L"] > 1 and not r["conditional"] and r["sigma_top"] > 0]
-        base, best = by(1), min(nested, key=lambda r: r["fid"], default=None)
+
+        def group(L, cond=False, top=True, matched=False):
+            return pooled([r for r in rs if r["L"] == L and r["conditional"] == cond and r["compute_matched"] == matched
+                           and (L == 1 or (r["sigma_top"] > 0) == top)])
+
+        L1, L3, L2 = group(1), group(3), group(2)
         v = {}
-        if base:
-            v["baseline_valid"] = base["fid"] <= 3 * base["fid_floor"]
-            v["baseline_fid_over_floor"] = round(base["fid"] / base["fid_floor"], 2)
-        if base and best:
-            v["best_nested"] = best["variant"]
-            v["fid_ratio_best_vs_L1"] = round(best["fid"] / base["fid"], 3)
-            v["fid_target_met"] = best["fid"] <= 0.6 * base["fid"]
-            v["gflops_ratio"] = round(best["gflops_per_image"] / base["gflops_per_image"], 3)
-            v["gflops_per_forward_ratio"] = round(best["gflops_per_forward"] / base["gflops_per_forward"], 3)
-            v["gflops_target_met"] = v["gflops_ratio"] <= 1.3
-            # the best run within the sampling budget, where the best overall is over it
-            cheap = min((r for r in nested if r["gflops_per_image"] <= 1.3 * base["gflops_per_image"]),
-                        key=lambda r: r["fid"], default=None)
-            if cheap:
-                v["best_within_1.3x_gflops"] = cheap["variant"]
-                v["fid_ratio_within_1.3x_gflops"] = round(cheap["fid"] / base["fid"], 3)
-        zero = next((r for r in rs if r["L"] > 1 and not r["conditional"] and r["sigma_top"] == 0), None)
-        same_L = next((r for r in rs if zero and r["L"] == zero["L"] and not r["conditional"] and r["sigma_top"] > 0), None)
-        if zero and same_L:
-            v["sigma_beats_zero"] = same_L["fid"] < zero["fid"]
-        c1, c2 = by(1, True), by(2, True)
-        if c1 and c2:
-            v["conditional_L2_beats_L1"] = c2["fid"] < c1["fid"]
-        out[f"{key[0]}/{key[1]}"] = v
+        if L1:
+            v["baseline_fid_over_floor"] = round(L1["fid"] / rs[0]["fid_floor"], 2)
+            v["baseline_valid"] = L1["fid"] <= 3 * rs[0]["fid_floor"]
+        if L1 and L3:
+            v["L3_vs_L1"] = {**compare(L3, L1, 0.6), "target": "FID(L=3) <= 0.6 x FID(L=1), gap > 2 std"}
+            v["gflops_per_image_ratio"] = round(L3["gflops_per_image"] / L1["gflops_per_image"], 3)
+            v["gflops_target_met"] = v["gflops_per_image_ratio"] <= 1.3
+            gpf = {r["variant"]: r["gflops_per_forward"] for r in rs}
+            v["gflops_per_forward_ratio"] = round(gpf[L3["variants"][0]] / gpf[L1["variants"][0]], 3)
+        if L1 and L2:
+            v["L2_vs_L1"] = compare(L2, L1)
+        v["L3_vs_compute_matched_L1"] = compare(L3, group(1, matched=True))
+        v["sigma_beats_zero"] = compare(L3, group(3, top=False))
+        v["conditional_L2_beats_L1"] = compare(group(2, cond=True), group(1, cond=True))
+        oracle = [r for r in rs if r.get("oracle_fid") is not None and r["L"] == 3 and not r["conditional"]]
+        if oracle and L1:
+            o = sum(r["oracle_fid"] for r in oracle) / len(oracle)
+            v["oracle_fid_L3"] = round(o, 2)
+            v["oracle_over_floor"] = round(o / rs[0]["fid_floor"], 3)
+            v["oracle_target_met"] = o <= 1.3 * rs[0]["fid_floor"]
+            v["oracle_vs_L1"] = round(o / L1["fid"], 3)
+        out[f"{key[0]}/{key[1]}"] = {k: x for k, x in v.items() if x is not None}
     return out
 
 
@@ -132,17 +189,19 @@ def plot(runs: list[dict], out: Path) -> None:
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key and not r["conditional"]]
         label = "/".join(key)
-        # FID against L: the runs sampled with the base experiment's guidance, sigma > 0 at the top
-        base_w = next(r["guidance"] for r in rs if r["variant"] == "base")
-        line = sorted((r for r in rs if (r["L"] == 1 or r["sigma_top"] > 0)
-                       and r["guidance"] == base_w[: r["L"]]), key=lambda r: r["L"])
-        a.plot([r["L"] for r in line], [r["fid"] for r in line], "o-", label=label)
-        a.axhline(line[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
-        b.scatter([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], label=label)
+        # FID against L: sigma > 0 at the top, the base's training steps; training seeds pooled
+        line = [g for L in sorted({r["L"] for r in rs}) if (g := pooled(
+            [r for r in rs if r["L"] == L and not r["compute_matched"] and (L == 1 or r["sigma_top"] > 0)]))]
+        a.errorbar([rs_L(rs, g) for g in line], [g["fid"] for g in line],
+                   yerr=[g["fid_std"] or 0 for g in line], fmt="o-", capsize=3, label=label)
+        a.axhline(rs[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
+        b.errorbar([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], yerr=[r["fid_std"] or 0 for r in rs],
+                   fmt="o", capsize=3, label=label)
         for r in rs:
-            b.annotate(f"{r['variant']} (L={r['L']})", (r["gflops_per_image"], r["fid"]), fontsize=7)
+            b.annotate(r["variant"], (r["gflops_per_image"], r["fid"]), fontsize=7)
     a.set_xticks(sorted({r["L"] for r in runs}))
-    a.set(xlabel="L (levels, counting the data)", ylabel="FID", title="FID against L (dotted: real-data floor)")
+    a.set(xlabel="L (levels, counting the data)", ylabel="FID (mean +- std over seeds)",
+          title="FID against L (dotted: real-data floor)")
     b.set(xlabel="sampling GFLOPs per image", ylabel="FID", title="FID against sampling cost")
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -152,11 +211,31 @@ def plot(runs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def rs_L(rs: list[dict], group: dict) -> int:
+    return next(r["L"] for r in rs if r["variant"] == group["variants"][0])
+
+
+def dry_run(cfg) -> None:
+    """What the sweep would run: every run's config is valid, its costs and its fingerprint; nothing is built."""
+    from pipeline.config import config_fingerprint
+
+    print("| run | L | train seed | level-0 steps | GFLOPs / forward | sampling GFLOPs / image | train GFLOPs | config |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant, vcfg in sweep_configs(cfg).items():
+        r = with_costs({}, vcfg)
+        print(f"| {variant} | {vcfg.num_levels} | {vcfg.training_seed} | {vcfg.level0.train.steps} | "
+              f"{r['gflops_per_forward']:.4f} | {r['gflops_per_image']:.2f} | {r['train_gflops']:.4g} | "
+              f"{config_fingerprint(vcfg)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/ablation_cpu.yaml")
     ap.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--variants", nargs="+", help="materialize only these runs ('base' is the config itself); run "
+                                                  "two such processes on disjoint runs to use two cores")
     ap.add_argument("--collect-only", action="store_true", help="read the finished runs, materialize nothing")
+    ap.add_argument("--dry-run", action="store_true", help="validate the sweep and print its runs' costs, build nothing")
     ap.add_argument("--from-json", action="store_true",
                     help="materialize and read nothing: recompute costs, verdicts and plots of the runs recorded in "
                          "ablation.json (refused if the config changed since)")
@@ -164,7 +243,9 @@ def main() -> None:
 
     from pipeline.config import load_config, nested_home
 
-    cfg, home = load_config(args.config, check_files=not args.from_json), nested_home()
+    cfg, home = load_config(args.config, check_files=not (args.from_json or args.dry_run)), nested_home()
+    if args.dry_run:
+        return dry_run(cfg)
     path = RESULTS / "ablation.json"
     recorded = json.loads(path.read_text()) if path.exists() else {"runs": []}
     began = time.perf_counter()
@@ -175,8 +256,8 @@ def main() -> None:
         from pipeline.train import cpu_has_native_bf16
 
         if not args.collect_only:
-            materialize_sweep(cfg, home)
-        runs = collect(cfg, home, args.profile)
+            materialize_sweep(cfg, home, args.variants)
+        runs = collect(cfg, home, args.profile, args.variants or (None if args.collect_only else list(sweep_configs(cfg))))
         result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
         result.update({
             "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}",
@@ -184,6 +265,11 @@ def main() -> None:
                                         "cpu_native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
                                         **{p: version(p) for p in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
             f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
+            "conventions": "FLOPs from torch.utils.flop_counter: 2 per multiply-add. gflops_per_forward: one forward "
+                           "of every level for one image (the paper's). gflops_per_image: sampling one image (steps x "
+                           "forwards, x2 where guidance runs the unconditional pass). train_gflops: all levels, steps x "
+                           "batch x 3 forwards (backward = 2 forwards). fid: mean over the sampling seeds; verdicts "
+                           "pool the training seeds.",
         })
     runs = [r for r in recorded["runs"] if r["profile"] != args.profile] + runs
     result.update({"verdicts": verdicts(runs), "runs": runs})

@@ -1,9 +1,13 @@
-"""Conv UNet denoiser: diffusers' UNet2DModel with coarser levels concatenated as channels.
+"""Conv UNet denoiser: diffusers' UNet2DModel with the coarser levels entering twice.
 
-Cascaded-diffusion style (Ho et al. 2021): each condition latent is resized to the target's H x W and stacked
-onto the noisy input, plus one indicator channel (1 = conditions present, 0 = dropped for classifier-free
-guidance). A conv net sees the condition at every pixel from the first layer, which is why it learns to use
-it much faster than the transformer at small scale. Same call signature as models.uvit.UViT.
+1. Cascaded-diffusion style (Ho et al. 2021): each condition latent is resized to the target's H x W and stacked
+   onto the noisy input, plus one indicator channel (1 = conditions present, 0 = dropped for classifier-free
+   guidance): the condition is seen at every pixel from the first layer.
+2. At every resolution: the flattened conditions go through an MLP into the time-embedding space and are added
+   to the timestep embedding (UNet2DModel's "identity" class embedding), which every ResNet block applies as
+   AdaGN scale and shift (ADM's label conditioning). A 4x4x32 semantic latent is mostly global content, which
+   a few input channels at 16x16 pass on poorly to the deep, low-resolution layers that decide it.
+Labels use the same path (an embedding added to the time embedding). Same call signature as models.uvit.UViT.
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ class CondUNet(nn.Module):
         self.num_classes = num_classes
         # No indicator without conditions: a constant channel would carry nothing.
         cond_ch = sum(c for c, _, _ in self.cond_shapes) + (1 if self.cond_shapes else 0)
+        temb = 4 * block_out_channels[0]  # UNet2DModel's time-embedding width
+        flat = sum(c * h * w for c, h, w in self.cond_shapes)
+        self.cond_embed = nn.Sequential(nn.Linear(flat, temb), nn.SiLU(), nn.Linear(temb, temb)) if flat else None
+        self.cond_null = nn.Parameter(torch.zeros(temb)) if flat else None
+        self.label_emb = nn.Embedding(num_classes + 1, temb) if num_classes > 0 else None
         self.unet = UNet2DModel(
             sample_size=(H, W), in_channels=C + cond_ch, out_channels=C,
             block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
@@ -56,23 +65,33 @@ class CondUNet(nn.Module):
             norm_num_groups=norm_num_groups, attention_head_dim=attention_head_dim,
             # Scale/shift time conditioning (ADM's AdaGN) beat the added bias in Dhariwal & Nichol's ablation.
             resnet_time_scale_shift="scale_shift",
-            num_class_embeds=num_classes + 1 if num_classes > 0 else None,
+            class_embed_type="identity" if flat or num_classes > 0 else None,
         )
 
     def forward(self, x, t, conds=(), labels=None, cond_drop=None):
         B, _, H, W = x.shape
         if len(conds) != len(self.cond_shapes):
             raise ValueError(f"expected {len(self.cond_shapes)} conditions {self.cond_shapes}, got {len(conds)}")
+        extra = None  # added to the time embedding: AdaGN at every resolution
         if conds:
             present = torch.ones(B, 1, H, W, dtype=x.dtype, device=x.device)
-            c = torch.cat([to_grid(z, (H, W)).to(x.dtype) for z in conds] + [present], dim=1)
             if cond_drop is not None:
-                # torch.where, not a multiply: dropped values must not leak through (NaN * 0 is NaN).
-                c = torch.where(cond_drop[:, None, None, None], torch.zeros_like(c), c)
+                # torch.where, not a multiply (NaN * 0 is NaN): dropped values reach neither the output nor the
+                # MLP's weight gradients; the indicator and the null embedding say "dropped".
+                drop = cond_drop[:, None, None, None]
+                conds = [torch.where(drop, torch.zeros_like(z), z) for z in conds]
+                present = torch.where(drop, torch.zeros_like(present), present)
+            c = torch.cat([to_grid(z, (H, W)).to(x.dtype) for z in conds] + [present], dim=1)
+            extra = self.cond_embed(torch.cat([z.flatten(1).to(x.dtype) for z in conds], dim=1))
+            if cond_drop is not None:
+                extra = torch.where(cond_drop[:, None], self.cond_null.to(extra.dtype), extra)
             x = torch.cat([x, c], dim=1)
-        if self.num_classes > 0 and labels is None:
-            labels = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
-        elif self.num_classes == 0 and labels is not None:
+        if self.num_classes > 0:
+            if labels is None:
+                labels = torch.full((B,), self.num_classes, dtype=torch.long, device=x.device)
+            y = self.label_emb(labels)
+            extra = y if extra is None else extra + y
+        elif labels is not None:
             raise ValueError("labels given to a model built with num_classes=0")
         t = t.expand(B) if t.ndim == 0 else t
-        return self.unet(x, t, class_labels=labels, return_dict=False)[0]
+        return self.unet(x, t, class_labels=extra, return_dict=False)[0]

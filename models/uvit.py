@@ -1,8 +1,11 @@
-"""U-ViT denoiser (Bao et al. 2023) with coarser nested-diffusion levels entering as tokens.
+"""U-ViT denoiser (Bao et al. 2023) with coarser nested-diffusion levels fused in every two blocks.
 
-Everything is a token: the timestep, an optional class label, the condition latents z_hat_{>l} and the
-noisy target's patches. Long skip connections join the i-th in-block to the i-th-from-last out-block.
-Follows U-ViT's libs/uvit.py; attention is timm's, which calls F.scaled_dot_product_attention.
+The timestep, an optional class label and the noisy target's patches are tokens; long skip connections join
+the i-th in-block to the i-th-from-last out-block. Follows U-ViT's libs/uvit.py; attention is timm's, which
+calls F.scaled_dot_product_attention. The conditions z_hat_{>l} are not tokens (that would multiply the
+sequence length): as in Nested Diffusion, each is upsampled by deconvolution to the token grid, and before
+every second block each image token is concatenated with its cell's condition feature and passed through two
+fully connected layers, added back as a residual. The token count is that of the plain U-ViT.
 """
 
 from __future__ import annotations
@@ -64,12 +67,45 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class CondFusion(nn.Module):
+    """x_img + FC2(GELU(FC1([x_img, c]))): the paper's token-wise concatenation of the condition features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(self.act(self.fc1(torch.cat([x, c], dim=-1))))
+
+
+class Resize(nn.Module):
+    def __init__(self, size: tuple[int, int]):
+        super().__init__()
+        self.size = size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return to_grid(z, self.size)
+
+
+def upsampler(shape: tuple[int, int, int], grid: tuple[int, int], dim: int) -> nn.Module:
+    """A (B, c, h, w) condition to (B, dim, *grid): the paper's deconvolution when the grid is r times the
+    condition, else resize + 1x1 conv, since any ratio must work (6x6 -> 8x8, or shrinking when the patches
+    are larger than the condition's cells)."""
+    c, h, w = shape
+    r = grid[0] // h
+    if r >= 1 and tuple(grid) == (r * h, r * w):
+        return nn.ConvTranspose2d(c, dim, kernel_size=r, stride=r)  # r = 1: a per-cell linear map
+    return nn.Sequential(Resize(grid), nn.Conv2d(c, dim, kernel_size=1))
+
+
 class UViT(nn.Module):
     """Denoiser for one level: x (B, C, H, W) at timestep t, conditioned on coarser latents and a label.
 
-    conds[k] has shape (B, *cond_shapes[k]). cond_drop (B,) bool swaps every condition token of a sample for
-    learned null tokens (the unconditional mode of classifier-free guidance). With num_classes > 0 a label
-    token is added; label num_classes is the null label, and labels=None means null for the whole batch.
+    conds[k] has shape (B, *cond_shapes[k]); they are summed into one (B, N, dim) map over the N image tokens,
+    fused into the image tokens before blocks 0, 2, 4, ... (in-blocks, mid-block, out-blocks in order).
+    cond_drop (B,) bool swaps a sample's whole map for a learned null embedding (the unconditional mode of
+    classifier-free guidance). With num_classes > 0 a label token is added; label num_classes is the null
+    label, and labels=None means null for the whole batch. With no cond_shapes this is the plain U-ViT.
     Returns a tensor of x's shape; what it predicts (epsilon or v) is the caller's choice of loss.
     """
 
@@ -92,16 +128,12 @@ class UViT(nn.Module):
         self.extras = 1 + (num_classes > 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.extras + num_patches, dim))
 
-        # Conditions are resized to the token grid, then projected per cell. Interpolation + 1x1 conv rather
-        # than the paper's ConvTranspose2d: it handles any size ratio (6x6 -> 8x8, or shrinking when patches
-        # are large), and the per-token position embedding already tells cells within an upsampled block apart.
-        n = len(self.cond_shapes)
-        self.cond_proj = nn.ModuleList(nn.Conv2d(c, dim, kernel_size=1) for c, _, _ in self.cond_shapes)
-        self.cond_pos = nn.Parameter(torch.zeros(n, num_patches, dim))
-        # Redundant with a per-level position table in exact arithmetic, but gives all of a level's tokens one
-        # shared direction from the start, so levels are distinguishable before the positions are learned.
-        self.cond_type = nn.Parameter(torch.zeros(n, 1, dim))
-        self.cond_null = nn.Parameter(torch.zeros(n, 1, dim))
+        # No per-level type embedding: the levels' maps are summed, so it would only add a constant that the
+        # upsamplers' biases already provide; each level is told apart by its own upsampler weights.
+        self.cond_proj = nn.ModuleList(upsampler(s, self.grid, dim) for s in self.cond_shapes)
+        self.cond_null = nn.Parameter(torch.zeros(1, 1, dim)) if self.cond_shapes else None
+        # One fusion per pair of blocks; none at all without conditions, so the L = 1 baseline is plain U-ViT.
+        self.fusions = nn.ModuleList(CondFusion(dim) for _ in range((depth + 1) // 2 if self.cond_shapes else 0))
 
         blk = dict(dim=dim, heads=heads, mlp_ratio=mlp_ratio)
         self.in_blocks = nn.ModuleList(Block(**blk) for _ in range(depth // 2))
@@ -112,8 +144,9 @@ class UViT(nn.Module):
         # U-ViT's 3x3 conv smooths the seams between independently decoded patches.
         self.final_layer = nn.Conv2d(C, C, 3, padding=1) if conv else nn.Identity()
 
-        for p in (self.pos_embed, self.cond_pos, self.cond_type, self.cond_null):
-            trunc_normal_(p, std=0.02)
+        for p in (self.pos_embed, self.cond_null):
+            if p is not None:
+                trunc_normal_(p, std=0.02)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -126,20 +159,30 @@ class UViT(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def cond_tokens(self, conds, cond_drop):
+    def cond_map(self, conds, cond_drop):
+        """The (B, N, dim) sum of the upsampled conditions, or None for a model without conditions."""
         if len(conds) != len(self.cond_shapes):
             raise ValueError(f"expected {len(self.cond_shapes)} conditions {self.cond_shapes}, got {len(conds)}")
-        tokens = []
-        for k, z in enumerate(conds):
-            tok = self.cond_proj[k](to_grid(z, self.grid)).flatten(2).transpose(1, 2)
-            if cond_drop is not None:
-                # torch.where, not a multiply: a dropped sample must not see the values (nor pass gradients).
-                tok = torch.where(cond_drop[:, None, None], self.cond_null[k].to(tok.dtype), tok)
-            tokens.append(tok + self.cond_pos[k] + self.cond_type[k])
-        return tokens
+        if not conds:
+            return None
+        if cond_drop is not None:
+            # torch.where, not a multiply (NaN * 0 is NaN): dropped inputs are zeroed before the upsamplers so
+            # that not even their weight gradients see them, then the map is swapped for the null embedding.
+            conds = [torch.where(cond_drop[:, None, None, None], torch.zeros_like(z), z) for z in conds]
+        c = sum(up(z) for up, z in zip(self.cond_proj, conds)).flatten(2).transpose(1, 2)
+        if cond_drop is not None:
+            c = torch.where(cond_drop[:, None, None], self.cond_null.to(c.dtype), c)
+        return c
+
+    def fuse(self, x, c, i):
+        if c is None or i % 2:
+            return x
+        e = self.extras  # the time and label tokens have no grid cell, so they are left as they are
+        return torch.cat([x[:, :e], self.fusions[i // 2](x[:, e:], c)], dim=1)
 
     def forward(self, x, t, conds=(), labels=None, cond_drop=None):
         B = x.shape[0]
+        c = self.cond_map(conds, cond_drop)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)
         t = t.expand(B) if t.ndim == 0 else t
         extra = [self.time_embed(timestep_embedding(t, self.dim))[:, None]]
@@ -150,18 +193,18 @@ class UViT(nn.Module):
         elif labels is not None:
             raise ValueError("labels given to a model built with num_classes=0")
         x = torch.cat(extra + [x], dim=1) + self.pos_embed
-        # Condition tokens go first; the image tokens are the last num_patches, read back after the blocks.
-        x = torch.cat(self.cond_tokens(conds, cond_drop) + [x], dim=1)
 
-        skips = []
+        skips, i = [], 0
         for blk in self.in_blocks:
-            x = blk(x)
+            x = blk(self.fuse(x, c, i))
             skips.append(x)
-        x = self.mid_block(x)
+            i += 1
+        x = self.mid_block(self.fuse(x, c, i))
         for blk in self.out_blocks:
-            x = blk(x, skips.pop())
+            i += 1
+            x = blk(self.fuse(x, c, i), skips.pop())
 
-        x = self.decoder_pred(self.norm(x))[:, -self.grid[0] * self.grid[1]:]
+        x = self.decoder_pred(self.norm(x))[:, self.extras:]
         p, (C, H, W) = self.patch_size, self.in_shape
         x = x.reshape(B, *self.grid, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
         return self.final_layer(x)

@@ -89,11 +89,15 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)
-    p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping conditions (and labels) for CFG")
+    p_uncond: float = Field(0.1, ge=0, le=1, description="probability of dropping a sample's conditions and label "
+                            "together (the unconditional pass of classifier-free guidance)")
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
     num_train_timesteps: int = Field(1000, ge=10)
-    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast on CPU and GPU
+    # bfloat16: autocast on CPU and GPU. auto: bfloat16 where the hardware does it natively (a CUDA GPU with bf16,
+    # a CPU with AVX512-BF16 or AMX: measured 1.5x faster than float32 for unet-tiny), float32 elsewhere (an AVX2
+    # CPU emulates bf16, 14x slower). Not part of the fingerprint's meaning: the resolved one is in the metadata.
+    precision: Literal["auto", "float32", "bfloat16"] = "float32"
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     nproc: int = Field(1, ge=1, description="processes: >1 launches torchrun (DDP: NCCL on GPU, gloo on CPU)")
@@ -140,6 +144,10 @@ class SamplingConfig(_Strict):
     pixel_thresholding: bool = True  # dynamic thresholding of pixel-space x0 estimates (keeps them in [-1, 1])
     shared_rows: int = Field(4, ge=0, description="rows of the shared-coarse-latent picture (paper Figure 1)")
     reference_images: int | None = Field(None, description="training images in the FID reference (all: None)")
+    eval_seeds: int = Field(1, ge=1, le=16, description="sampling seeds the FID is measured over (seed, seed + 1, "
+                            "...): the evaluation row has their mean and std")
+    oracle: bool = Field(True, description="nested runs: also the FID of level 0 sampled from the held-out images' "
+                         "real coarser latents (with sigma noise), the bound the latent models can reach")
     inception_weights: Path | None = Field(None, description="a local TorchScript file of NVIDIA's inception-2015-12-05 "
                                            "(clean-fid's download) to use instead of the packaged copy")
 
@@ -162,6 +170,8 @@ class SamplingConfig(_Strict):
 class Config(_Strict):
     name: str = "experiment"  # '<experiment>/<variant>' for a variant
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # A second training run of the same experiment: the denoisers' weights and batches, not the data split.
+    train_seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed of the denoisers' training (None: seed)")
     dataset: DatasetConfig
     encoder: EncoderConfig = EncoderConfig()
     level0: Level0Config = Level0Config()
@@ -243,6 +253,10 @@ class Config(_Strict):
     def num_levels(self) -> int:
         """L, counting level 0 (the data)."""
         return len(self.levels) + 1
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def train_config(self, level: int) -> TrainConfig:
         return self.level0.train if level == 0 else self.levels[level - 1].train

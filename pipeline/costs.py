@@ -68,6 +68,24 @@ def cost_table(cfg: Config, num_classes: int = 0) -> dict:
             "sampling_gflops_per_image": sampling, "sampling_relative_to_baseline": sampling / base_sampling}
 
 
+def train_gflops(cfg: Config, num_classes: int = 0) -> float:
+    """Training GFLOPs of every level together: steps x batch x 3 forwards (backward ~ 2 forwards, the usual
+    convention), 2 FLOPs per multiply-add as flop_counter counts. A compute-matched L = 1 baseline gets this."""
+    total = 0.0
+    for level in range(cfg.num_levels):
+        tc = cfg.train_config(level)
+        conds = [level_shape(cfg, k) for k in cfg.conditions_of(level)]
+        total += 3 * tc.steps * tc.batch_size * model_cost(tc, level_shape(cfg, level), conds, num_classes)[1]
+    return total
+
+
+def matched_steps(cfg: Config, num_classes: int = 0) -> int:
+    """Level-0 steps that give an L = 1 baseline (same model, same batch) the training GFLOPs of `cfg`."""
+    tc = cfg.train_config(0)
+    base = 3 * tc.batch_size * model_cost(tc, level_shape(cfg, 0), [], num_classes)[1]
+    return round(train_gflops(cfg, num_classes) / base)
+
+
 def cost_markdown(table: dict) -> str:
     lines = ["| level | model | shape | conditioned on | params (M) | GFLOPs / forward |", "|---|---|---|---|---|---|"]
     for r in table["levels"]:

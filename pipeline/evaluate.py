@@ -2,13 +2,18 @@
 
 Both use the same Inception features (clean-fid's "clean" resizing; the packaged FID Inception, or the file
 sampling.inception_weights names): FID from the feature means and covariances, precision/recall (k = 3) and
-each sample's distance to its nearest training image from the features themselves. The table of evaluations
-is pipeline/table.py's.
+each sample's distance to its nearest training image from the features themselves.
+
+A run's evaluation (`evaluate_run`) scores the samples asset's images, then samples again with the next
+`sampling.eval_seeds - 1` seeds (FID moves by several points with the seed alone at a few hundred samples), and,
+for a nested run, samples level 0 from the held-out images' real coarser latents (the oracle: what the latent
+models can reach at best). Its row goes into the artifact; the table of evaluations is pipeline/table.py's.
 """
 from __future__ import annotations
 
 import io
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +22,10 @@ import webdataset as wds
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
+from .config import Config
 from .data import iter_pixels
-from .sample import to_uint8
+from .plan import Stage
+from .sample import decode_level0, iter_hierarchy, to_uint8
 from .metrics import (InceptionFeatures, feature_stats, fid_from_features, inception_features,
                       nearest_neighbour_distances, precision_recall)
 
@@ -65,3 +72,74 @@ def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: i
     return {"fid": fid_from_features(feats, ref["train"]), "precision": pr["precision"], "recall": pr["recall"],
             "nn_distance_mean": float(nn.mean()), "nn_distance_min": float(nn.min()), "num_samples": len(feats),
             "seconds": round(time.perf_counter() - began, 1)}
+
+
+def sampled_features(cfg: Config, plan: dict[str, Stage], seed: int, model: InceptionFeatures,
+                     given: dict[int, torch.Tensor] | None = None, labels: torch.Tensor | None = None) -> np.ndarray:
+    """Inception features of a fresh top-down sample set (N images; as many as `given` holds when given)."""
+    sc = cfg.sampling
+    n = len(next(iter(given.values()))) if given else sc.num_samples
+    batches = (to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(
+        cfg, plan, n, seed, sc.steps, cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size,
+        given=given, labels=labels))
+    return inception_features(batches, model=model)
+
+
+def oracle_conditions(cfg: Config, plan: dict[str, Stage], n: int) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """The first n held-out images' real latents of every coarser level, and their labels."""
+    from .levels import read_latents
+
+    given, labels = {}, None
+    for level in range(1, cfg.num_levels):
+        _, z, y = read_latents(plan[f"level_{level}_latents"].artifact.require(), "holdout")
+        given[level], labels = torch.from_numpy(z[:n]), torch.from_numpy(y[:n]).long()
+    return given, labels if cfg.class_conditional else None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print, variant: str = "") -> dict:
+    """The evaluation stage: the samples' FID and more (module docstring), and the run's row of the table."""
+    from .config import config_fingerprint
+    from .costs import cost_table
+
+    began = time.perf_counter()
+    sc, stage = cfg.sampling, plan["evaluation"]
+    samples, reference = plan["samples"].artifact.require(), plan["reference_stats"].artifact.require()
+    meta = evaluate_samples(samples, reference, out_dir, weights=sc.inception_weights)
+    ref = load_file(str(reference / REFERENCE))
+    model = InceptionFeatures(path=sc.inception_weights)
+    seeds = [sc.seed + i for i in range(sc.eval_seeds)]
+    fids = [meta["fid"]]
+    for seed in seeds[1:]:
+        fids.append(fid_from_features(sampled_features(cfg, plan, seed, model), ref["train"]))
+        log(f"FID with sampling seed {seed}: {fids[-1]:.2f}")
+    oracle = []
+    if sc.oracle and cfg.num_levels > 1:
+        given, labels = oracle_conditions(cfg, plan, sc.num_samples)
+        for seed in seeds:
+            oracle.append(fid_from_features(sampled_features(cfg, plan, seed, model, given, labels), ref["train"]))
+            log(f"oracle FID (level 0 from real coarser latents), seed {seed}: {oracle[-1]:.2f}")
+    fid_mean, fid_std = _mean_std(fids)
+    oracle_mean, oracle_std = _mean_std(oracle) if oracle else (None, None)
+    ref_meta, sample_meta = plan["reference_stats"].artifact.metadata(), plan["samples"].artifact.metadata()
+    meta.update(fid_seeds=fids, fid_mean=fid_mean, fid_std=fid_std, oracle_fid_seeds=oracle,
+                seconds=round(time.perf_counter() - began, 1))
+    meta["row"] = {
+        "experiment": cfg.name, "variant": variant,
+        "config_fingerprint": config_fingerprint(cfg, stage.artifact.home),
+        "evaluation_fingerprint": stage.fingerprint, "L": cfg.num_levels,
+        "sigmas": [lv.sigma for lv in cfg.levels], "guidance": cfg.guidance(), "conditional": cfg.class_conditional,
+        "train_seed": cfg.training_seed, "sampler": sc.sampler, "steps": sc.steps, "num_samples": meta["num_samples"],
+        "fid": meta["fid"], "seeds": seeds, "fid_seeds": fids, "fid_mean": fid_mean, "fid_std": fid_std,
+        "oracle_fid": oracle_mean, "oracle_fid_std": oracle_std,
+        "oracle_num_samples": len(next(iter(given.values()))) if oracle else None,
+        "fid_floor": ref_meta["fid_floor"], "precision": meta["precision"],
+        "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+        "gflops_per_image": cost_table(cfg)["sampling_gflops_per_image"],
+        "wall_seconds": sample_meta["sample_seconds"] + meta["seconds"],
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return meta

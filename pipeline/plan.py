@@ -16,7 +16,7 @@ from .config import Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
-CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "1", "samples": "1", "reference": "1", "evaluation": "1", "neighbours": "1"}
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "2", "samples": "1", "reference": "1", "evaluation": "2", "neighbours": "1"}
 
 
 @dataclass(frozen=True)
@@ -80,14 +80,17 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                     {"target": plan["images" if level == 0 else f"level_{level}_latents"],
                      "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}})
         plan[st.asset] = st
-    # The FID reference's size and Inception file are the evaluation's business: they do not change samples.
-    sampling = cfg.sampling.model_dump(mode="json", exclude={"reference_images", "inception_weights"})
+    # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
+    evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
+    sampling = cfg.sampling.model_dump(mode="json", exclude=evaluation_only)
     st = _stage(home, "samples", "samples", {"sampling": sampling, "guidance": cfg.guidance()},
                 {f"level_{level}": plan[f"level_{level}_model"] for level in range(cfg.num_levels)})
     plan[st.asset] = st
     ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images,
                                                         "inception": inception_identity(cfg)}, {"images": images})
-    ev = _stage(home, "evaluation", "evaluation", {"k": 3}, {"samples": st, "reference": ref})
+    ev = _stage(home, "evaluation", "evaluation", {"k": 3, "eval_seeds": cfg.sampling.eval_seeds,
+                                                   "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
+                {"samples": st, "reference": ref})
     nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
@@ -109,7 +112,7 @@ def inception_identity(cfg: Config) -> str:
 def model_settings(cfg: Config, level: int) -> dict:
     """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on."""
     own = {"train": cfg.train_config(level).model_dump(mode="json"), "conditioning": cfg.conditioning,
-           "class_conditional": cfg.class_conditional, "seed": cfg.seed,
+           "class_conditional": cfg.class_conditional, "seed": cfg.training_seed,
            "condition_sigmas": {str(k): cfg.levels[k - 1].sigma for k in cfg.conditions_of(level)}}
     if level == 0:
         own["level0"] = cfg.level0.model_dump(mode="json", exclude={"train"})

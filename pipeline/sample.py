@@ -72,8 +72,12 @@ def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0,
 
 def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
                    guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
-                   batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None):
-    """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits)."""
+                   batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
+                   labels: torch.Tensor | None = None):
+    """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits).
+
+    labels (n,) fixes a class-conditional run's labels (e.g. those of the images `given` came from); by default
+    they are drawn from the training set's label frequencies."""
     guidance = guidance or [0.0] * cfg.num_levels
     given = given or {}
     models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
@@ -83,7 +87,9 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
         b = min(batch_size, n - start)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
         # one label per sample, shared by every level, drawn as often as the training set has it
-        labels = torch.multinomial(classes, b, replacement=True, generator=g) if classes is not None else None
+        y = torch.multinomial(classes, b, replacement=True, generator=g) if classes is not None else None
+        if y is not None and labels is not None:
+            y = labels[start:start + b]
         gen: dict[int, torch.Tensor] = {k: z[start:start + b] for k, z in given.items()}
         for level in reversed(range(cfg.num_levels)):
             if level in gen:
@@ -92,7 +98,7 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             conds = [gen[k] + cfg.levels[k - 1].sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
-            gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, labels)
+            gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, y)
         yield gen
 
 

@@ -5,7 +5,9 @@ Runs by hand, under ``torchrun`` (DDP: NCCL on GPU, gloo on CPU) and as a Dagste
 reported back. Training resumes from the last checkpoint of the same fingerprint after a kill.
 
 Loss (paper eq. 4): || eps - D(alpha_t z_l + sigma_t eps, z_hat_{>l}, t) ||^2 with z_hat_k = z_k + sigma_k * n,
-n ~ N(0, I) drawn fresh every step; conditions and labels are dropped with p_uncond for classifier-free guidance.
+n ~ N(0, I) drawn fresh every step. For classifier-free guidance a sample's conditions and label are dropped
+together with probability p_uncond: sampling's unconditional pass drops both, so it is trained on p_uncond of the
+samples (two independent masks would train it on p_uncond^2: 1% at 0.1).
 """
 from __future__ import annotations
 
@@ -113,6 +115,15 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bfloat16 where the hardware computes it natively, float32 where it would be emulated."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
+
+
 def train_level(cfg: Config, level: int, home: Path, reporter: Reporter | None = None) -> dict:
     """Train level `level` unless an intact model exists; its metadata, with `cache` 'hit' or 'miss'.
 
@@ -137,6 +148,7 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
     device = _device(rank)
     tc = cfg.train_config(level)
     work = stage.path.parent / f"{stage.fingerprint}.work"
+    precision = resolve_precision(tc.precision, device)
     if tc.precision == "bfloat16" and device.type == "cpu" and cpu_has_native_bf16() is False:
         reporter.log(f"warning: level {level} trains in bfloat16 on a CPU without AVX512-BF16 or AMX, where bf16 "
                      f"is emulated and many times slower than float32: set precision: float32 for this machine")
@@ -144,7 +156,7 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
     data = load_level_data(cfg, plan, level)
     num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0
     spec = model_spec(cfg, level, data, num_classes)
-    torch.manual_seed(cfg.seed)  # same initial weights on every rank
+    torch.manual_seed(cfg.training_seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
@@ -164,15 +176,15 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
 
     params, gflops = model_cost(tc, tuple(spec["in_shape"]), [tuple(s) for s in spec["cond_shapes"]], num_classes)
     reporter.log(f"level {level}: {spec['backbone']}-{spec['size']} {params / 1e6:.2f}M params, {gflops:.3f} "
-                 f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}")
+                 f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}, {precision}")
 
     per_rank = max(1, tc.batch_size // world)
     x_all, conds_all, labels_all = data.x.to(device), [c.to(device) for c in data.conds], data.labels.to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.precision == "bfloat16")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     model.train()
     t0, timed_steps, window = None, 0, []
     for step in range(start, tc.steps):
-        g = step_generator(cfg.seed, level, rank, step)
+        g = step_generator(cfg.training_seed, level, rank, step)
         idx = torch.randint(0, len(data), (per_rank,), generator=g).to(device)
         x0 = x_all[idx]
         noise = torch.randn(x0.shape, generator=g).to(device)
@@ -180,10 +192,8 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
         xt = sched.add_noise(x0, noise, t)
         target = noise if tc.prediction == "epsilon" else sched.get_velocity(x0, noise, t)
         conds = [c[idx] + s * torch.randn(c[idx].shape, generator=g).to(device) for c, s in zip(conds_all, sigmas)]
-        drop = drop_mask(per_rank, tc.p_uncond, g).to(device)
-        labels = None
-        if num_classes:
-            labels = torch.where(drop_mask(per_rank, tc.p_uncond, g).to(device), num_classes, labels_all[idx])
+        drop = drop_mask(per_rank, tc.p_uncond, g).to(device)  # conditions and label together
+        labels = torch.where(drop, num_classes, labels_all[idx]) if num_classes else None
         for group in opt.param_groups:
             group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
         with autocast:
@@ -198,7 +208,7 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
             raise FloatingPointError(
                 f"level {level} diverged: loss is {seen.item()} at step {step + 1}/{tc.steps} (nothing was published). "
                 f"Try a lower lr (now {tc.lr}) or more warmup_steps, check the level's data and conditions for "
-                f"NaN/inf, or train in precision: float32 (now {tc.precision}).")
+                f"NaN/inf, or train in precision: float32 (now {precision}).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -236,7 +246,7 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
                         gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                         samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
                         loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=len(data),
-                        condition_levels=cfg.conditions_of(level), device=str(device),
+                        condition_levels=cfg.conditions_of(level), device=str(device), precision=precision,
                         seconds=round(time.perf_counter() - began, 1))
         shutil.rmtree(work, ignore_errors=True)
         meta = stage.artifact.metadata()
@@ -281,7 +291,7 @@ def main(argv=None) -> None:
 
 def pipes_metadata(meta: dict) -> dict:
     keep = ("cache", "level", "steps", "params", "gflops_per_forward", "sec_per_step", "samples_per_sec", "final_loss",
-            "resumed_from_step", "world_size", "num_samples", "device")
+            "resumed_from_step", "world_size", "num_samples", "device", "precision")
     out = {k: meta[k] for k in keep if meta.get(k) is not None}
     out["loss_curve"] = {"raw_value": meta.get("loss_curve", []), "type": "json"}
     return out

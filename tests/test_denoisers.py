@@ -73,7 +73,7 @@ def test_gradients_reach_condition_projections(backbone):
     x, t, conds = inputs(PIXEL, COND2)
     model(x, t, conds).square().mean().backward()
     if backbone == "uvit":
-        grads = [proj.weight.grad for proj in model.cond_proj]
+        grads = [p.grad for p in [*model.cond_proj.parameters(), *model.fusions.parameters()]]
     else:
         w, c = model.unet.conv_in.weight.grad, PIXEL[0]
         grads = [w[:, c:c + 32], w[:, c + 32:c + 48], w[:, -1:]]  # both conditions and the indicator
@@ -105,7 +105,7 @@ def test_params_and_gflops():
     for conds in ([], COND1, COND2):
         model = build_denoiser("uvit", "tiny", PIXEL, conds)
         flops.append(gflops_per_step(model, PIXEL, conds))
-    assert 0 < flops[0] < flops[1] < flops[2]  # each condition adds a grid of tokens
+    assert 0 < flops[0] < flops[1] < flops[2]  # conditions add the fusions, and each its upsampler
     unet = build_denoiser("unet", "tiny", PIXEL, COND2, num_classes=10)
     assert gflops_per_step(unet, PIXEL, COND2, num_classes=10) > 0
     assert count_params(unet) == sum(p.numel() for p in unet.parameters()) > 0
@@ -126,3 +126,87 @@ def test_bad_arguments_raise():
     x, t, _ = inputs(LATENT, [])
     with pytest.raises(ValueError, match="conditions"):
         model(x, t)
+
+
+@pytest.mark.parametrize("num_classes", [0, 10])
+def test_uvit_conditions_do_not_add_tokens(num_classes):
+    model = build_denoiser("uvit", "tiny", PIXEL, COND2, num_classes=num_classes)
+    lengths = []
+    blocks = [*model.in_blocks, model.mid_block, *model.out_blocks]
+    hooks = [b.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1])) for b in blocks]
+    x, t, conds = inputs(PIXEL, COND2)
+    with torch.no_grad():
+        model(x, t, conds, cond_drop=torch.tensor([False, True]))
+    for h in hooks:
+        h.remove()
+    num_patches = model.grid[0] * model.grid[1]
+    assert lengths == [1 + (num_classes > 0) + num_patches] * len(blocks)
+    # One fusion before every second block (0, 2, 4 of the tiny model's 5).
+    assert len(model.fusions) == (len(blocks) + 1) // 2 == 3
+
+
+def test_uvit_without_conditions_is_plain():
+    model = build_denoiser("uvit", "tiny", PIXEL, [])
+    assert len(model.fusions) == len(model.cond_proj) == 0 and model.cond_null is None
+    assert not [n for n, _ in model.named_parameters() if "cond" in n or "fusion" in n]
+    x, t, _ = inputs(PIXEL, [])
+    with torch.no_grad():  # cond_drop is meaningless without conditions, and ignored
+        assert torch.equal(model(x, t), model(x, t, cond_drop=torch.tensor([True, True])))
+
+
+def test_uvit_s_condition_cost_is_small():
+    in_shape, cond_shapes = (4, 32, 32), [(32, 6, 6), (24, 4, 4), (16, 2, 2)]
+    gflops = []
+    for conds in ([], cond_shapes):
+        with torch.device("meta"):
+            model = build_denoiser("uvit", "S", in_shape, conds, patch_size=2)
+        gflops.append(gflops_per_step(model, in_shape, conds))
+    assert gflops[0] > 20  # the 16x16-token U-ViT-S really was counted (attention included)
+    assert gflops[1] / gflops[0] <= 1.3, gflops
+
+
+def test_uvit_condition_changes_output_unless_dropped():
+    torch.manual_seed(0)
+    model = build_denoiser("uvit", "tiny", PIXEL, COND2).eval()
+    x, t, conds = inputs(PIXEL, COND2)
+    _, _, other = inputs(PIXEL, COND2, seed=1)
+    drop = torch.ones(2, dtype=torch.bool)
+    with torch.no_grad():
+        assert (model(x, t, conds) - model(x, t, other)).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+        for k in range(len(COND2)):  # every level is seen, not just the sum's largest term
+            one = [other[j] if j == k else z for j, z in enumerate(conds)]
+            assert not torch.allclose(model(x, t, conds), model(x, t, one))
+        assert torch.equal(model(x, t, conds, cond_drop=drop), model(x, t, other, cond_drop=drop))
+
+
+def test_uvit_nan_in_dropped_conditions_stays_out():
+    torch.manual_seed(0)
+    model = build_denoiser("uvit", "tiny", PIXEL, COND2)
+    x, t, conds = inputs(PIXEL, COND2)
+    for z in conds:
+        z[1] = float("nan")
+    out = model(x, t, conds, cond_drop=torch.tensor([False, True]))
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_uvit_upsamplers_for_integer_and_other_ratios():
+    torch.manual_seed(0)
+    cond_shapes = [(8, 4, 4), (8, 6, 6), (8, 16, 16)]  # 8x8 grid: deconv x2, resize up, resize down
+    model = build_denoiser("uvit", "tiny", PIXEL, cond_shapes, patch_size=4).eval()
+    assert model.grid == (8, 8)
+    deconv, up, down = model.cond_proj
+    assert isinstance(deconv, torch.nn.ConvTranspose2d) and deconv.stride == (2, 2)
+    assert isinstance(up[-1], torch.nn.Conv2d) and isinstance(down[-1], torch.nn.Conv2d)
+    same = build_denoiser("uvit", "tiny", (3, 8, 8), [(8, 8, 8)], patch_size=1).cond_proj[0]
+    assert isinstance(same, torch.nn.ConvTranspose2d) and same.kernel_size == (1, 1)
+    x, t, conds = inputs(PIXEL, cond_shapes)
+    with torch.no_grad():
+        for proj, z in zip(model.cond_proj, conds):
+            assert proj(z).shape == (2, model.dim, 8, 8)
+        base = model(x, t, conds)
+        for k in range(len(cond_shapes)):
+            changed = [z + 1 if j == k else z for j, z in enumerate(conds)]
+            assert not torch.allclose(base, model(x, t, changed))
+

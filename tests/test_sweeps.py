@@ -68,4 +68,6 @@ def test_sweep_runs_share_upstream_and_land_in_the_evaluation_table(tiny_run):
     mine = {r["variant"]: r for r in rows if r["experiment"].startswith("tiny/")}
     assert set(mine) == {"L1", "sigma0"} and mine["L1"]["L"] == 1 and mine["sigma0"]["sigmas"] == [0.5, 0.0]
     assert mine["L1"]["gflops_per_image"] < mine["sigma0"]["gflops_per_image"]
+    # the oracle (level 0 from real coarser latents) exists for nested runs only
+    assert mine["L1"]["oracle_fid"] is None and mine["sigma0"]["oracle_fid"] > 0
     assert len({r["config_fingerprint"] for r in mine.values()}) == 2

@@ -1,0 +1,75 @@
+"""benchmarks/ablation.py's reading of the sweep: verdicts that respect the noise, compute-matched baselines
+kept in step with their configs, and the dry run."""
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import ROOT
+from pipeline.config import load_config, variant_configs
+from pipeline.costs import matched_steps, train_gflops
+
+
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation", ROOT / "benchmarks" / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(variant, L, fids, sigma_top=1.0, conditional=False, matched=False, oracle=None):
+    return {"profile": "cpu", "dataset": "d", "variant": variant, "L": L, "sigma_top": sigma_top if L > 1 else 0.0,
+            "conditional": conditional, "compute_matched": matched, "fid_seeds": fids, "fid": sum(fids) / len(fids),
+            "fid_floor": 40.0, "gflops_per_image": 3.0 * L, "gflops_per_forward": 1.0 + 0.1 * L,
+            "train_gflops": 10.0, "oracle_fid": oracle}
+
+
+@pytest.mark.parametrize("name", ["ablation_cpu", "ablation_gpu"])
+def test_compute_matched_baseline_has_the_nested_runs_training_flops(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", check_files=False)
+    matched = variant_configs(cfg, check_files=False)["L1_matched"]
+    assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(cfg)
+    assert train_gflops(matched) == pytest.approx(train_gflops(cfg), rel=1e-3)
+    assert train_gflops(variant_configs(cfg, check_files=False)["L1"]) < train_gflops(cfg)
+
+
+def test_a_gap_inside_the_seed_noise_is_inconclusive():
+    ab = ablation()
+    runs = [run("L1", 1, [100, 104, 96]), run("L1_seed1", 1, [101, 99, 103]),
+            run("base", 3, [98, 102, 97]), run("seed1", 3, [99, 103, 100])]
+    v = ab.verdicts(runs)["cpu/d"]["L3_vs_L1"]
+    assert v["verdict"] == "inconclusive" and set(v["a"]) == {"base", "seed1"}
+
+
+def test_met_needs_the_ratio_and_two_stds():
+    ab = ablation()
+    far = [run("L1", 1, [100, 101, 99]), run("base", 3, [50, 51, 49], oracle=45.0)]
+    v = ab.verdicts(far)["cpu/d"]
+    assert v["L3_vs_L1"]["verdict"] == "met" and v["L3_vs_L1"]["ratio"] == pytest.approx(0.5)
+    assert v["oracle_fid_L3"] == 45.0 and v["oracle_target_met"]  # 45 <= 1.3 x 40
+    near = [run("L1", 1, [100, 101, 99]), run("base", 3, [80, 81, 79])]  # beyond the noise, ratio 0.8 > 0.6
+    assert ab.verdicts(near)["cpu/d"]["L3_vs_L1"]["verdict"] == "missed"
+
+
+def test_sigma_matched_and_conditional_comparisons_pick_their_runs():
+    ab = ablation()
+    runs = [run("L1", 1, [100, 102]), run("L1_matched", 1, [90, 92], matched=True), run("base", 3, [70, 72]),
+            run("sigma_top_0", 3, [80, 82], sigma_top=0.0), run("cond_L1", 1, [60, 61], conditional=True),
+            run("cond_L2", 2, [60.5, 61.5], conditional=True)]
+    v = ab.verdicts(runs)["cpu/d"]
+    assert v["L3_vs_compute_matched_L1"]["b"] == ["L1_matched"] and v["L3_vs_compute_matched_L1"]["verdict"] == "met"
+    assert v["sigma_beats_zero"]["b"] == ["sigma_top_0"] and v["sigma_beats_zero"]["verdict"] == "met"
+    assert v["conditional_L2_beats_L1"]["verdict"] == "inconclusive"
+    assert v["L3_vs_L1"]["b"] == ["L1"]  # the matched baseline is not pooled with the plain one
+
+
+def test_dry_run_lists_every_run_and_builds_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("NESTED_HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--config", str(ROOT / "configs" / "ablation_cpu.yaml"),
+                                      "--dry-run"])
+    ablation().main()
+    out = capsys.readouterr().out
+    cfg = load_config(ROOT / "configs" / "ablation_cpu.yaml", check_files=False)
+    for name in ["base", *cfg.variants]:
+        assert f"| {name} |" in out
+    assert not any(tmp_path.iterdir())
