@@ -11,7 +11,8 @@
 4. **Latent quality.** Frechet distance of each generated latent level to the training latents, next to the
    held-out latents' distance (the floor at the same N), and the generated latents' channel std (data: 1).
 
-Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
+Parts 1 and 2 are now columns of every evaluation row (`sampling.eval_seeds`, `sampling.oracle`, through the same
+helpers of pipeline/evaluate.py); parts 3 and 4 are this script's. Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
 precision (bfloat16 autocast is emulated, ~14x slower than float32, on CPUs without AVX512-BF16 or AMX); then
 the base and the ``--variants`` named are materialized first. Writes ``benchmarks/results/ablation_diagnostics.json``:
 
@@ -33,14 +34,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def sample_fid(cfg, plan, reference: dict, seed: int, given: dict | None = None) -> dict:
     """Sample N images top-down (or from `given` coarse latents) and score them as the evaluation asset does."""
-    from pipeline.metrics import fid_from_features, inception_features, precision_recall
-    from pipeline.sample import decode_level0, iter_hierarchy, to_uint8
+    from pipeline.evaluate import sampled_features
+    from pipeline.metrics import InceptionFeatures, fid_from_features, precision_recall
 
-    sc = cfg.sampling
-    n = len(next(iter(given.values()))) if given else sc.num_samples
-    images = [to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(
-        cfg, plan, n, seed, sc.steps, cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size, given=given)]
-    feats = inception_features(np.concatenate(images))
+    feats = sampled_features(cfg, plan, seed, InceptionFeatures(path=cfg.sampling.inception_weights), given)
     pr = precision_recall(reference["train"], feats, k=3)
     return {"fid": fid_from_features(feats, reference["train"]), **pr, "num_samples": len(feats)}
 
