@@ -215,6 +215,24 @@ def rs_L(rs: list[dict], group: dict) -> int:
     return next(r["L"] for r in rs if r["variant"] == group["variants"][0])
 
 
+def markdown(runs: list[dict]) -> str:
+    """The runs as RESULTS.md's table: FID as mean +- std over the sampling seeds."""
+    base = next((r for r in runs if r["variant"] == "L1"), None)
+    lines = ["| run | L | sigmas | labels | train seed | FID (mean +- std, seeds) | oracle FID | FID / floor | precision "
+             "| recall | sampling GFLOPs / image | GFLOPs / forward | train GFLOPs |", "|" + "---|" * 13]
+    for r in runs:
+        rel = lambda k: f" ({r[k] / base[k]:.2f}x)" if base else ""  # noqa: E731
+        fid = f"{r['fid']:.2f} +- {r['fid_std']:.2f}" if r.get("fid_std") is not None else f"{r['fid']:.2f}"
+        oracle = (f"{r['oracle_fid']:.2f} +- {r['oracle_fid_std']:.2f}" if r.get("oracle_fid_std") is not None
+                  else "-" if r.get("oracle_fid") is None else f"{r['oracle_fid']:.2f}")
+        lines.append(f"| {r['variant']} | {r['L']} | {', '.join(map(str, r['sigmas'])) or '-'} | "
+                     f"{'yes' if r['conditional'] else 'no'} | {r['train_seed']} | {fid} | {oracle} | "
+                     f"{r['fid'] / r['fid_floor']:.2f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{r['gflops_per_image']:.2f}{rel('gflops_per_image')} | "
+                     f"{r['gflops_per_forward']:.3f}{rel('gflops_per_forward')} | {r['train_gflops']:.3g} |")
+    return "\n".join(lines)
+
+
 def dry_run(cfg) -> None:
     """What the sweep would run: every run's config is valid, its costs and its fingerprint; nothing is built."""
     from pipeline.config import config_fingerprint
@@ -276,6 +294,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     plot(runs, RESULTS / "ablation.png")
+    print(markdown([r for r in runs if r["profile"] == args.profile]))
     print(json.dumps(result["verdicts"], indent=1))
 
 

@@ -73,3 +73,13 @@ def test_dry_run_lists_every_run_and_builds_nothing(capsys, tmp_path, monkeypatc
     for name in ["base", *cfg.variants]:
         assert f"| {name} |" in out
     assert not any(tmp_path.iterdir())
+
+
+def test_markdown_table_has_one_row_per_run_with_its_noise():
+    runs = [dict(run("L1", 1, [100, 102]), fid_std=1.41, sigmas=[], train_seed=0, precision=0.3, recall=0.3,
+                 oracle_fid_std=None),
+            dict(run("base", 3, [80, 82], oracle=70.0), fid_std=1.41, sigmas=[0.5, 1.0], train_seed=0, precision=0.4,
+                 recall=0.4, oracle_fid_std=2.0)]
+    table = ablation().markdown(runs).splitlines()
+    assert len(table) == 4 and "| L1 | 1 | - | no | 0 | 101.00 +- 1.41 | - |" in table[2]
+    assert "70.00 +- 2.00" in table[3] and "(3.00x)" in table[3]  # 9 vs 3 GFLOPs per image
