@@ -15,7 +15,7 @@ from .config import Config
 
 def level_shape(cfg: Config, level: int) -> tuple[int, int, int]:
     if level > 0:
-        lv = cfg.levels[level - 1]
+        lv = cfg.level(level)
         return (lv.channels, lv.pool, lv.pool)
     r = cfg.dataset.resolution
     if cfg.level0.space == "pixels":

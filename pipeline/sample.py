@@ -95,7 +95,7 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             if level in gen:
                 continue
             model, spec = models[level]
-            conds = [gen[k] + cfg.levels[k - 1].sigma * torch.randn(gen[k].shape, generator=g)
+            conds = [gen[k] + cfg.level(k).sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
             gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, y)

@@ -161,7 +161,7 @@ def _train(cfg: Config, level: int, plan: dict[str, Stage], stage: Stage, report
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     sched = noise_scheduler(cfg, level)
-    sigmas = [cfg.levels[k - 1].sigma for k in cfg.conditions_of(level)]
+    sigmas = [cfg.level(k).sigma for k in cfg.conditions_of(level)]
 
     start, curve, resumed_from = 0, [], None
     ckpt = latest_checkpoint(work)
