@@ -11,21 +11,19 @@ models can reach at best). Its row goes into the artifact; the table of evaluati
 """
 from __future__ import annotations
 
-import io
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from safetensors.numpy import load_file, save_file
 
 from .config import Config
 from .data import iter_pixels
 from .plan import Stage
 from .sample import decode_level0, iter_hierarchy, to_uint8
+from .sample_shards import sample_images
 from .metrics import (InceptionFeatures, feature_stats, fid_from_features, inception_features,
                       nearest_neighbour_distances, precision_recall)
 
@@ -53,12 +51,6 @@ def build_reference(images_dir: Path, out_dir: Path, max_images: int | None = No
     log(f"reference: {len(train)} train and {len(holdout)} held-out images; real-data FID floor {floor}")
     return {"num_reference": len(train), "num_holdout": len(holdout), "fid_floor": floor,
             "seconds": round(time.perf_counter() - began, 1)}
-
-
-def sample_images(samples_dir: Path):
-    shards = sorted(str(p) for p in Path(samples_dir).glob("samples-*.tar"))
-    for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
-        yield np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB"))[None]
 
 
 def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: int = 3,

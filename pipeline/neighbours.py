@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from .config import Config
 from .data import iter_pixels
+from .knn import nearest
 from .levels import read_latents
 from .plan import Stage
 from .sample import save_grid, to_uint8
@@ -21,13 +21,6 @@ from .sample import save_grid, to_uint8
 
 def _uint8(x: np.ndarray) -> np.ndarray:
     return to_uint8(torch.from_numpy(x)[None])[0]
-
-
-def nearest(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatL2(train.shape[1])
-    index.add(np.ascontiguousarray(train, dtype=np.float32))
-    dist, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return np.sqrt(np.maximum(dist, 0)), idx
 
 
 def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries: int = 6, k: int = 7) -> dict:
@@ -47,7 +40,7 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries
     found, tiles = {}, []
     for q, qkey in enumerate(query_keys):
         for level, (t, h) in spaces.items():
-            dist, idx = nearest(t, h[q:q + 1], k)
+            idx = nearest(h[q:q + 1], t, k)
             found.setdefault(qkey, {})[level] = [train_keys[i] for i in idx[0]]
             tiles += [_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]]
     save_grid(np.stack(tiles), out_dir / "neighbours.png", cols=k + 1, scale=3)

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, run_assets
 from pipeline import checks
 from pipeline.cache import ArtifactDamaged
+from pipeline.evaluate import REFERENCE
 from pipeline.plan import build_plan
 from pipeline.table import TABLE, evaluation_rows
 
@@ -74,10 +75,10 @@ def test_a_truncated_basis_is_caught_before_latents_are_built_from_it(home):
 
 def test_a_truncated_reference_is_caught_before_the_evaluation_reads_it(home):
     cfg, plan = home["cfg"], home["plan"]
-    truncate(plan["reference_stats"].path / "reference.safetensors")
+    truncate(plan["reference_stats"].path / REFERENCE)
     shutil.rmtree(plan["evaluation"].path)
     run = run_assets(cfg, home["home"], names=["evaluation"], raise_on_error=False)
-    assert not run.success and "reference.safetensors is" in failure_text(run)
+    assert not run.success and f"{REFERENCE} is" in failure_text(run)
     assert not plan["evaluation"].artifact.is_complete()
     assert not checks.reference_is_consistent(plan["reference_stats"].path, 1, 1).passed
 
