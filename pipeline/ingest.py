@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .cache import file_sha256
-from .config import DatasetConfig
+from .config import Config, DatasetConfig
 from .sources import get_source
 
 SHARD_PATTERN = "images-%06d.tar"
@@ -156,6 +156,12 @@ def _is_holdout(content_hash: str, fraction: float) -> bool:
 
 
 # ---------------------------------------------------------------- ingest
+
+def build_images(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The images stage: the configured source as shards and a manifest, split by content (`cfg.seed` picks
+    the `max_images` subset)."""
+    return ingest(cfg.dataset, out_dir, cfg.seed, log)
+
 
 def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata."""

@@ -9,15 +9,18 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from safetensors.numpy import load_file, save_file
 
-from .features import iter_rows
+from .config import Config
+from .features import iter_rows, open_features
+from .ingest import read_manifest
 from .stats import ChannelStats
+from .svd import load_basis
 
 STATS = "stats.safetensors"
 
@@ -54,6 +57,17 @@ def _pooled_stats(features, basis, train_rows, pool, channels):
     var = stats.var()
     total_var = total_sq / stats.n  # centered on the basis mean, which is the pooled features' mean too
     return stats.mean(), var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
+
+
+def build_level_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *,
+                        level: int) -> dict:
+    """The latents stage of level `level`: its pooled, projected, standardized latents of every manifest row."""
+    lv = cfg.level(level)
+    m = read_manifest(plan["images"].artifact.require())
+    return build_latents(open_features(plan["encoder_features"].artifact.require()),
+                         load_basis(plan["svd_basis"].artifact.require()), m.column("id").to_pylist(),
+                         m.column("label").to_pylist(), m.column("split").to_pylist(), lv.pool, lv.channels,
+                         cfg.dataset.shard_size, out_dir)
 
 
 def build_latents(features, basis: dict, ids: list[str], labels: list[int], splits: list[str],

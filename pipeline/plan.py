@@ -2,9 +2,9 @@
 
 A stage's fingerprint hashes its own config fields, its inputs' fingerprints and its code version, so two
 experiments that differ only in L or sigma share features, SVD and latents, and an edit to one level's shape
-moves only that level's latents. ``code_version`` (shown by Dagster) hashes the stage's own fields and its
+moves only that level's latents. ``code_version`` (the asset's code version) hashes the stage's own fields and its
 inputs' code versions: the config lineage without the data. After a config edit the UI thus marks stale exactly
-the assets whose fingerprints moved; Dagster's own staleness reaches a child only once its parent is rerun.
+the assets whose fingerprints moved; the UI's own staleness reaches a child only once its parent is rerun.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Artifact, stable_hash
-from .config import Config
+from .config import EVAL_K, Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
@@ -64,6 +64,7 @@ def latents_settings(cfg: Config, level: int) -> dict:
 
 def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     from .ingest import source_fingerprint
+    from .neighbours import K, QUERIES
     from models.weights import checkpoint_sha256, is_local_file
 
     # Where the data lies is not a setting: the source's content hash (an input) identifies it.
@@ -95,10 +96,10 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     plan[st.asset] = st
     ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images,
                                                         "inception": inception_identity(cfg)}, {"images": images})
-    ev = _stage(home, "evaluation", "evaluation", {"k": 3, "eval_seeds": cfg.sampling.eval_seeds,
+    ev = _stage(home, "evaluation", "evaluation", {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
                                                    "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
                 {"samples": st, "reference": ref})
-    nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
+    nb = _stage(home, "level_neighbours", "neighbours", {"queries": QUERIES, "k": K},
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -140,8 +141,8 @@ def decode_level0(cfg: Config, z: torch.Tensor, batch_size: int = 32) -> torch.T
                           for i in range(0, len(z), batch_size)])
 
 
-def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print) -> dict:
-    """The samples asset's work: N images and every level's latents as WebDataset shards, plus two pictures."""
+def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The samples stage: N images and every level's latents as WebDataset shards, plus two pictures."""
     import webdataset as wds
     from PIL import Image
 
