@@ -1,11 +1,10 @@
-"""One training asset per level, run in a separate process through Dagster Pipes.
+"""One training asset per level, trained in a process of its own (assets/train_entry.py) through Dagster Pipes.
 
-The subprocess is ``python -m pipeline.train`` (or ``torchrun`` around it when ``train.nproc > 1``): the
-same module a user runs by hand. Levels depend on latents, never on each other's models, so they can
-train in parallel under the multiprocess executor.
+The process is ``python -m assets.train_entry`` (or ``torchrun`` around it when ``train.nproc > 1``): it runs
+pipeline.train.train_level and reports the materialization this asset shows, once. Levels depend on latents,
+never on each other's models, so they can train in parallel under the multiprocess executor.
 """
 
-import json
 import os
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, 
 from pipeline.cache import stable_hash
 from pipeline.config import Config
 from pipeline.costs import cost_markdown, cost_table
+from pipeline.model_io import read_spec
 
 from .factory import Scope, View, png_markdown, result
 
@@ -33,7 +33,7 @@ def train_command(cfg: Config, level: int, home: Path) -> list[str]:
         with os.fdopen(fd, "w") as f:
             f.write(cfg_json)
         os.replace(tmp, path)
-    module = ["-m", "pipeline.train", "--config", str(path), "--level", str(level), "--home", str(home)]
+    module = ["-m", "assets.train_entry", "--config", str(path), "--level", str(level), "--home", str(home)]
     nproc = cfg.train_config(level).nproc
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]
@@ -41,7 +41,7 @@ def train_command(cfg: Config, level: int, home: Path) -> list[str]:
 
 
 def _model(cfg, plan, stage, meta, log) -> dict:
-    costs = cost_table(cfg, json.loads((stage.path / "model.json").read_text())["num_classes"])
+    costs = cost_table(cfg, read_spec(stage.path)["num_classes"])
     out = {
         "params_M": round(meta["params"] / 1e6, 3), "gflops_per_forward": round(meta["gflops_per_forward"], 4),
         "steps": meta["steps"], "final_loss": meta["final_loss"], "num_samples": meta["num_samples"],
@@ -80,7 +80,7 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
 
     @asset(**scope.asset_args(name, MODELS))
     def _model_asset(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
-        def shown(hit: bool) -> MaterializeResult:
+        def shown(hit: bool) -> MaterializeResult:  # what the training process reports, rendered here
             meta = stage.artifact.metadata()
             return result(stage, meta, hit, MODELS.metadata(cfg, plan, stage, meta, context.log))
 
@@ -91,11 +91,10 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
         with stage.artifact.lock(context.log.info) if nproc > 1 else nullcontext():
             if nproc > 1 and stage.artifact.reusable(context.log.info):
                 return shown(hit=True)
-            # The process logs its loss as it falls and reports its cache flag ('hit' when another run trained
-            # the model meanwhile); the view is read from the finished artifact, as a cache hit's is.
+            # The process logs its loss as it falls and reports the materialization: its cache flag ('hit' when
+            # another run trained the model meanwhile) and the same view as above, read from the artifact.
             results = pipes_subprocess_client.run(command=train_command(cfg, stage.level, scope.home),
                                                   context=context).get_results()
-        cache = (results[0].metadata or {}).get("cache") if results else None
-        return shown(hit=getattr(cache, "value", cache) == "hit")
+        return results[0] if results else shown(hit=False)
 
     return _model_asset

@@ -180,7 +180,7 @@ def main() -> None:
             count = sum(1 for _ in iter_latents(plan[f"level_{level}_latents"].path))
             latents_sps = round(count / (time.perf_counter() - t), 1)
         assert not short_plan[f"level_{level}_model"].artifact.is_complete()
-        meta = train_level(short, level, home)
+        meta = train_level(short, short_plan, level)
         reader_sps, train_sps = len(data) / read_s, meta["samples_per_sec"]
         recorded = built_plan[f"level_{level}_model"].artifact.metadata().get("samples_per_sec")
         figures.append(figure(

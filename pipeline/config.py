@@ -444,6 +444,14 @@ def load_config(path: str | Path | None = None, check_files: bool = True) -> Con
     return parse_config(data, str(path), check_files)
 
 
+def load_run_config(path: str | Path | None = None) -> Config:
+    """The config a training process is given: the resolved JSON the asset wrote from a config validated when
+    the code location loaded (read as it is), or an experiment YAML (loaded and validated as load_config does)."""
+    if path is not None and str(path).endswith(".json"):
+        return Config.model_validate_json(Path(path).read_text())
+    return load_config(path)
+
+
 def nested_home() -> Path:
     """Artifact root: $NESTED_HOME, default .nested/ in the checkout."""
     return Path(os.environ.get("NESTED_HOME") or PROJECT_ROOT / ".nested").resolve()

@@ -16,32 +16,17 @@ import torch
 
 from .config import Config
 from .guidance import guide, runs_unconditional
+from .model_io import load_level_model, make_scheduler, spec_scheduler
 from .plan import Stage
 from .sample_shards import PATTERN as SHARD_PATTERN
 from .stats import ChannelStats
-from .train import load_level_model
-
-
-def make_scheduler(spec: dict, kind: str = "dpm", thresholding: bool = False):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    tc = spec["train"]
-    common = dict(num_train_timesteps=tc["num_train_timesteps"], beta_schedule=tc["beta_schedule"],
-                  prediction_type=tc["prediction"])
-    if kind == "dpm":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", thresholding=thresholding)
-    if kind == "ddim":
-        return DDIMScheduler(**common, clip_sample=False, thresholding=thresholding)
-    if kind == "ddpm":
-        return DDPMScheduler(**common, clip_sample=False, thresholding=thresholding)
-    raise ValueError(f"unknown sampler '{kind}': choose dpm, ddim or ddpm")
 
 
 @torch.inference_mode()
 def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: int, guidance: float,
                  generator: torch.Generator, kind: str = "dpm", thresholding: bool = False,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
-    sched = make_scheduler(spec, kind, thresholding)
+    sched = make_scheduler(spec_scheduler(spec), kind, thresholding)
     sched.set_timesteps(steps)
     x = torch.randn((n, *spec["in_shape"]), generator=generator) * sched.init_noise_sigma
     guided = runs_unconditional(guidance, bool(conds), labels is not None)
