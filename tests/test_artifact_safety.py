@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_assets
+from assets.testing import run_assets
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline import checks
 from pipeline.cache import ArtifactDamaged
 from pipeline.evaluate import REFERENCE
@@ -124,7 +125,7 @@ RACE = textwrap.dedent("""
 
     if what == "evaluation":
         import pipeline.evaluate
-        from conftest import run_assets
+        from assets.testing import run_assets
         slow = pipeline.evaluate.evaluate_samples
 
         def evaluate_slowly(*args, **kwargs):  # long enough for the other process to arrive meanwhile
@@ -148,7 +149,7 @@ def race(home: Path, what: str, tmp_path: Path) -> list[str]:
     script, ready = tmp_path / "race.py", tmp_path / f"ready-{what}"
     script.write_text(RACE)
     ready.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, str(script), str(home), str(ready), what], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

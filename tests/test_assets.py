@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import zarr
 from assets.definitions import build_definitions
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.config import ConfigError, parse_config
 from pipeline.evaluate import REFERENCE
 from pipeline.ingest import image_shards, read_manifest

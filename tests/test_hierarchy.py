@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_assets
+from assets.testing import run_assets
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_config, parse_config
 from pipeline.plan import build_plan
 

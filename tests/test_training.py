@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from assets.training import train_command
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.config import parse_config
 from pipeline.plan import build_plan

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pipeline.train
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.plan import build_plan
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
