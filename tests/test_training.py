@@ -203,3 +203,22 @@ def test_native_bf16_is_read_from_the_cpu_flags():
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512_bf16") is True
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 amx_bf16 amx_tile") is True
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f") is False  # AVX512 alone still emulates bf16
+
+
+def test_an_old_model_json_without_its_schedule_still_samples(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from pipeline.model_io import MODEL_JSON, make_scheduler, spec_scheduler
+    from pipeline.sample import sample_level
+
+    old = tmp_path / "model"
+    shutil.copytree(build_plan(tiny_run["cfg"], tiny_run["home"])["level_2_model"].path, old)
+    spec = json.loads((old / MODEL_JSON).read_text())
+    schedule = spec.pop("scheduler")  # as written before the schedule was saved
+    (old / MODEL_JSON).write_text(json.dumps(spec))
+    model, spec = load_level_model(old)
+    assert spec_scheduler(spec) == schedule  # derived from its training settings
+    assert dict(make_scheduler(schedule, "dpm").config) == dict(make_scheduler(spec_scheduler(spec), "dpm").config)
+    x = sample_level(model, spec, [], 2, 3, 0.0, torch.Generator().manual_seed(0))
+    assert x.shape == (2, *spec["in_shape"]) and torch.isfinite(x).all()
