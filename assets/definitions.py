@@ -18,14 +18,14 @@ from pipeline.config import Config, load_config, nested_home, variant_configs
 from pipeline.plan import build_plan
 
 from .checks import asset_checks
-from .evaluation import evaluation_asset, neighbours_asset, reference_asset, samples_asset
-from .stages import Scope, features_asset, images_asset, level_latents_asset, svd_asset
+from .data import FEATURES, IMAGES, LATENTS, SVD
+from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES
+from .factory import Scope, stage_asset
 from .training import level_model_asset
 
-FACTORIES = {  # artifact stage -> asset factory
-    "images": images_asset, "features": features_asset, "svd": svd_asset, "samples": samples_asset,
-    "reference": reference_asset, "evaluation": evaluation_asset, "neighbours": neighbours_asset,
-    "latents": level_latents_asset, "models": level_model_asset,
+VIEWS = {  # stage kind -> how its assets look (models: assets/training.py, trained through Pipes)
+    "images": IMAGES, "features": FEATURES, "svd": SVD, "latents": LATENTS, "samples": SAMPLES,
+    "reference": REFERENCE, "evaluation": EVALUATION, "neighbours": NEIGHBOURS,
 }
 
 
@@ -34,7 +34,7 @@ def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[s
     plan = build_plan(cfg, home)
     keys, own = {}, []
     for name, stage in plan.items():
-        if variant and stage.artifact.stage == "neighbours":
+        if variant and stage.kind == "neighbours":
             continue  # a variant's latents are the base's (or a subset): its neighbour picture adds nothing
         if stage.fingerprint not in owner:
             owner[stage.fingerprint] = AssetKey([variant, name] if variant else [name])
@@ -44,10 +44,10 @@ def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[s
 
 
 def make_asset(scope: Scope, name: str):
-    stage = scope.plan[name].artifact.stage
-    if stage in ("latents", "models"):
-        return FACTORIES[stage](scope, int(name.split("_")[1]))
-    return FACTORIES[stage](scope)
+    kind = scope.plan[name].kind
+    if kind == "models":  # trained in a process of its own
+        return level_model_asset(scope, name)
+    return stage_asset(scope, name, VIEWS[kind])
 
 
 def build_definitions(cfg: Config | None = None, home: Path | None = None) -> Definitions:

@@ -28,6 +28,7 @@ UNSYNCED = {"STALE", "MISSING"}
 def in_process(workspace: Path = ROOT / "workspace.yaml") -> Iterator[DagsterUI]:
     """The GraphQL schema the webserver serves, executed here (as `dagster-graphql -w` does): no server needed."""
     from dagster import DagsterInstance
+    # Private, as dagster-graphql's own CLI uses them: no public API loads a workspace for in-process GraphQL.
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster_graphql import __version__

@@ -271,7 +271,7 @@ def main() -> None:
         runs = refresh(recorded["runs"], cfg, args.profile)
         result = {k: v for k, v in recorded.items() if k not in ("verdicts", "runs")}  # where the runs were made
     else:
-        from pipeline.train import cpu_has_native_bf16
+        from pipeline.runtime import cpu_has_native_bf16
 
         if not args.collect_only:
             materialize_sweep(cfg, home, args.variants)

@@ -42,17 +42,13 @@ def sample_fid(cfg, plan, reference: dict, seed: int, given: dict | None = None)
     return {"fid": fid_from_features(feats, reference["train"]), **pr, "num_samples": len(feats)}
 
 
-def sampled_latents(samples_dir: Path, num_levels: int) -> dict[int, np.ndarray]:
-    """The latents the sweep generated (the samples asset stores every level beside each image)."""
-    import webdataset as wds
+def channel_std_mean(z: np.ndarray) -> float:
+    """The mean over channels of each channel's std (over samples and positions; the data's: 1)."""
+    from pipeline.stats import ChannelStats
 
-    from pipeline.levels import decode_npy
-
-    shards = sorted(str(p) for p in samples_dir.glob("samples-*.tar"))
-    # Raw members, decoded here one by one: webdataset's default .decode() would unpickle any .pyd/.pth member.
-    rows = list(wds.WebDataset(shards, shardshuffle=False, empty_check=False))
-    return {level: np.stack([decode_npy(r[f"level_{level}.npy"], f"level_{level}.npy") for r in rows])
-            for level in range(1, num_levels)}
+    stats = ChannelStats()
+    stats.update(torch.from_numpy(z))
+    return stats.summary()["std_mean"]
 
 
 def latent_fd(generated: np.ndarray, train: np.ndarray) -> float:
@@ -109,6 +105,7 @@ def main() -> None:
     from pipeline.evaluate import REFERENCE
     from pipeline.levels import read_latents
     from pipeline.plan import build_plan
+    from pipeline.sample_shards import sample_latents
 
     began = time.perf_counter()
     home = nested_home()
@@ -160,14 +157,14 @@ def main() -> None:
                     "gflops_per_image": cost_table(cw)["sampling_gflops_per_image"],
                     **{k: v for k, v in sample_fid(cw, plan, reference, 0).items() if k in ("fid", "precision", "recall")}}
         if c.num_levels > 1 and "latents" in args.parts:
-            generated = sampled_latents(plan["samples"].artifact.require(), c.num_levels)
+            generated = sample_latents(plan["samples"].artifact.require(), range(1, c.num_levels))
             rec["latents"] = {}
             for level in range(1, c.num_levels):
                 _, train, _ = read_latents(plan[f"level_{level}_latents"].artifact.require(), "train")
                 gen = generated[level]
                 rec["latents"][str(level)] = {
                     "fd_generated": latent_fd(gen, train), "fd_holdout_floor": latent_fd(real[level].numpy(), train),
-                    "generated_channel_std": float(gen.std(axis=(0, 2, 3)).mean()),
+                    "generated_channel_std": channel_std_mean(gen),
                     "dims": int(np.prod(gen.shape[1:]))}
         out["runs"][name] = rec
         print(name, json.dumps(rec), flush=True)

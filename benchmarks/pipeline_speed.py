@@ -53,8 +53,10 @@ def materialize_assets(cfg, home: Path, names: list[str], instance, checks: bool
 
 def copy_artifact(stage, built: Path, home: Path) -> None:
     """Copy a built artifact into the scratch home (same stage/fingerprint), never touching the original."""
-    src = built / stage.artifact.stage / stage.fingerprint
-    assert (src / "_COMPLETE.json").is_file(), f"{stage.asset} is not built under {built}: materialize it first"
+    from pipeline.cache import MARKER
+
+    src = built / stage.kind / stage.fingerprint
+    assert (src / MARKER).is_file(), f"{stage.asset} is not built under {built}: materialize it first"
     shutil.copytree(src, stage.path, dirs_exist_ok=True)
 
 
@@ -178,7 +180,7 @@ def main() -> None:
             count = sum(1 for _ in iter_latents(plan[f"level_{level}_latents"].path))
             latents_sps = round(count / (time.perf_counter() - t), 1)
         assert not short_plan[f"level_{level}_model"].artifact.is_complete()
-        meta = train_level(short, level, home)
+        meta = train_level(short, short_plan, level)
         reader_sps, train_sps = len(data) / read_s, meta["samples_per_sec"]
         recorded = built_plan[f"level_{level}_model"].artifact.metadata().get("samples_per_sec")
         figures.append(figure(
@@ -196,18 +198,21 @@ def main() -> None:
     from cleanfid import fid as cleanfid
     from safetensors.numpy import load_file
 
+    from pipeline.evaluate import REFERENCE
     from pipeline.metrics import InceptionFeatures, fid_from_stats
+    from pipeline.sample_shards import sample_shards
 
     copy_artifact(plan["samples"], built, home)
     copy_artifact(plan["reference_stats"], built, home)
     folder = home / "sample_pngs"
     folder.mkdir()
-    for tar in sorted(plan["samples"].path.glob("samples-*.tar")):
+    # A deliberate copy of the shard reading: clean-fid reads a folder of PNG files, so they are written out.
+    for tar in sample_shards(plan["samples"].path):
         with tarfile.open(tar) as tf:
             for m in tf.getmembers():
                 if m.name.endswith(".png"):
                     (folder / m.name).write_bytes(tf.extractfile(m).read())
-    ref = load_file(str(plan["reference_stats"].path / "reference.safetensors"))
+    ref = load_file(str(plan["reference_stats"].path / REFERENCE))
     _, eval_s = materialize_assets(cfg, home, ["evaluation"], instance)
     ev = plan["evaluation"].artifact.metadata()
     t = time.perf_counter()

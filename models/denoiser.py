@@ -1,9 +1,12 @@
-"""Registry of per-level denoisers, and their size and cost.
+"""The registry of per-level denoiser backbones (uvit, unet) and their sizes, and what a denoiser costs.
 
 Every denoiser is called as model(x, t, conds=(), labels=None, cond_drop=None) and returns x's shape.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -12,12 +15,44 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from models.unet import UNET_SIZES, CondUNet
 from models.uvit import UVIT_SIZES, UViT
 
-MODEL_SIZES = {"uvit": UVIT_SIZES, "unet": UNET_SIZES}
+
+@dataclass(frozen=True)
+class Backbone:
+    build: Callable[..., nn.Module]  # (in_shape, cond_shapes, num_classes, patch_size, **size) -> denoiser
+    sizes: dict[str, dict]  # size name -> the keyword arguments of that size
+    patches: bool  # it cuts its input into patch_size x patch_size patches (the config checks they tile it)
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(name: str, sizes: dict[str, dict], patches: bool = False):
+    """Register `build(in_shape, cond_shapes, num_classes, patch_size, **size)` as the backbone `name`."""
+    def register(build):
+        BACKBONES[name] = Backbone(build, sizes, patches)
+        return build
+    return register
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def default_patch_size(height: int) -> int:
     """Patch size giving at most 8x8-ish token grids on small inputs, 1 (one token per cell) on latents."""
     return 1 if height <= 8 else 2 if height <= 16 else 4
+
+
+@register_backbone("uvit", UVIT_SIZES, patches=True)
+def _uvit(in_shape, cond_shapes, num_classes, patch_size, **size) -> nn.Module:
+    return UViT(in_shape, cond_shapes, num_classes, patch_size=patch_size or default_patch_size(in_shape[1]), **size)
+
+
+@register_backbone("unet", UNET_SIZES)
+def _unet(in_shape, cond_shapes, num_classes, patch_size, **size) -> nn.Module:
+    return CondUNet(in_shape, cond_shapes, num_classes, **size)  # no patches: patch_size is U-ViT's
 
 
 def build_denoiser(backbone: str, size: str, in_shape: tuple[int, int, int],
@@ -26,21 +61,16 @@ def build_denoiser(backbone: str, size: str, in_shape: tuple[int, int, int],
     """The denoiser of one level: target in_shape (C, H, W), coarser latents cond_shapes (c_k, s_k, s_k).
 
     num_classes > 0 adds label conditioning with num_classes + 1 embeddings (the last is the null label).
-    patch_size applies to "uvit" only (default from the height); the UNet ignores it.
+    patch_size applies to backbones that cut patches (uvit; default from the height); the others ignore it.
     """
-    if backbone not in MODEL_SIZES:
-        raise ValueError(f"unknown backbone {backbone!r}; valid: {sorted(MODEL_SIZES)}")
-    sizes = MODEL_SIZES[backbone]
-    if size not in sizes:
-        raise ValueError(f"unknown {backbone} size {size!r}; valid: {list(sizes)}")
+    entry = get_backbone(backbone)
+    if size not in entry.sizes:
+        raise ValueError(f"unknown {backbone} size {size!r}; valid: {list(entry.sizes)}")
     in_shape, cond_shapes = tuple(in_shape), [tuple(s) for s in cond_shapes]
     for s in cond_shapes:
         if len(s) != 3 or s[1] > in_shape[1] or s[2] > in_shape[2]:
             raise ValueError(f"condition shape {s} must be (c, s, s) no larger than the target {in_shape}")
-    if backbone == "uvit":
-        p = patch_size or default_patch_size(in_shape[1])
-        return UViT(in_shape, cond_shapes, num_classes, patch_size=p, **sizes[size])
-    return CondUNet(in_shape, cond_shapes, num_classes, **sizes[size])
+    return entry.build(in_shape, cond_shapes, num_classes, patch_size, **entry.sizes[size])
 
 
 def count_params(model: nn.Module) -> int:

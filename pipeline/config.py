@@ -18,7 +18,6 @@ from models.weights import is_local_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "emoji.yaml"
-DATASET_SOURCES = ("emoji", "folder", "npz", "digits", "mnist")
 # Precision/recall take each point's k-th nearest neighbour (k = 3): a set needs k + 1 points.
 EVAL_K = 3
 MAX_SAMPLES = 1_000_000  # sampling.num_samples cap: the paper evaluates 50k; 1e12 is a typo, not a run
@@ -37,9 +36,10 @@ class _Strict(BaseModel):
 
 
 class DatasetConfig(_Strict):
-    # emoji: the npm tgz of emoji-datasource-google; folder: class subfolders give labels; npz: arrays
-    # `images` (N,H,W[,C]) and optional `labels`; digits / mnist: small sets that ship inside wheels.
-    source: Literal["emoji", "folder", "npz", "digits", "mnist"]
+    # A name in pipeline/sources.py's registry: emoji (the npm tgz of emoji-datasource-google), folder (class
+    # subfolders give labels), npz (arrays `images` (N,H,W[,C]) and optional `labels`), digits / mnist (small
+    # sets that ship inside wheels).
+    source: str
     path: Path | None = None
     resolution: int = Field(32, ge=4, le=1024, description="level-0 pixel size (square)")
     source_size: int = Field(64, ge=8, le=1024, description="size kept for the encoder (center crop, square)")
@@ -48,9 +48,19 @@ class DatasetConfig(_Strict):
     shard_size: int = Field(1000, ge=1, description="samples per WebDataset shard")
     drop_categories: tuple[str, ...] = ("Component",)
 
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, v):
+        from .sources import get_source
+
+        get_source(v)  # refuses an unknown name with the registered ones
+        return v
+
     @model_validator(mode="after")
     def _path_needed(self):
-        if self.source in ("emoji", "folder", "npz") and self.path is None:
+        from .sources import get_source
+
+        if get_source(self.source).needs_path and self.path is None:
             raise ValueError(f"source '{self.source}' needs a path")
         return self
 
@@ -78,8 +88,8 @@ class EncoderConfig(_Strict):
 
 class TrainConfig(_Strict):
     """One level's denoiser and its optimization (each level trains on its own)."""
-    backbone: Literal["uvit", "unet"] = "uvit"  # unet: diffusers UNet2DModel, conditions concatenated as channels
-    size: str = "small"  # a key of models.denoiser.MODEL_SIZES[backbone]
+    backbone: str = "uvit"  # a name in models/denoiser.py's registry: uvit, or unet (diffusers' UNet2DModel)
+    size: str = "small"  # one of the backbone's registered sizes
     patch_size: int | None = Field(None, ge=1, description="U-ViT patch size (default from the input size)")
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch (split across torchrun processes)")
@@ -101,6 +111,14 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(50, ge=1)
     nproc: int = Field(1, ge=1, description="processes: >1 launches torchrun (DDP: NCCL on GPU, gloo on CPU)")
+
+    @field_validator("backbone")
+    @classmethod
+    def _registered_backbone(cls, v):
+        from models.denoiser import get_backbone  # torch import: only when validating
+
+        get_backbone(v)  # refuses an unknown name with the registered ones
+        return v
 
     @field_validator("betas")
     @classmethod
@@ -219,7 +237,7 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _fits_the_models(self):
         # Refused here rather than when a level's training (or sampling) process starts.
-        from models.denoiser import default_patch_size  # torch import: only when validating
+        from models.denoiser import default_patch_size, get_backbone  # torch import: only when validating
 
         trains = [("level0.train", self.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(self.levels)]
         for name, tc in trains:
@@ -230,7 +248,7 @@ class Config(_Strict):
         inputs = [("dataset.resolution", self.dataset.resolution if pixels else None)]
         inputs += [(f"levels[{i}].pool", lv.pool) for i, lv in enumerate(self.levels)]
         for (name, tc), (what, size) in zip(trains, inputs):
-            if size is None or tc.backbone != "uvit":
+            if size is None or not get_backbone(tc.backbone).patches:
                 continue
             p = tc.patch_size or default_patch_size(size)
             if size % p:
@@ -258,8 +276,14 @@ class Config(_Strict):
     def training_seed(self) -> int:
         return self.seed if self.train_seed is None else self.train_seed
 
+    def level(self, level: int) -> LevelConfig:
+        """The settings of semantic level `level` >= 1 (the YAML's levels[level - 1]; level 0 is `level0`)."""
+        if not 1 <= level < self.num_levels:
+            raise IndexError(f"level {level}: '{self.name}' has semantic levels 1..{self.num_levels - 1}")
+        return self.levels[level - 1]
+
     def train_config(self, level: int) -> TrainConfig:
-        return self.level0.train if level == 0 else self.levels[level - 1].train
+        return self.level0.train if level == 0 else self.level(level).train
 
     @field_validator("sampling")
     @classmethod
@@ -323,11 +347,12 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
     except ValueError as e:
         field = "encoder.layer" if "layer" in str(e) else "encoder.name"
         raise ConfigError(f"{field}: {e}") from None
-    from models.denoiser import MODEL_SIZES
+    from models.denoiser import get_backbone
 
     for name, tc in [("level0.train", cfg.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(cfg.levels)]:
-        if tc.size not in MODEL_SIZES[tc.backbone]:
-            raise ConfigError(f"{name}.size: unknown {tc.backbone} size '{tc.size}'; choose one of {sorted(MODEL_SIZES[tc.backbone])}")
+        sizes = get_backbone(tc.backbone).sizes
+        if tc.size not in sizes:
+            raise ConfigError(f"{name}.size: unknown {tc.backbone} size '{tc.size}'; choose one of {sorted(sizes)}")
     for i, lv in enumerate(cfg.levels):
         if lv.pool > min(h, w):
             raise ConfigError(f"levels[{i}].pool: {lv.pool} is larger than the encoder's {h}x{w} feature grid "
@@ -417,6 +442,14 @@ def load_config(path: str | Path | None = None, check_files: bool = True) -> Con
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {path}: the top level must be a mapping")
     return parse_config(data, str(path), check_files)
+
+
+def load_run_config(path: str | Path | None = None) -> Config:
+    """The config a training process is given: the resolved JSON the asset wrote from a config validated when
+    the code location loaded (read as it is), or an experiment YAML (loaded and validated as load_config does)."""
+    if path is not None and str(path).endswith(".json"):
+        return Config.model_validate_json(Path(path).read_text())
+    return load_config(path)
 
 
 def nested_home() -> Path:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 
 from .config import Config
+from .guidance import runs_unconditional
 
 
 def level_shape(cfg: Config, level: int) -> tuple[int, int, int]:
     if level > 0:
-        lv = cfg.levels[level - 1]
+        lv = cfg.level(level)
         return (lv.channels, lv.pool, lv.pool)
     r = cfg.dataset.resolution
     if cfg.level0.space == "pixels":
@@ -40,10 +41,9 @@ def model_cost(tc, in_shape, cond_shapes, num_classes: int = 0) -> tuple[int, fl
 
 
 def guided(cfg: Config, level: int, conditions: list[int] | None = None) -> bool:
-    """Whether sampling this level also runs the unconditional pass: its guidance weight is on and it has
-    something to drop (coarser latents, or labels in a class-conditional experiment). As pipeline.sample does."""
+    """Whether sampling this level also runs the unconditional pass (pipeline/guidance.py's rule)."""
     conditions = cfg.conditions_of(level) if conditions is None else conditions
-    return bool(cfg.guidance()[level]) and (bool(conditions) or cfg.class_conditional)
+    return runs_unconditional(cfg.guidance()[level], bool(conditions), cfg.class_conditional)
 
 
 def cost_table(cfg: Config, num_classes: int = 0) -> dict:

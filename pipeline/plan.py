@@ -2,9 +2,9 @@
 
 A stage's fingerprint hashes its own config fields, its inputs' fingerprints and its code version, so two
 experiments that differ only in L or sigma share features, SVD and latents, and an edit to one level's shape
-moves only that level's latents. ``code_version`` (shown by Dagster) hashes the stage's own fields and its
+moves only that level's latents. ``code_version`` (the asset's code version) hashes the stage's own fields and its
 inputs' code versions: the config lineage without the data. After a config edit the UI thus marks stale exactly
-the assets whose fingerprints moved; Dagster's own staleness reaches a child only once its parent is rerun.
+the assets whose fingerprints moved; the UI's own staleness reaches a child only once its parent is rerun.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import Artifact, stable_hash
-from .config import Config
+from .config import EVAL_K, Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
@@ -21,9 +21,15 @@ CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "mod
 
 @dataclass(frozen=True)
 class Stage:
-    asset: str  # the Dagster asset name
+    asset: str  # the asset's name in the graph (e.g. svd_basis; its artifacts lie under the kind, svd/)
     artifact: Artifact
     code_version: str  # hash of the stage's own settings + code version
+    level: int | None = None  # the level a latents or model stage belongs to; None for level-free stages
+
+    @property
+    def kind(self) -> str:
+        """What the stage builds: a key of CODE_VERSION and pipeline.stages.STAGES, and its artifacts' folder."""
+        return self.artifact.stage
 
     @property
     def fingerprint(self) -> str:
@@ -34,11 +40,12 @@ class Stage:
         return self.artifact.path
 
 
-def _stage(home: Path, asset: str, kind: str, own: dict, inputs: dict) -> Stage:
+def _stage(home: Path, asset: str, kind: str, own: dict, inputs: dict, level: int | None = None) -> Stage:
     """`inputs` maps names to upstream Stages or to content hashes of outside data (nested dicts allowed)."""
     own = {**own, "code": CODE_VERSION[kind]}
     fp = stable_hash({"kind": kind, "own": own, "inputs": _resolve(inputs, "fingerprint")})
-    return Stage(asset, Artifact(home, kind, fp), stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12))
+    return Stage(asset, Artifact(home, kind, fp), stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12),
+                 level)
 
 
 def _resolve(inputs, attr: str):
@@ -51,12 +58,13 @@ def _resolve(inputs, attr: str):
 
 def latents_settings(cfg: Config, level: int) -> dict:
     """The settings that decide level `level`'s latents (sigma is not one: it only acts when z_l conditions)."""
-    lv = cfg.levels[level - 1]
+    lv = cfg.level(level)
     return {"pool": lv.pool, "channels": lv.channels, "shard_size": cfg.dataset.shard_size}
 
 
 def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     from .ingest import source_fingerprint
+    from .neighbours import K, QUERIES
     from models.weights import checkpoint_sha256, is_local_file
 
     # Where the data lies is not a setting: the source's content hash (an input) identifies it.
@@ -73,12 +81,12 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     plan = {s.asset: s for s in (images, features, svd)}
     for level in range(1, cfg.num_levels):
         st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
-                    {"features": features, "svd": svd, "images": images})
+                    {"features": features, "svd": svd, "images": images}, level)
         plan[st.asset] = st
     for level in range(cfg.num_levels):
         st = _stage(home, f"level_{level}_model", "models", model_settings(cfg, level),
                     {"target": plan["images" if level == 0 else f"level_{level}_latents"],
-                     "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}})
+                     "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}}, level)
         plan[st.asset] = st
     # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
     evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
@@ -88,10 +96,10 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     plan[st.asset] = st
     ref = _stage(home, "reference_stats", "reference", {"max_images": cfg.sampling.reference_images,
                                                         "inception": inception_identity(cfg)}, {"images": images})
-    ev = _stage(home, "evaluation", "evaluation", {"k": 3, "eval_seeds": cfg.sampling.eval_seeds,
+    ev = _stage(home, "evaluation", "evaluation", {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
                                                    "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
                 {"samples": st, "reference": ref})
-    nb = _stage(home, "level_neighbours", "neighbours", {"queries": 6, "k": 7},
+    nb = _stage(home, "level_neighbours", "neighbours", {"queries": QUERIES, "k": K},
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan
@@ -113,7 +121,7 @@ def model_settings(cfg: Config, level: int) -> dict:
     """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on."""
     own = {"train": cfg.train_config(level).model_dump(mode="json"), "conditioning": cfg.conditioning,
            "class_conditional": cfg.class_conditional, "seed": cfg.training_seed,
-           "condition_sigmas": {str(k): cfg.levels[k - 1].sigma for k in cfg.conditions_of(level)}}
+           "condition_sigmas": {str(k): cfg.level(k).sigma for k in cfg.conditions_of(level)}}
     if level == 0:
         own["level0"] = cfg.level0.model_dump(mode="json", exclude={"train"})
     return own

@@ -1,7 +1,7 @@
 """Top-down sampling of the nested hierarchy: z_{L-1}, then each finer level given the generated coarser ones.
 
-Guidance convention (U-ViT's): eps = eps_cond + w * (eps_cond - eps_uncond); w = 0 is plain conditional
-sampling, and the unconditional pass is skipped. Each level has its own w, decaying coarse to fine in the paper.
+Guidance follows pipeline/guidance.py (U-ViT's convention); each level has its own weight w, decaying coarse to
+fine in the paper.
 As in training, the generated coarser latents get their own level's sigma noise before they condition.
 """
 from __future__ import annotations
@@ -9,38 +9,27 @@ from __future__ import annotations
 import io
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .config import Config
+from .guidance import guide, runs_unconditional
+from .model_io import load_level_model, make_scheduler, spec_scheduler
 from .plan import Stage
-from .train import load_level_model
-
-
-def make_scheduler(spec: dict, kind: str = "dpm", thresholding: bool = False):
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
-    tc = spec["train"]
-    common = dict(num_train_timesteps=tc["num_train_timesteps"], beta_schedule=tc["beta_schedule"],
-                  prediction_type=tc["prediction"])
-    if kind == "dpm":
-        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", thresholding=thresholding)
-    if kind == "ddim":
-        return DDIMScheduler(**common, clip_sample=False, thresholding=thresholding)
-    if kind == "ddpm":
-        return DDPMScheduler(**common, clip_sample=False, thresholding=thresholding)
-    raise ValueError(f"unknown sampler '{kind}': choose dpm, ddim or ddpm")
+from .sample_shards import PATTERN as SHARD_PATTERN
+from .stats import ChannelStats
 
 
 @torch.inference_mode()
 def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: int, guidance: float,
                  generator: torch.Generator, kind: str = "dpm", thresholding: bool = False,
                  labels: torch.Tensor | None = None) -> torch.Tensor:
-    sched = make_scheduler(spec, kind, thresholding)
+    sched = make_scheduler(spec_scheduler(spec), kind, thresholding)
     sched.set_timesteps(steps)
     x = torch.randn((n, *spec["in_shape"]), generator=generator) * sched.init_noise_sigma
-    guided = guidance != 0 and (conds or labels is not None)
+    guided = runs_unconditional(guidance, bool(conds), labels is not None)
     for t in sched.timesteps:
         tt = torch.full((n,), int(t), dtype=torch.long)
         xin = sched.scale_model_input(x, t)
@@ -48,7 +37,7 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
         if guided:
             null = torch.full_like(labels, spec["num_classes"]) if labels is not None else None
             out_u = model(xin, tt, conds, null, torch.ones(n, dtype=torch.bool))
-            out = out + guidance * (out - out_u)
+            out = guide(out, out_u, guidance)
         x = sched.step(out, t, x, generator=generator).prev_sample
     return x
 
@@ -95,7 +84,7 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             if level in gen:
                 continue
             model, spec = models[level]
-            conds = [gen[k] + cfg.levels[k - 1].sigma * torch.randn(gen[k].shape, generator=g)
+            conds = [gen[k] + cfg.level(k).sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
             gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, y)
@@ -137,28 +126,8 @@ def decode_level0(cfg: Config, z: torch.Tensor, batch_size: int = 32) -> torch.T
                           for i in range(0, len(z), batch_size)])
 
 
-class ChannelStats:
-    """Running per-channel mean and std over samples and positions (data latents: 0 and 1)."""
-
-    def __init__(self):
-        self.n, self.s1, self.s2, self.abs_max = 0, 0.0, 0.0, 0.0
-
-    def update(self, z: torch.Tensor) -> None:
-        z = z.double()
-        self.n += z.shape[0] * z.shape[2] * z.shape[3]
-        self.s1 = self.s1 + z.sum((0, 2, 3))
-        self.s2 = self.s2 + (z**2).sum((0, 2, 3))
-        self.abs_max = max(self.abs_max, float(z.abs().max()))
-
-    def summary(self) -> dict:
-        mean = self.s1 / self.n
-        std = (self.s2 / self.n - mean**2).clamp_min(0).sqrt()
-        return {"mean_abs_max": float(mean.abs().max()), "std_mean": float(std.mean()),
-                "std_min": float(std.min()), "std_max": float(std.max()), "abs_max": self.abs_max}
-
-
-def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=print) -> dict:
-    """The samples asset's work: N images and every level's latents as WebDataset shards, plus two pictures."""
+def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The samples stage: N images and every level's latents as WebDataset shards, plus two pictures."""
     import webdataset as wds
     from PIL import Image
 
@@ -167,7 +136,7 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log=pri
     stats = {level: ChannelStats() for level in range(cfg.num_levels)}
     first: list[np.ndarray] = []
     count = 0
-    with wds.ShardWriter(str(out_dir / "samples-%06d.tar"), maxcount=10_000, verbose=0) as sink:
+    with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=10_000, verbose=0) as sink:
         for gen in iter_hierarchy(cfg, plan, sc.num_samples, sc.seed, sc.steps, cfg.guidance(), sc.sampler,
                                   sc.pixel_thresholding, sc.batch_size):
             batch = to_uint8(decode_level0(cfg, gen[0]))

@@ -7,12 +7,15 @@ both linear, so a level keeps its leading c_l components of this basis.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .features import iter_rows
+from .config import Config
+from .features import iter_rows, open_features
+from .ingest import read_manifest
 from .plots import line_plot
 
 BASIS = "basis.safetensors"
@@ -58,6 +61,12 @@ def fit_basis(blocks, dim: int) -> dict[str, np.ndarray]:
         "explained_variance_ratio": (evals / total if total > 0 else evals).float().numpy(),
         "num_samples": np.array([acc.n], dtype=np.int64),
     }
+
+
+def build_basis(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """The svd stage: the basis of the training split's features (the manifest says which rows those are)."""
+    splits = np.asarray(read_manifest(plan["images"].artifact.require()).column("split").to_pylist())
+    return fit_svd(open_features(plan["encoder_features"].artifact.require()), np.flatnonzero(splits == "train"), out_dir)
 
 
 def fit_svd(features, train_rows: np.ndarray, out_dir: Path) -> dict:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_config, variant_configs
 from pipeline.costs import matched_steps, train_gflops
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, run_assets
+from assets.testing import run_assets
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline import checks
 from pipeline.cache import ArtifactDamaged
+from pipeline.evaluate import REFERENCE
 from pipeline.plan import build_plan
 from pipeline.table import TABLE, evaluation_rows
 
@@ -74,10 +76,10 @@ def test_a_truncated_basis_is_caught_before_latents_are_built_from_it(home):
 
 def test_a_truncated_reference_is_caught_before_the_evaluation_reads_it(home):
     cfg, plan = home["cfg"], home["plan"]
-    truncate(plan["reference_stats"].path / "reference.safetensors")
+    truncate(plan["reference_stats"].path / REFERENCE)
     shutil.rmtree(plan["evaluation"].path)
     run = run_assets(cfg, home["home"], names=["evaluation"], raise_on_error=False)
-    assert not run.success and "reference.safetensors is" in failure_text(run)
+    assert not run.success and f"{REFERENCE} is" in failure_text(run)
     assert not plan["evaluation"].artifact.is_complete()
     assert not checks.reference_is_consistent(plan["reference_stats"].path, 1, 1).passed
 
@@ -123,7 +125,7 @@ RACE = textwrap.dedent("""
 
     if what == "evaluation":
         import pipeline.evaluate
-        from conftest import run_assets
+        from assets.testing import run_assets
         slow = pipeline.evaluate.evaluate_samples
 
         def evaluate_slowly(*args, **kwargs):  # long enough for the other process to arrive meanwhile
@@ -135,13 +137,11 @@ RACE = textwrap.dedent("""
         result = run_assets(cfg, home, names=["evaluation"])
         print("CACHE", result.asset_materializations_for_node("evaluation")[0].metadata["cache"].value)
     else:
-        from pipeline.train import Reporter, train_level
-        said = []
-        reporter = Reporter()
-        reporter.log = said.append
+        from pipeline.plan import build_plan
+        from pipeline.train import train_level
+        plan = build_plan(cfg, home)
         barrier()
-        train_level(cfg, 2, home, reporter)
-        print("CACHE", "hit" if any("already trained" in m for m in said) else "miss")
+        print("CACHE", train_level(cfg, plan, 2, log=lambda msg: None)["cache"])
 """)
 
 
@@ -149,7 +149,7 @@ def race(home: Path, what: str, tmp_path: Path) -> list[str]:
     script, ready = tmp_path / "race.py", tmp_path / f"ready-{what}"
     script.write_text(RACE)
     ready.mkdir()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, str(script), str(home), str(ready), what], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

@@ -3,12 +3,15 @@ import numpy as np
 import pytest
 import zarr
 from assets.definitions import build_definitions
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.config import ConfigError, parse_config
+from pipeline.evaluate import REFERENCE
 from pipeline.ingest import image_shards, read_manifest
 from pipeline.levels import latent_shards, load_stats, read_latents
 from pipeline.plan import build_plan
+from pipeline.sample_shards import sample_shards
 from pipeline.svd import load_basis
+from pipeline.table import TABLE
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
@@ -118,6 +121,16 @@ def test_definitions_refuse_an_invalid_config(tmp_path, monkeypatch):
         build_definitions()
 
 
+def test_every_stage_runs_as_plain_python(tiny_run):
+    """What each asset does is a function of pipeline/: called without Dagster, every one finds its artifact."""
+    from pipeline.stages import materialize
+
+    cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
+    for name, stage in plan.items():
+        meta, hit = materialize(cfg, plan, name, log=lambda msg: None)
+        assert hit and meta["fingerprint"] == stage.fingerprint, name
+
+
 def test_changing_sampling_settings_resamples_and_retrains_nothing(tiny_run):
     cfg = edited(tiny_run["cfg"], lambda d: d["sampling"].update(steps=3, guidance=[0.0, 1.0]))
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
@@ -130,7 +143,7 @@ def test_samples_artifact(tiny_run):
     import webdataset as wds
 
     stage = build_plan(tiny_run["cfg"], tiny_run["home"])["samples"]
-    shards = sorted(str(p) for p in stage.path.glob("samples-*.tar"))
+    shards = sample_shards(stage.path)
     got = list(wds.WebDataset(shards, shardshuffle=False).decode("rgb8"))
     assert [s["__key__"] for s in got] == [f"{i:07d}" for i in range(24)]
     assert got[0]["png"].shape == (16, 16, 3)
@@ -148,17 +161,17 @@ def test_evaluation_matches_clean_fid_and_appends_one_row(tiny_run):
     plan = build_plan(tiny_run["cfg"], tiny_run["home"])
     md = tiny_run["result"].asset_materializations_for_node("evaluation")[0].metadata
     feats = np.load(plan["evaluation"].path / "sample_features.npy")
-    ref = load_file(str(plan["reference_stats"].path / "reference.safetensors"))
+    ref = load_file(str(plan["reference_stats"].path / REFERENCE))
     assert feats.shape == (24, 2048) and ref["train"].shape[1] == 2048
     assert md["fid"].value == pytest.approx(fid_from_feats(feats, ref["train"]), rel=1e-6)
     assert 0 <= md["precision"].value <= 1 and 0 <= md["recall"].value <= 1
-    rows = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
+    rows = pq.read_table(tiny_run["home"] / TABLE).to_pylist()
     mine = [r for r in rows if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]
     assert len(mine) == 1 and mine[0]["L"] == 3 and mine[0]["num_samples"] == 24
     assert mine[0]["fid"] == pytest.approx(md["fid"].value) and mine[0]["gflops_per_image"] > 0
     again = run_assets(tiny_run["cfg"], tiny_run["home"], names=["evaluation"])  # a cache hit adds no row
     assert again.asset_materializations_for_node("evaluation")[0].metadata["cache"].value == "hit"
-    after = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
+    after = pq.read_table(tiny_run["home"] / TABLE).to_pylist()
     assert len([r for r in after if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]) == 1
 
 

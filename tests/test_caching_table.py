@@ -44,7 +44,7 @@ def rows(cfg):
     for level in range(1, cfg.num_levels):
         out.append((f"sigma_{level}", set_level(level, "sigma", 3.0), conditioned_on(cfg, level) | EVAL))
         shape = {f"level_{level}_latents", f"level_{level}_model", "level_neighbours"}
-        out.append((f"shape c_{level}", set_level(level, "channels", cfg.levels[level - 1].channels - 1),
+        out.append((f"shape c_{level}", set_level(level, "channels", cfg.level(level).channels - 1),
                     shape | conditioned_on(cfg, level) | EVAL))
     for level in range(cfg.num_levels):
         out.append((f"training of level {level}", set_train(level, "lr", 5e-4), {f"level_{level}_model"} | EVAL))

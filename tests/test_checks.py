@@ -16,6 +16,9 @@ import webdataset as wds
 import zarr
 
 from pipeline import checks
+from pipeline.cache import MARKER
+from pipeline.evaluate import REFERENCE
+from pipeline.sample_shards import sample_shards
 from pipeline.table import TABLE
 from pipeline.ingest import MANIFEST, read_manifest
 from pipeline.plan import build_plan
@@ -207,7 +210,7 @@ def test_samples_are_complete(run, tmp_path):
             return {**s, "level_1.npy": edit_npy(s["level_1.npy"], with_nan)}
         return s
 
-    for tar in damaged.glob("samples-*.tar"):
+    for tar in sample_shards(damaged):
         rewrite_shard(tar, damage)
     bad = checks.samples_are_complete(damaged, n)
     assert not bad.passed
@@ -273,14 +276,14 @@ def test_reference_is_consistent(run, tmp_path):
     assert ok.passed, ok.description
 
     ref_dir = copy_of(run, "reference_stats", tmp_path)
-    ref = load_file(str(ref_dir / "reference.safetensors"))
+    ref = load_file(str(ref_dir / REFERENCE))
     ref["mu"] = ref["mu"] + 1.0  # statistics that no longer describe the features
-    save_file(ref, str(ref_dir / "reference.safetensors"))
+    save_file(ref, str(ref_dir / REFERENCE))
     bad = checks.reference_is_consistent(ref_dir, *args)
     assert not bad.passed and bad.metadata["mu_error"] == pytest.approx(1.0, abs=1e-3)
     ref["mu"] -= 1.0
     ref["train"] = ref["train"][:-1]
-    save_file(ref, str(ref_dir / "reference.safetensors"))
+    save_file(ref, str(ref_dir / REFERENCE))
     assert not checks.reference_is_consistent(ref_dir, *args).passed  # a reference image missing
 
 
@@ -309,9 +312,9 @@ def test_files_intact_hashes_every_file(run, tmp_path, asset):
     assert ok.passed, ok.description
     assert ok.metadata["files"] == len([p for p in stage.path.rglob("*") if p.is_file()]) - 1  # all but the marker
 
-    copy = Artifact(tmp_path, stage.artifact.stage, stage.fingerprint)
+    copy = Artifact(tmp_path, stage.kind, stage.fingerprint)
     shutil.copytree(stage.path, copy.path)
-    biggest = max((p for p in copy.path.rglob("*") if p.is_file() and p.name != "_COMPLETE.json"),
+    biggest = max((p for p in copy.path.rglob("*") if p.is_file() and p.name != MARKER),
                   key=lambda p: p.stat().st_size)
     data = bytearray(biggest.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, other content

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from models.denoiser import MODEL_SIZES, build_denoiser, count_params, gflops_per_step
+from models.denoiser import BACKBONES, build_denoiser, count_params, gflops_per_step
 
 PIXEL = (3, 32, 32)
 COND2 = [(32, 4, 4), (16, 2, 2)]  # non-Markov: all coarser levels
 COND1 = [(32, 4, 4)]  # Markov: only the next level
 LATENT, LATENT_COND = (32, 4, 4), [(16, 2, 2)]
 CASES = [(PIXEL, COND2), (PIXEL, COND1), (PIXEL, []), (LATENT, LATENT_COND)]
-ALL_SIZES = [(bb, size) for bb, sizes in MODEL_SIZES.items() for size in sizes]
+ALL_SIZES = [(name, size) for name, backbone in BACKBONES.items() for size in backbone.sizes]
 
 
 def inputs(in_shape, cond_shapes, batch=2, seed=0, device="cpu"):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_assets
+from assets.testing import run_assets
+from pipeline.config import PROJECT_ROOT as ROOT
 from pipeline.config import load_config, parse_config
 from pipeline.plan import build_plan
 
@@ -36,7 +37,7 @@ def test_labels_and_conditions_are_dropped_together(tiny_run, monkeypatch):
     monkeypatch.setattr(train, "build_model", recording_build)
     cfg = with_changes(tiny_run["cfg"], class_conditional=True, **{"level0.train.p_uncond": 0.5,
                                                                   "level0.train.steps": 12, "name": "tiny_cfgdrop"})
-    meta = train.train_level(cfg, 0, tiny_run["home"])
+    meta = train.train_level(cfg, build_plan(cfg, tiny_run["home"]), 0)
     assert meta["cache"] == "miss" and len(calls) == 12
     labels = torch.cat([c[0] for c in calls])
     drop = torch.cat([c[1] for c in calls])
@@ -92,13 +93,13 @@ def test_unet_labels_go_through_the_same_embedding():
 
 @pytest.mark.parametrize("native,expected", [(True, "bfloat16"), (False, "float32"), (None, "float32")])
 def test_precision_auto_follows_the_cpu(monkeypatch, native, expected):
-    import pipeline.train as train
+    import pipeline.runtime as runtime
 
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert train.resolve_precision("auto", cpu) == expected
-    assert train.resolve_precision("float32", cpu) == "float32"  # explicit settings are kept
-    assert train.resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert runtime.resolve_precision("auto", cpu) == expected
+    assert runtime.resolve_precision("float32", cpu) == "float32"  # explicit settings are kept
+    assert runtime.resolve_precision("bfloat16", cpu) == "bfloat16"
 
 
 def test_a_training_seed_retrains_models_and_keeps_the_data(tiny_cfg, tmp_path):

@@ -2,9 +2,9 @@
 import shutil
 
 import pytest
-from dagster import DagsterInstance
-from dagster._check import CheckError
-from dagster._core.errors import DagsterInvalidConfigError
+from dagster import DagsterInstance, DagsterInvalidConfigError
+from dagster_shared.check import CheckError  # dagster's own dependency; dagster._check re-exports it
+# No public API validates an instance config without opening its storage (a PostgreSQL server here).
 from dagster._core.instance.config import dagster_instance_config
 
 from pipeline.config import PROJECT_ROOT

@@ -29,7 +29,7 @@ def test_class_conditional_sampling_draws_training_labels(tiny_run, monkeypatch)
     import numpy as np
 
     import pipeline.sample as sample
-    from conftest import run_assets
+    from assets.testing import run_assets
     from pipeline.config import parse_config
     from pipeline.ingest import read_manifest
 

@@ -6,6 +6,7 @@ from dagster import AssetKey
 from assets.definitions import build_definitions
 from pipeline.config import ConfigError, apply_overrides, parse_config, variant_configs
 from pipeline.plan import build_plan
+from pipeline.table import TABLE
 
 
 def with_variants(cfg, variants):
@@ -64,7 +65,7 @@ def test_sweep_runs_share_upstream_and_land_in_the_evaluation_table(tiny_run):
                    "sigma0/samples", "sigma0/evaluation"}
     assert {k: v for k, v in flags.items() if k in own} == dict.fromkeys(own, "miss")
     assert {k: v for k, v in flags.items() if k not in own} == dict.fromkeys(set(flags) - own, "hit")
-    rows = pq.read_table(tiny_run["home"] / "evaluations.parquet").to_pylist()
+    rows = pq.read_table(tiny_run["home"] / TABLE).to_pylist()
     mine = {r["variant"]: r for r in rows if r["experiment"].startswith("tiny/")}
     assert set(mine) == {"L1", "sigma0"} and mine["L1"]["L"] == 1 and mine["sigma0"]["sigmas"] == [0.5, 0.0]
     assert mine["L1"]["gflops_per_image"] < mine["sigma0"]["gflops_per_image"]

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from assets.training import train_command
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.checkpoint import CheckpointError, save_checkpoint
 from pipeline.config import parse_config
 from pipeline.plan import build_plan
-from pipeline.train import drop_mask, load_level_model, step_generator, train_level
+from pipeline.model_io import load_level_model
+from pipeline.train import drop_mask, step_generator, train_level, work_dir
 
 
 def with_level_train(cfg, level, **changes):
@@ -61,7 +62,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_run):
     cfg = with_level_train(tiny_run["cfg"], 2, steps=3000, batch_size=4, checkpoint_every=50, log_every=50)
     home = tiny_run["home"]
     stage = build_plan(cfg, home)["level_2_model"]
-    work = stage.path.parent / f"{stage.fingerprint}.work"
+    work = work_dir(stage)
     proc = subprocess.Popen(train_command(cfg, 2, home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(work.glob("ckpt-*")) and proc.poll() is None and time.time() < deadline:
@@ -86,16 +87,17 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_run):
 def test_corrupt_or_missing_checkpoint_is_an_error_not_a_restart(tiny_run, tmp_path):
     cfg = with_level_train(tiny_run["cfg"], 2, steps=45, checkpoint_every=15)
     stage = build_plan(cfg, tiny_run["home"])["level_2_model"]
-    work = stage.path.parent / f"{stage.fingerprint}.work"
+    work = work_dir(stage)
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
     ckpt = save_checkpoint(work, 15, model, model, opt, {"curve": []})
     (ckpt / "model.safetensors").write_bytes(b"not a safetensors file")
+    plan = build_plan(cfg, tiny_run["home"])
     with pytest.raises(CheckpointError, match="cannot be loaded"):
-        train_level(cfg, 2, tiny_run["home"])
+        train_level(cfg, plan, 2)
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        train_level(cfg, 2, tiny_run["home"])
+        train_level(cfg, plan, 2)
     assert not stage.artifact.is_complete()
     import shutil
     shutil.rmtree(work)
@@ -196,8 +198,27 @@ def test_sampling_cost_counts_the_unconditional_pass_where_guidance_runs_it(tiny
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
-    from pipeline.train import cpu_has_native_bf16
+    from pipeline.runtime import cpu_has_native_bf16
 
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f avx512_bf16") is True
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 amx_bf16 amx_tile") is True
     assert cpu_has_native_bf16("flags : fpu sse2 avx2 avx512f") is False  # AVX512 alone still emulates bf16
+
+
+def test_an_old_model_json_without_its_schedule_still_samples(tiny_run, tmp_path):
+    import json
+    import shutil
+
+    from pipeline.model_io import MODEL_JSON, make_scheduler, spec_scheduler
+    from pipeline.sample import sample_level
+
+    old = tmp_path / "model"
+    shutil.copytree(build_plan(tiny_run["cfg"], tiny_run["home"])["level_2_model"].path, old)
+    spec = json.loads((old / MODEL_JSON).read_text())
+    schedule = spec.pop("scheduler")  # as written before the schedule was saved
+    (old / MODEL_JSON).write_text(json.dumps(spec))
+    model, spec = load_level_model(old)
+    assert spec_scheduler(spec) == schedule  # derived from its training settings
+    assert dict(make_scheduler(schedule, "dpm").config) == dict(make_scheduler(spec_scheduler(spec), "dpm").config)
+    x = sample_level(model, spec, [], 2, 3, 0.0, torch.Generator().manual_seed(0))
+    assert x.shape == (2, *spec["in_shape"]) and torch.isfinite(x).all()

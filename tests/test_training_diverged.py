@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pipeline.train
-from conftest import run_assets
+from assets.testing import run_assets
 from pipeline.plan import build_plan
 
 DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
@@ -37,7 +37,7 @@ def test_non_finite_loss_stops_training(tiny_cfg, data_home, monkeypatch, level,
     stepped = []
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: stepped.append(1))
     with pytest.raises(FloatingPointError) as e:
-        pipeline.train.train_level(tiny_cfg, level, data_home)
+        pipeline.train.train_level(tiny_cfg, build_plan(tiny_cfg, data_home), level)
     msg = str(e.value)
     assert f"level {level} diverged" in msg and "step 1/40" in msg and "nan" in msg, msg
     assert "lower lr" in msg and "float32" in msg, msg

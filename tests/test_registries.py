@@ -1,0 +1,39 @@
+"""The registries: every registered backbone at every registered size, every registered dataset source, and the
+refusal of a name nobody registered (naming the valid ones)."""
+import pytest
+import torch
+
+from models.denoiser import BACKBONES, build_denoiser
+from pipeline.config import ConfigError, DatasetConfig, parse_config
+from pipeline.sources import SOURCES
+
+IN_SHAPE, COND_SHAPES = (4, 8, 8), [(4, 4, 4)]  # tiny: 8 x 8 is divisible by every UNet size's downsampling
+BACKBONE_SIZES = [(name, size) for name, backbone in BACKBONES.items() for size in backbone.sizes]
+
+
+@pytest.mark.parametrize("backbone,size", BACKBONE_SIZES)
+def test_every_registered_backbone_size_builds_and_keeps_the_shape(backbone, size):
+    device = "cpu" if size == "tiny" else "meta"  # the big ones: shapes only, nothing allocated
+    with torch.device(device):
+        model = build_denoiser(backbone, size, IN_SHAPE, COND_SHAPES, num_classes=3)
+        x, t = torch.randn(2, *IN_SHAPE), torch.tensor([1, 500])
+        out = model(x, t, [torch.randn(2, *COND_SHAPES[0])], torch.tensor([0, 3]))
+    assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_registered_source_is_a_valid_config_value(source, tmp_path):
+    path = tmp_path if source == "folder" else tmp_path / "data.bin"
+    cfg = DatasetConfig(source=source, path=path if SOURCES[source].needs_path else None)
+    assert cfg.source == source
+
+
+def test_unknown_names_are_refused_with_the_registered_ones(tiny_cfg):
+    data = tiny_cfg.model_dump(mode="json")
+    with pytest.raises(ConfigError, match=r"dataset\.source: unknown dataset source 'imagenet21k'; choose one of "
+                                          r"\['digits', 'emoji', 'folder', 'mnist', 'npz'\]"):
+        parse_config({**data, "dataset": {**data["dataset"], "source": "imagenet21k"}})
+    data["level0"]["train"]["backbone"] = "dit"
+    with pytest.raises(ConfigError, match=r"level0\.train\.backbone: unknown backbone 'dit'; choose one of "
+                                          r"\['unet', 'uvit'\]"):
+        parse_config(data)
