@@ -1,6 +1,6 @@
 """A small client of the Dagster webserver's GraphQL API, and a `dagster dev` that can be stopped.
 
-Staleness is public only through GraphQL (`assetNodes { staleStatus staleCauses }`, SPEC section 7), so the
+Staleness is public only through GraphQL (`assetNodes { staleStatus staleCauses }`), so the
 stale view and the UI test read it, launch runs and read materialization metadata the way the UI does. The
 same client runs a query in-process when given an `execute` function (see `assets.stale`).
 """

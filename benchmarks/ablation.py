@@ -143,7 +143,7 @@ def compare(better: dict | None, worse: dict | None, ratio_target: float | None 
 
 
 def verdicts(runs: list[dict]) -> dict:
-    """SPEC section 8's paper targets, per profile and dataset, on seed means (module docstring)."""
+    """The paper's targets (benchmarks/RESULTS.md), per profile and dataset, on seed means (module docstring)."""
     out = {}
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key]

@@ -1,4 +1,4 @@
-"""Pipeline efficiency (SPEC section 8): each figure is a ratio of two measurements taken side by side in one run.
+"""Pipeline efficiency: each figure is a ratio of two measurements taken side by side in one run.
 
 1. encoder features through the `encoder_features` asset vs a raw timm forward loop (images/s; target >= 0.9)
 2. the latent reader training uses (pipeline.data.load_level_data) vs what a training step consumes (target >= 10x)

