@@ -21,15 +21,15 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def collect(cfg, home: Path, profile: str, variants: list[str] | None = None) -> list[dict]:
-    """The evaluation row of every run that has one (all of `variants`, or every run, must)."""
+def collect(cfg, home: Path, profile: str, required: list[str] = ()) -> list[dict]:
+    """The evaluation row of every run that has one; the runs in `required` must have one."""
     from pipeline.plan import build_plan
 
     runs = []
     for variant, vcfg in sweep_configs(cfg).items():
         plan = build_plan(vcfg, home)
         if not plan["evaluation"].artifact.is_complete():
-            if variants is None or variant in variants:
+            if variant in required:
                 raise SystemExit(f"run '{variant}' has no evaluation yet: materialize it first")
             continue
         row = plan["evaluation"].artifact.metadata()["row"]
@@ -125,21 +125,24 @@ def pooled(rs: list[dict]) -> dict | None:
 
 
 def compare(better: dict | None, worse: dict | None, ratio_target: float | None = None) -> dict | None:
-    """Is `better` below `worse` beyond the noise? 'met' needs the gap above two stds (and the ratio target),
-    a gap inside one std is 'inconclusive'; between one and two stds, or a ratio target missed: 'missed'."""
+    """Is `better` below `worse` beyond the noise (std: the larger of the two groups' FID stds over seeds)?
+    A gap inside one std is 'inconclusive'; one to two stds 'weak' (a direction, not a result); beyond two
+    stds 'met', unless the ratio target is missed ('missed': a real gain, too small) or `better` is worse."""
     if not better or not worse:
         return None
     std = max(s for s in (better["fid_std"], worse["fid_std"], 0.0) if s is not None)
     gap, ratio = worse["fid"] - better["fid"], better["fid"] / worse["fid"]
     if abs(gap) <= std:
         verdict = "inconclusive"
-    elif gap > 2 * std and (ratio_target is None or ratio <= ratio_target):
-        verdict = "met"
-    else:
+    elif gap < 0:
         verdict = "missed"
+    elif gap <= 2 * std:
+        verdict = "weak"
+    else:
+        verdict = "met" if ratio_target is None or ratio <= ratio_target else "missed"
     return {"a": better["variants"], "b": worse["variants"], "fid_a": round(better["fid"], 2),
             "fid_b": round(worse["fid"], 2), "gap": round(gap, 2), "std": round(std, 2), "ratio": round(ratio, 3),
-            "verdict": verdict}
+            "beyond_two_std": gap > 2 * std, "verdict": verdict}
 
 
 def verdicts(runs: list[dict]) -> dict:
@@ -147,10 +150,13 @@ def verdicts(runs: list[dict]) -> dict:
     out = {}
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key]
+        base_w = next((r["guidance"] for r in rs if r["variant"] == "base"), None)
 
-        def group(L, cond=False, top=True, matched=False):
+        def group(L, cond=False, top=True, matched=False, same_guidance=True):
+            """Runs that differ only by their training seed (and the given settings) are pooled."""
             return pooled([r for r in rs if r["L"] == L and r["conditional"] == cond and r["compute_matched"] == matched
-                           and (L == 1 or (r["sigma_top"] > 0) == top)])
+                           and (L == 1 or (r["sigma_top"] > 0) == top)
+                           and (base_w is None or (r["guidance"] == base_w[:L]) == same_guidance)])
 
         L1, L3, L2 = group(1), group(3), group(2)
         v = {}
@@ -165,6 +171,10 @@ def verdicts(runs: list[dict]) -> dict:
             v["gflops_per_forward_ratio"] = round(gpf[L3["variants"][0]] / gpf[L1["variants"][0]], 3)
         if L1 and L2:
             v["L2_vs_L1"] = compare(L2, L1)
+        cheap = group(3, same_guidance=False)  # other guidance: e.g. none at level 0, within the cost budget
+        if L1 and cheap:
+            v["L3_other_guidance_vs_L1"] = {**compare(cheap, L1, 0.6),
+                                            "gflops_per_image_ratio": round(cheap["gflops_per_image"] / L1["gflops_per_image"], 3)}
         v["L3_vs_compute_matched_L1"] = compare(L3, group(1, matched=True))
         v["sigma_beats_zero"] = compare(L3, group(3, top=False))
         v["conditional_L2_beats_L1"] = compare(group(2, cond=True), group(1, cond=True))
@@ -189,9 +199,11 @@ def plot(runs: list[dict], out: Path) -> None:
     for key in sorted({(r["profile"], r["dataset"]) for r in runs}):
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key and not r["conditional"]]
         label = "/".join(key)
-        # FID against L: sigma > 0 at the top, the base's training steps; training seeds pooled
+        # FID against L: sigma > 0 at the top, the base's training steps and guidance; training seeds pooled
+        base_w = next(r["guidance"] for r in rs if r["variant"] == "base")
         line = [g for L in sorted({r["L"] for r in rs}) if (g := pooled(
-            [r for r in rs if r["L"] == L and not r["compute_matched"] and (L == 1 or r["sigma_top"] > 0)]))]
+            [r for r in rs if r["L"] == L and not r["compute_matched"] and (L == 1 or r["sigma_top"] > 0)
+             and r["guidance"] == base_w[:L]]))]
         a.errorbar([rs_L(rs, g) for g in line], [g["fid"] for g in line],
                    yerr=[g["fid_std"] or 0 for g in line], fmt="o-", capsize=3, label=label)
         a.axhline(rs[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
@@ -275,7 +287,8 @@ def main() -> None:
 
         if not args.collect_only:
             materialize_sweep(cfg, home, args.variants)
-        runs = collect(cfg, home, args.profile, args.variants or (None if args.collect_only else list(sweep_configs(cfg))))
+        required = [] if args.collect_only else args.variants or list(sweep_configs(cfg))
+        runs = collect(cfg, home, args.profile, required)
         result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
         result.update({
             "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}",

@@ -17,8 +17,8 @@ def ablation():
     return mod
 
 
-def run(variant, L, fids, sigma_top=1.0, conditional=False, matched=False, oracle=None):
-    return {"profile": "cpu", "dataset": "d", "variant": variant, "L": L, "sigma_top": sigma_top if L > 1 else 0.0,
+def run(variant, L, fids, sigma_top=1.0, conditional=False, matched=False, oracle=None, guidance=(1.0, 0.3, 0.5)):
+    return {"guidance": list(guidance)[:L], "profile": "cpu", "dataset": "d", "variant": variant, "L": L, "sigma_top": sigma_top if L > 1 else 0.0,
             "conditional": conditional, "compute_matched": matched, "fid_seeds": fids, "fid": sum(fids) / len(fids),
             "fid_floor": 40.0, "gflops_per_image": 3.0 * L, "gflops_per_forward": 1.0 + 0.1 * L,
             "train_gflops": 10.0, "oracle_fid": oracle}
@@ -83,3 +83,20 @@ def test_markdown_table_has_one_row_per_run_with_its_noise():
     table = ablation().markdown(runs).splitlines()
     assert len(table) == 4 and "| L1 | 1 | - | no | 0 | 101.00 +- 1.41 | - |" in table[2]
     assert "70.00 +- 2.00" in table[3] and "(3.00x)" in table[3]  # 9 vs 3 GFLOPs per image
+
+
+def test_runs_with_other_guidance_are_not_pooled_with_the_base():
+    ab = ablation()
+    runs = [run("L1", 1, [100, 101, 99]), run("base", 3, [80, 81, 79]), run("seed1", 3, [82, 81, 80]),
+            run("w0_0", 3, [95, 96, 94], guidance=(0.0, 0.3, 0.5))]
+    v = ab.verdicts(runs)["cpu/d"]
+    assert set(v["L3_vs_L1"]["a"]) == {"base", "seed1"}
+    assert v["L3_other_guidance_vs_L1"]["a"] == ["w0_0"] and v["L3_other_guidance_vs_L1"]["verdict"] == "missed"
+
+
+def test_a_gap_between_one_and_two_stds_is_weak_and_a_loss_is_missed():
+    ab = ablation()
+    weak = ab.compare(ab.pooled([run("a", 3, [80, 82, 84])]), ab.pooled([run("b", 3, [83, 85, 87])]))
+    assert weak["verdict"] == "weak" and not weak["beyond_two_std"]  # gap 3, std 2
+    worse = ab.compare(ab.pooled([run("a", 3, [90, 91, 92])]), ab.pooled([run("b", 3, [80, 81, 82])]))
+    assert worse["verdict"] == "missed" and worse["gap"] < 0
