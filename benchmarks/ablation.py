@@ -119,9 +119,9 @@ def pooled(rs: list[dict]) -> dict | None:
     fids = [f for r in rs for f in r["fid_seeds"]]
     if not fids:
         return None
-    return {"variants": [r["variant"] for r in rs], "fid": float(np.mean(fids)),
+    return {"variants": [r["variant"] for r in rs], "L": rs[0]["L"], "fid": float(np.mean(fids)),
             "fid_std": float(np.std(fids, ddof=1)) if len(fids) > 1 else None, "n": len(fids),
-            "gflops_per_image": rs[0]["gflops_per_image"], "train_gflops": rs[0]["train_gflops"]}
+            **{k: rs[0][k] for k in ("gflops_per_image", "gflops_per_forward", "train_gflops")}}
 
 
 def compare(better: dict | None, worse: dict | None, ratio_target: float | None = None) -> dict | None:
@@ -167,8 +167,7 @@ def verdicts(runs: list[dict]) -> dict:
             v["L3_vs_L1"] = {**compare(L3, L1, 0.6), "target": "FID(L=3) <= 0.6 x FID(L=1), gap > 2 std"}
             v["gflops_per_image_ratio"] = round(L3["gflops_per_image"] / L1["gflops_per_image"], 3)
             v["gflops_target_met"] = v["gflops_per_image_ratio"] <= 1.3
-            gpf = {r["variant"]: r["gflops_per_forward"] for r in rs}
-            v["gflops_per_forward_ratio"] = round(gpf[L3["variants"][0]] / gpf[L1["variants"][0]], 3)
+            v["gflops_per_forward_ratio"] = round(L3["gflops_per_forward"] / L1["gflops_per_forward"], 3)
         if L1 and L2:
             v["L2_vs_L1"] = compare(L2, L1)
         cheap = group(3, same_guidance=False)  # other guidance: e.g. none at level 0, within the cost budget
@@ -204,7 +203,7 @@ def plot(runs: list[dict], out: Path) -> None:
         line = [g for L in sorted({r["L"] for r in rs}) if (g := pooled(
             [r for r in rs if r["L"] == L and not r["compute_matched"] and (L == 1 or r["sigma_top"] > 0)
              and r["guidance"] == base_w[:L]]))]
-        a.errorbar([rs_L(rs, g) for g in line], [g["fid"] for g in line],
+        a.errorbar([g["L"] for g in line], [g["fid"] for g in line],
                    yerr=[g["fid_std"] or 0 for g in line], fmt="o-", capsize=3, label=label)
         a.axhline(rs[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)
         b.errorbar([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], yerr=[r["fid_std"] or 0 for r in rs],
@@ -221,10 +220,6 @@ def plot(runs: list[dict], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
-
-def rs_L(rs: list[dict], group: dict) -> int:
-    return next(r["L"] for r in rs if r["variant"] == group["variants"][0])
 
 
 def markdown(runs: list[dict]) -> str:

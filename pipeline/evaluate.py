@@ -55,10 +55,10 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
 
 
 def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: int = EVAL_K,
-                     weights: Path | None = None) -> dict:
+                     weights: Path | None = None, model: InceptionFeatures | None = None) -> dict:
     ref = load_file(str(Path(reference_dir) / REFERENCE))
     began = time.perf_counter()
-    feats = inception_features(sample_images(samples_dir), weights=weights)
+    feats = inception_features(sample_images(samples_dir), model=model, weights=weights)
     np.save(out_dir / "sample_features.npy", feats)
     pr = precision_recall(ref["train"], feats, k=k)
     nn = nearest_neighbour_distances(feats, ref["train"])
@@ -103,9 +103,9 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
     began = time.perf_counter()
     sc, stage = cfg.sampling, plan["evaluation"]
     samples, reference = plan["samples"].artifact.require(), plan["reference_stats"].artifact.require()
-    meta = evaluate_samples(samples, reference, out_dir, weights=sc.inception_weights)
+    model = InceptionFeatures(path=sc.inception_weights)  # loaded once for every seed and the oracle
+    meta = evaluate_samples(samples, reference, out_dir, model=model)
     ref = load_file(str(reference / REFERENCE))
-    model = InceptionFeatures(path=sc.inception_weights)
     seeds = [sc.seed + i for i in range(sc.eval_seeds)]
     fids = [meta["fid"]]
     for seed in seeds[1:]:
