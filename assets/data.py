@@ -65,7 +65,7 @@ def _latents(cfg, plan, stage, meta, log) -> dict:
         "preview": png_markdown(latent_preview(stage.path, plan["images"].path), f"level {stage.level} latents"),
         "made_from": MetadataValue.md(
             f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
-            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd_basis'].fingerprint}`), "
+            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd'].fingerprint}`), "
             f"standardized per channel on the training split"),
     }
 
@@ -76,5 +76,5 @@ def _describe_latents(cfg, stage) -> str:
             f"channels, standardized; WebDataset shards keyed by manifest id.")
 
 
-LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=lambda cfg, stage: ["encoder_features", "svd_basis"],
+LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=lambda cfg, stage: ["encoder_features", "svd"],
                describe=_describe_latents, metadata=_latents)

@@ -1,20 +1,21 @@
-"""The ``level_<l>_model`` asset's training process: ``python -m assets.train_entry --config RUN.json --level L
---home DIR``, launched through Dagster Pipes (under torchrun when ``train.nproc > 1``).
+"""The ``level_<l>_model`` asset's training process: ``python -m assets.train_entry --run RUN.json --level L``,
+launched through Dagster Pipes (under torchrun when ``train.nproc > 1``).
 
-It trains with ``pipeline.train.train_level`` on the resolved config the asset wrote, streams the log lines into
+It trains with ``pipeline.train.train_level`` on the config and plan the asset resolved (the run file
+``pipeline.train.write_run_file`` wrote: nothing is rebuilt here), streams the log lines into
 the run, and reports the materialization the asset shows (assets/training.py's view of the finished artifact).
 Under torchrun only rank 0 talks to Dagster; the other ranks just train. By hand, run ``python -m pipeline.train``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 
 from dagster import (FloatMetadataValue, IntMetadataValue, JsonMetadataValue, MarkdownMetadataValue, MetadataValue,
                      PathMetadataValue, TextMetadataValue)
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-from pipeline.plan import build_plan
-from pipeline.train import parse_args, train_level
+from pipeline.train import read_run_file, train_level
 
 from .factory import shown_metadata
 from .training import MODELS
@@ -30,8 +31,14 @@ def to_pipes(metadata: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    cfg, level, home = parse_args(argv, description="Train one level for its asset, reporting through Dagster Pipes.")
-    plan = build_plan(cfg, home)  # once, from the config the asset resolved
+    ap = argparse.ArgumentParser(description="Train one level for its asset, reporting through Dagster Pipes.")
+    ap.add_argument("--run", required=True, help="the run file (config and plan) the asset wrote")
+    ap.add_argument("--level", type=int, required=True)
+    args = ap.parse_args(argv)
+    cfg, plan = read_run_file(args.run)
+    level = args.level
+    if f"level_{level}_model" not in plan:
+        raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")
     if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or int(os.environ.get("RANK", "0")) > 0:
         train_level(cfg, plan, level)
         return

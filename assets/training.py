@@ -5,35 +5,24 @@ pipeline.train.train_level and reports the materialization this asset shows, onc
 never on each other's models, so they can train in parallel under the multiprocess executor.
 """
 
-import os
 import sys
-import tempfile
 from contextlib import nullcontext
-from pathlib import Path
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, PipesSubprocessClient, asset
 
-from pipeline.cache import stable_hash
 from pipeline.config import Config
 from pipeline.costs import cost_markdown, cost_table
 from pipeline.model_io import read_spec
+from pipeline.plan import Stage
+from pipeline.train import write_run_file
 
 from .factory import Scope, View, png_markdown, result
 
 
-def train_command(cfg: Config, level: int, home: Path) -> list[str]:
-    """The command line of a level's training process; the resolved config travels as a JSON file."""
-    cfg_json = cfg.model_dump_json(indent=1, exclude={"variants"})
-    # A variant is named '<experiment>/<variant>': one flat file name (the config refuses unsafe names).
-    path = home / "run_configs" / f"{cfg.name.replace('/', '__')}-{stable_hash(cfg_json)}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp name of its own: two runs starting at once must not write into each other's file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(cfg_json)
-        os.replace(tmp, path)
-    module = ["-m", "assets.train_entry", "--config", str(path), "--level", str(level), "--home", str(home)]
+def train_command(cfg: Config, plan: dict[str, Stage], level: int) -> list[str]:
+    """The command line of a level's training process: the resolved config and plan travel as one JSON file."""
+    run_file = write_run_file(cfg, plan, plan[f"level_{level}_model"].artifact.home)
+    module = ["-m", "assets.train_entry", "--run", str(run_file), "--level", str(level)]
     nproc = cfg.train_config(level).nproc
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]
@@ -93,7 +82,7 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
                 return shown(hit=True)
             # The process logs its loss as it falls and reports the materialization: its cache flag ('hit' when
             # another run trained the model meanwhile) and the same view as above, read from the artifact.
-            results = pipes_subprocess_client.run(command=train_command(cfg, stage.level, scope.home),
+            results = pipes_subprocess_client.run(command=train_command(cfg, plan, stage.level),
                                                   context=context).get_results()
         return results[0] if results else shown(hit=False)
 

@@ -259,6 +259,8 @@ def main() -> None:
     ap.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
     ap.add_argument("--variants", nargs="+", help="materialize only these runs ('base' is the config itself); run "
                                                   "two such processes on disjoint runs to use two cores")
+    ap.add_argument("--out", type=Path, default=RESULTS / "ablation.json",
+                    help="the results file (its plot beside it, .png): a diagnostic sweep writes its own")
     ap.add_argument("--collect-only", action="store_true", help="read the finished runs, materialize nothing")
     ap.add_argument("--dry-run", action="store_true", help="validate the sweep and print its runs' costs, build nothing")
     ap.add_argument("--from-json", action="store_true",
@@ -271,7 +273,7 @@ def main() -> None:
     cfg, home = load_config(args.config, check_files=not (args.from_json or args.dry_run)), nested_home()
     if args.dry_run:
         return dry_run(cfg)
-    path = RESULTS / "ablation.json"
+    path = args.out
     recorded = json.loads(path.read_text()) if path.exists() else {"runs": []}
     began = time.perf_counter()
     if args.from_json:
@@ -286,7 +288,8 @@ def main() -> None:
         runs = collect(cfg, home, args.profile, required)
         result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
         result.update({
-            "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}",
+            "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}"
+                       + ("" if args.out == RESULTS / "ablation.json" else f" --out {args.out}"),
             f"machine_{args.profile}": {"platform": platform.platform(), "processor": platform.processor(),
                                         "cpu_native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
                                         **{p: version(p) for p in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
@@ -299,9 +302,9 @@ def main() -> None:
         })
     runs = [r for r in recorded["runs"] if r["profile"] != args.profile] + runs
     result.update({"verdicts": verdicts(runs), "runs": runs})
-    RESULTS.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
-    plot(runs, RESULTS / "ablation.png")
+    plot(runs, path.with_suffix(".png"))
     print(markdown([r for r in runs if r["profile"] == args.profile]))
     print(json.dumps(result["verdicts"], indent=1))
 

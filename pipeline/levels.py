@@ -65,7 +65,7 @@ def build_level_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[s
     lv = cfg.level(level)
     m = read_manifest(plan["images"].artifact.require())
     return build_latents(open_features(plan["encoder_features"].artifact.require()),
-                         load_basis(plan["svd_basis"].artifact.require()), m.column("id").to_pylist(),
+                         load_basis(plan["svd"].artifact.require()), m.column("id").to_pylist(),
                          m.column("label").to_pylist(), m.column("split").to_pylist(), lv.pool, lv.channels,
                          cfg.dataset.shard_size, out_dir)
 

@@ -21,7 +21,7 @@ CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "mod
 
 @dataclass(frozen=True)
 class Stage:
-    asset: str  # the asset's name in the graph (e.g. svd_basis; its artifacts lie under the kind, svd/)
+    asset: str  # the asset's name in the graph (e.g. encoder_features; its artifacts lie under the kind, features/)
     artifact: Artifact
     code_version: str  # hash of the stage's own settings + code version
     level: int | None = None  # the level a latents or model stage belongs to; None for level-free stages
@@ -77,7 +77,7 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     enc = cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local else {"batch_size"})
     features = _stage(home, "encoder_features", "features", {"encoder": enc},
                       {"images": images, "checkpoint": checkpoint_sha256(cfg.encoder.weights)})
-    svd = _stage(home, "svd_basis", "svd", {}, {"features": features})
+    svd = _stage(home, "svd", "svd", {}, {"features": features})
     plan = {s.asset: s for s in (images, features, svd)}
     for level in range(1, cfg.num_levels):
         st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
@@ -103,6 +103,18 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
     return plan
+
+
+def plan_to_json(plan: dict[str, Stage]) -> dict:
+    """The plan as JSON: what a training process needs to find every artifact without hashing the data again."""
+    return {name: {"kind": st.kind, "fingerprint": st.fingerprint, "code_version": st.code_version,
+                   "level": st.level, "home": str(st.artifact.home)} for name, st in plan.items()}
+
+
+def plan_from_json(data: dict) -> dict[str, Stage]:
+    """The inverse of plan_to_json."""
+    return {name: Stage(name, Artifact(Path(v["home"]), v["kind"], v["fingerprint"]), v["code_version"], v["level"])
+            for name, v in data.items()}
 
 
 def inception_identity(cfg: Config) -> str:

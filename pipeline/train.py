@@ -198,9 +198,46 @@ def drop_mask(batch: int, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, generator=g) < p
 
 
-def parse_args(argv=None, description: str = __doc__.splitlines()[0]) -> tuple[Config, int, Path]:
-    """(config, level, home) of a training command line (this module's, and the asset's training process's)."""
-    ap = argparse.ArgumentParser(description=description)
+def write_run_file(cfg: Config, plan: dict[str, Stage], home: Path) -> Path:
+    """The resolved config and its plan in one JSON file under `home`, for a training process to read as they are.
+
+    The process then neither revalidates the YAML nor rebuilds the plan (which hashes the dataset): it trains
+    exactly the stage the launching asset resolved. The name is the content's hash, so reruns reuse the file.
+    """
+    import json
+    import os
+    import tempfile
+
+    from .cache import stable_hash
+    from .plan import plan_to_json
+
+    run = {"config": json.loads(cfg.model_dump_json(exclude={"variants"})), "plan": plan_to_json(plan)}
+    text = json.dumps(run, indent=1)
+    # A variant is named '<experiment>/<variant>': one flat file name (the config refuses unsafe names).
+    path = home / "run_configs" / f"{cfg.name.replace('/', '__')}-{stable_hash(run)}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A temp name of its own: two runs starting at once must not write into each other's file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    return path
+
+
+def read_run_file(path: str | Path) -> tuple[Config, dict[str, Stage]]:
+    """(config, plan) of a file write_run_file wrote."""
+    import json
+
+    from .plan import plan_from_json
+
+    run = json.loads(Path(path).read_text())
+    # JSON mode, as the file was written: the config was validated when the code location loaded it.
+    return Config.model_validate_json(json.dumps(run["config"])), plan_from_json(run["plan"])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="experiment YAML or resolved JSON (default: $NESTED_CONFIG)")
     ap.add_argument("--level", type=int, required=True)
     ap.add_argument("--home", help="artifact root (default: $NESTED_HOME or .nested/)")
@@ -208,12 +245,7 @@ def parse_args(argv=None, description: str = __doc__.splitlines()[0]) -> tuple[C
     cfg = load_run_config(args.config)
     if not 0 <= args.level < cfg.num_levels:
         raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")
-    return cfg, args.level, Path(args.home) if args.home else nested_home()
-
-
-def main(argv=None) -> None:
-    cfg, level, home = parse_args(argv)
-    train_level(cfg, build_plan(cfg, home), level)
+    train_level(cfg, build_plan(cfg, Path(args.home) if args.home else nested_home()), args.level)
 
 
 if __name__ == "__main__":

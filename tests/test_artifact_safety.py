@@ -51,13 +51,13 @@ def test_a_deleted_feature_chunk_is_caught_before_the_svd_reads_it(home):
     with pytest.raises(ArtifactDamaged, match="is missing.*rematerialize the 'features' asset"):
         features.artifact.require()
 
-    shutil.rmtree(plan["svd_basis"].path)
-    alone = run_assets(cfg, home["home"], names=["svd_basis"], raise_on_error=False)
+    shutil.rmtree(plan["svd"].path)
+    alone = run_assets(cfg, home["home"], names=["svd"], raise_on_error=False)
     assert not alone.success and "damaged" in failure_text(alone)
-    assert not plan["svd_basis"].artifact.is_complete()
+    assert not plan["svd"].artifact.is_complete()
 
-    repaired = run_assets(cfg, home["home"], names=["encoder_features", "svd_basis"])
-    assert cache_flag(repaired, "encoder_features") == "miss" and cache_flag(repaired, "svd_basis") == "miss"
+    repaired = run_assets(cfg, home["home"], names=["encoder_features", "svd"])
+    assert cache_flag(repaired, "encoder_features") == "miss" and cache_flag(repaired, "svd") == "miss"
     assert features.artifact.damage(full=True) == [] and chunk.exists()
     aside = list(features.path.parent.glob(f"{features.fingerprint}.damaged-*"))
     assert len(aside) == 1  # the damaged copy is kept for inspection, never deleted
@@ -65,13 +65,13 @@ def test_a_deleted_feature_chunk_is_caught_before_the_svd_reads_it(home):
 
 def test_a_truncated_basis_is_caught_before_latents_are_built_from_it(home):
     cfg, plan = home["cfg"], home["plan"]
-    truncate(plan["svd_basis"].path / "basis.safetensors")
+    truncate(plan["svd"].path / "basis.safetensors")
     shutil.rmtree(plan["level_1_latents"].path)
     run = run_assets(cfg, home["home"], names=["level_1_latents"], raise_on_error=False)
     assert not run.success and "basis.safetensors is" in failure_text(run)
     assert not plan["level_1_latents"].artifact.is_complete()
-    checked = run_assets(cfg, home["home"], names=["svd_basis", "level_1_latents"])
-    assert cache_flag(checked, "svd_basis") == "miss" and cache_flag(checked, "level_1_latents") == "miss"
+    checked = run_assets(cfg, home["home"], names=["svd", "level_1_latents"])
+    assert cache_flag(checked, "svd") == "miss" and cache_flag(checked, "level_1_latents") == "miss"
 
 
 def test_a_truncated_reference_is_caught_before_the_evaluation_reads_it(home):

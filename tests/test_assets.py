@@ -13,7 +13,7 @@ from pipeline.sample_shards import sample_shards
 from pipeline.svd import load_basis
 from pipeline.table import TABLE
 
-DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
+DATA = ["images", "encoder_features", "svd", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
 ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation", "level_neighbours"]
 EVAL = {"samples", "evaluation"}
@@ -40,7 +40,7 @@ def test_artifact_shapes_and_dtypes(tiny_run):
     assert len(feats.attrs["checkpoint_sha256"]) == 64 and feats.attrs["input_size"] == 64
     assert np.isfinite(feats[:]).all() and feats[:].std() > 0
 
-    basis = load_basis(plan["svd_basis"].path)
+    basis = load_basis(plan["svd"].path)
     assert basis["components"].shape == (112, 112) and basis["mean"].shape == (112,)
     n_train = m.column("split").to_pylist().count("train")
     assert int(basis["num_samples"][0]) == n_train * 16  # every position of every training image
@@ -68,7 +68,7 @@ def test_latent_metadata(tiny_run):
     assert md["shape"].value == [2, 2, 8] and md["sigma"].value == 1.0
     assert md["kl_capacity_bits_per_image"].value == pytest.approx(32 * 0.5 / np.log(2), rel=1e-3)
     assert 0 < md["variance_kept"].value <= 1
-    svd_md = tiny_run["result"].asset_materializations_for_node("svd_basis")[0].metadata
+    svd_md = tiny_run["result"].asset_materializations_for_node("svd")[0].metadata
     assert "data:image/png;base64," in svd_md["explained_variance"].value
 
 
@@ -196,7 +196,7 @@ def test_asset_checks_ran_and_passed(tiny_run):
     evaluations = tiny_run["result"].get_asset_check_evaluations()
     found = {(e.asset_key.to_user_string(), e.check_name) for e in evaluations}
     latents = {(f"level_{lv}_latents", c) for lv in (1, 2) for c in ("standardized", "shards_match_manifest")}
-    own = {("images", "shards_match_manifest"), ("encoder_features", "finite"), ("svd_basis", "orthonormal"), *latents,
+    own = {("images", "shards_match_manifest"), ("encoder_features", "finite"), ("svd", "orthonormal"), *latents,
            *{(m, "checkpoint_loads") for m in MODELS}, ("samples", "complete"), ("reference_stats", "consistent"),
            ("level_neighbours", "complete"), ("evaluation", "row_present")}
     assert found == own | {(a, "files_intact") for a in ASSETS}
@@ -213,7 +213,7 @@ def test_a_failing_check_stops_what_reads_the_artifact(tiny_run, tmp_path):
 
     home = tmp_path / "home"
     plan = build_plan(tiny_run["cfg"], tiny_run["home"])
-    for name in ("images", "encoder_features", "svd_basis"):
+    for name in ("images", "encoder_features", "svd"):
         dst = home / plan[name].path.relative_to(tiny_run["home"])
         shutil.copytree(plan[name].path, dst)
     feats = zarr.open_array(str(home / plan["encoder_features"].path.relative_to(tiny_run["home"]) / "features.zarr"),
@@ -226,4 +226,4 @@ def test_a_failing_check_stops_what_reads_the_artifact(tiny_run, tmp_path):
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert [(e.asset_key.to_user_string(), e.check_name) for e in failed] == [("encoder_features", "finite")]
-    assert not result.asset_materializations_for_node("svd_basis")  # blocked, not built from NaNs
+    assert not result.asset_materializations_for_node("svd")  # blocked, not built from NaNs

@@ -72,7 +72,7 @@ def test_the_rules_differ_between_conditioning_schemes():
 def test_experiments_differing_only_in_L_or_sigma_share_features_svd_and_latents(tmp_path):
     cfg = tiny("non_markov")
     base = build_plan(cfg, tmp_path)
-    shared = ["images", "encoder_features", "svd_basis"]
+    shared = ["images", "encoder_features", "svd"]
     for edit in (lambda d: d.__setitem__("levels", d["levels"][:1]), lambda d: d.__setitem__("levels", []),
                  set_level(1, "sigma", 0.0), set_level(2, "sigma", 0.0)):
         other = build_plan(edited(cfg, edit), tmp_path)

@@ -253,11 +253,11 @@ def test_basis_is_orthonormal(run, tmp_path):
     from safetensors.numpy import load_file, save_file
 
     channels = run["plan"]["encoder_features"].artifact.metadata()["shape"][-1]
-    ok = checks.basis_is_orthonormal(run["plan"]["svd_basis"].path, channels)
+    ok = checks.basis_is_orthonormal(run["plan"]["svd"].path, channels)
     assert ok.passed, ok.description
     assert ok.metadata["orthonormality_error"] < 1e-4
 
-    svd = copy_of(run, "svd_basis", tmp_path)
+    svd = copy_of(run, "svd", tmp_path)
     basis = load_file(str(svd / "basis.safetensors"))
     basis["components"][0] *= 1.1  # one axis no longer unit length
     save_file(basis, str(svd / "basis.safetensors"))
@@ -303,7 +303,7 @@ def test_neighbours_complete(run, tmp_path):
     assert not bad.passed and bad.metadata["incomplete_queries"] == [first]
 
 
-@pytest.mark.parametrize("asset", ["encoder_features", "svd_basis", "level_1_model", "reference_stats"])
+@pytest.mark.parametrize("asset", ["encoder_features", "svd", "level_1_model", "reference_stats"])
 def test_files_intact_hashes_every_file(run, tmp_path, asset):
     from pipeline.cache import Artifact
 

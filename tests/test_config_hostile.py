@@ -82,13 +82,16 @@ def test_hostile_variant_refused_under_its_name():
         parse_config(changed({"variants": {"bad": {"levels.0.sigma": float("inf")}}}), check_files=False)
 
 
-def test_run_config_file_stays_under_home(tmp_path):
-    from assets.training import train_command
+def test_run_file_stays_under_home_and_reads_back(tmp_path):
+    from pipeline.cache import Artifact
+    from pipeline.plan import Stage
+    from pipeline.train import read_run_file, write_run_file
 
     cfg = parse_config(changed({"variants": {"v": {"levels.1.sigma": 0.0}}}), check_files=False)
     variant = variant_configs(cfg, check_files=False)["v"]
-    cmd = train_command(variant, 1, tmp_path)
-    path = Path(cmd[cmd.index("--config") + 1])
+    plan = {"level_1_model": Stage("level_1_model", Artifact(tmp_path, "models", "f" * 16), "c" * 12, 1)}
+    path = write_run_file(variant, plan, tmp_path)
     assert path.parent == tmp_path / "run_configs" and path.name.startswith("tiny__v-"), path
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
-    assert train_command(variant, 1, tmp_path) == cmd  # the same file the second time
+    assert write_run_file(variant, plan, tmp_path) == path  # the same file the second time
+    assert read_run_file(path) == (variant, plan)  # variants have none of their own

@@ -104,7 +104,7 @@ def test_precision_auto_follows_the_cpu(monkeypatch, native, expected):
 
 def test_a_training_seed_retrains_models_and_keeps_the_data(tiny_cfg, tmp_path):
     a, b = build_plan(tiny_cfg, tmp_path), build_plan(with_changes(tiny_cfg, train_seed=1), tmp_path)
-    for name in ("images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents", "reference_stats"):
+    for name in ("images", "encoder_features", "svd", "level_1_latents", "level_2_latents", "reference_stats"):
         assert a[name].fingerprint == b[name].fingerprint, name
     for name in ("level_0_model", "level_1_model", "level_2_model", "samples", "evaluation"):
         assert a[name].fingerprint != b[name].fingerprint, name

@@ -61,9 +61,10 @@ def test_trained_model_loads_from_safetensors(tiny_run):
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_run):
     cfg = with_level_train(tiny_run["cfg"], 2, steps=3000, batch_size=4, checkpoint_every=50, log_every=50)
     home = tiny_run["home"]
-    stage = build_plan(cfg, home)["level_2_model"]
+    plan = build_plan(cfg, home)
+    stage = plan["level_2_model"]
     work = work_dir(stage)
-    proc = subprocess.Popen(train_command(cfg, 2, home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(train_command(cfg, plan, 2), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(work.glob("ckpt-*")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -82,6 +83,26 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_run):
     curve = stage.artifact.metadata()["loss_curve"]
     assert [s for s, _ in curve] == list(range(50, 3001, 50))  # the step counter continued, no restart
     assert not work.exists()  # checkpoints are cleaned up once the model is published
+
+
+def test_training_process_trains_the_plan_it_is_given(tiny_run, monkeypatch):
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR
+
+    from assets import train_entry
+
+    cfg = with_level_train(tiny_run["cfg"], 2, steps=10, log_every=5)
+    plan = build_plan(cfg, tiny_run["home"])
+    cmd = train_command(cfg, plan, 2)
+
+    def rebuilt(*args, **kwargs):
+        raise AssertionError("the training process rebuilt the plan")
+
+    monkeypatch.setattr("pipeline.plan.build_plan", rebuilt)
+    monkeypatch.setattr("pipeline.train.build_plan", rebuilt)
+    monkeypatch.delenv(DAGSTER_PIPES_CONTEXT_ENV_VAR, raising=False)
+    train_entry.main(cmd[cmd.index("--run"):])
+    stage = plan["level_2_model"]
+    assert stage.artifact.is_complete() and stage.artifact.metadata()["steps"] == 10
 
 
 def test_corrupt_or_missing_checkpoint_is_an_error_not_a_restart(tiny_run, tmp_path):
@@ -105,7 +126,7 @@ def test_corrupt_or_missing_checkpoint_is_an_error_not_a_restart(tiny_run, tmp_p
 
 def test_torchrun_with_gloo_trains_to_the_end(tiny_run):
     cfg = with_level_train(tiny_run["cfg"], 2, steps=20, nproc=2, log_every=5)
-    cmd = train_command(cfg, 2, tiny_run["home"])
+    cmd = train_command(cfg, build_plan(cfg, tiny_run["home"]), 2)
     assert "torch.distributed.run" in cmd and "--nproc-per-node=2" in cmd
     result = run_assets(cfg, tiny_run["home"], names=["level_2_model"])  # Pipes launches torchrun
     md = result.asset_materializations_for_node("level_2_model")[0].metadata

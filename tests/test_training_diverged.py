@@ -8,7 +8,7 @@ import pipeline.train
 from assets.testing import run_assets
 from pipeline.plan import build_plan
 
-DATA = ["images", "encoder_features", "svd_basis", "level_1_latents", "level_2_latents"]
+DATA = ["images", "encoder_features", "svd", "level_1_latents", "level_2_latents"]
 
 
 @pytest.fixture(scope="module")
