@@ -47,3 +47,9 @@ clean-artifacts:
 .PHONY: stale
 stale: setup $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/python -m assets.stale $(STALE_ARGS)
+
+# What no config in configs/ (nor a materialization of the last 30 days) refers to under $(NESTED_HOME), with
+# sizes: a dry run. GC_ARGS="--delete" removes it; GC_ARGS="--keep-days 7 configs/emoji.yaml" (docs/caching.md).
+.PHONY: gc
+gc: setup
+	$(VENV)/bin/python -m pipeline.gc $(GC_ARGS)

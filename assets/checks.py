@@ -37,6 +37,10 @@ CHECKS: dict[str, list[tuple[str, str, Callable]]] = {
     "neighbours": [("complete", "k neighbours of every query under every level, and the picture decodes.",
                     lambda s, st: checks.neighbours_complete(st.artifact.require(), s.cfg.num_levels,
                                                             st.artifact.metadata()["k"]))],
+    "variations": [("keeps_its_sources", "The kept levels of every variation are its source's own latents; all finite.",
+                    lambda s, st: checks.variations_keep_their_sources(
+                        st.artifact.require(), {level: s.plan[f"level_{level}_latents"].artifact.require()
+                                                for level in range(1, s.cfg.num_levels)}))],
     "evaluation": [("row_present", "The evaluation table has this evaluation's row, with a finite FID.",
                     lambda s, st: checks.evaluation_row_present(s.home, st.fingerprint))],
 }

@@ -63,6 +63,8 @@ def _latents(cfg, plan, stage, meta, log) -> dict:
         "train_channel_std_range": MetadataValue.json([round(meta["train_channel_std_min"], 4),
                                                        round(meta["train_channel_std_max"], 4)]),
         "preview": png_markdown(latent_preview(stage.path, plan["images"].path), f"level {stage.level} latents"),
+        "preview_layout": "top row: the first held-out images (titled by id); below each, its latent's three leading "
+                          "SVD channels as RGB (+-2.5 std)",
         "made_from": MetadataValue.md(
             f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
             f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd'].fingerprint}`), "

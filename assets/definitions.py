@@ -19,13 +19,13 @@ from pipeline.plan import build_plan
 
 from .checks import asset_checks
 from .data import FEATURES, IMAGES, LATENTS, SVD
-from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES
+from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES, VARIATIONS
 from .factory import Scope, stage_asset
 from .training import level_model_asset
 
 VIEWS = {  # stage kind -> how its assets look (models: assets/training.py, trained through Pipes)
     "images": IMAGES, "features": FEATURES, "svd": SVD, "latents": LATENTS, "samples": SAMPLES,
-    "reference": REFERENCE, "evaluation": EVALUATION, "neighbours": NEIGHBOURS,
+    "reference": REFERENCE, "evaluation": EVALUATION, "neighbours": NEIGHBOURS, "variations": VARIATIONS,
 }
 
 

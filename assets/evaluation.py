@@ -1,4 +1,5 @@
-"""How generation and evaluation look: samples, the FID reference, the evaluation and the level neighbours.
+"""How generation and evaluation look: samples, the FID reference, the evaluation, the level neighbours and the
+variations of real images.
 
 They read the trained models and never retrain them.
 """
@@ -17,12 +18,17 @@ def _samples(cfg, plan, stage, meta, log) -> dict:
     out = {
         "num_samples": meta["num_samples"], "images_per_sec": meta["images_per_sec"],
         "grid": png_markdown(stage.path / "grid.png", "samples"),
+        "grid_layout": f"the first {min(64, meta['num_samples'])} samples in order, 8 per row (sampling seed "
+                       f"{cfg.sampling.seed})",
         "latent_stats": md_table(("level", "max abs channel mean", "mean channel std", "min std", "max std"), rows),
         "pixel_stats": MetadataValue.json(meta["level_stats"].get("pixels", {})),
         "grid_path": MetadataValue.path(str(stage.path / "grid.png")),
     }
     if "shared_coarse.png" in meta["pictures"]:
         out["shared_coarse_latent"] = png_markdown(stage.path / "shared_coarse.png", "shared coarse latent")
+        out["shared_coarse_layout"] = (f"{cfg.sampling.shared_rows} rows; each row shares one sampled coarsest latent "
+                                       f"z{cfg.num_levels - 1}, and its 8 images sample every finer level from it "
+                                       "(paper Figure 1)")
     return out
 
 
@@ -80,3 +86,23 @@ NEIGHBOURS = View(
     metadata=lambda cfg, plan, stage, meta, log: {
         "neighbours": png_markdown(stage.path / "neighbours.png", "neighbours"), "layout": meta["layout"],
         "queries": MetadataValue.json(meta["queries"])})
+
+
+def _variations(cfg, plan, stage, meta, log) -> dict:
+    rows = [(r["kept"], round(r["cosine_mean"], 4), round(r["cosine_std"], 4)) for r in meta["similarity"]]
+    return {
+        "variations": png_markdown(stage.path / "variations.png", "variations"), "layout": meta["layout"],
+        "kept_similarity": md_table(("kept latents", "encoder cosine to the source (mean)", "std"), rows),
+        "sources": MetadataValue.json(meta["sources"]), "variation_ids": meta["variation_ids"],
+    }
+
+
+VARIATIONS = View(
+    group="generation", kinds=("pytorch", "numpy"),
+    deps=lambda cfg, stage: ["svd", *[f"level_{level}_latents" for level in range(1, cfg.num_levels)],
+                             *[f"level_{level}_model" for level in range(cfg.num_levels)]],
+    describe=lambda cfg, stage: (f"{cfg.variations.num_images} held-out images"
+                                 f"{' and the images of ' + str(cfg.variations.folder) if cfg.variations.folder else ''}"
+                                 " regenerated from their own latents at levels >= l (RCG's variations), for every l "
+                                 f"and {cfg.variations.seeds} seeds, with the encoder cosine of what is kept."),
+    metadata=_variations)

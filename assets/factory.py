@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, asset
 
+from pipeline.cache import human_bytes
 from pipeline.config import Config
 from pipeline.plan import Stage
 from pipeline.stages import materialize
@@ -56,8 +57,12 @@ class View:
 
 
 def shown_metadata(stage: Stage, meta: dict, hit: bool, extra: dict) -> dict:
+    """What every asset shows (the training process reports it too): cache hit or miss, fingerprint, path, size
+    (from the marker's record of its files: no walk), then the kind's own entries."""
+    size = stage.artifact.bytes_on_disk(meta)
     return {"cache": "hit" if hit else "miss", "fingerprint": stage.fingerprint,
-            "path": MetadataValue.path(str(stage.path)), "build_seconds": meta.get("seconds", 0.0),
+            "path": MetadataValue.path(str(stage.path)), "bytes_on_disk": size, "size_on_disk": human_bytes(size),
+            "build_seconds": meta.get("seconds", 0.0),
             **{k: v for k, v in extra.items() if v is not None}}  # e.g. no oracle FID for L = 1
 
 

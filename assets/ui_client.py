@@ -211,6 +211,10 @@ class DagsterUI:
             }
         return out
 
+    def unsynced(self) -> dict[str, str]:
+        """The assets the UI does not show FRESH -> their status (STALE or MISSING)."""
+        return {a: info["status"] for a, info in self.asset_staleness().items() if info["status"] != "FRESH"}
+
     # -- runs
 
     def launch_assets(self, keys: list[str], tags: dict[str, str] | None = None) -> str:

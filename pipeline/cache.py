@@ -13,6 +13,7 @@ kept for inspection) and rebuilds it; a downstream stage asking for it gets an e
 
 Builds of one fingerprint are serialized by a lock (``<home>/.locks/``): a second process materializing the
 same artifact waits, then reads it as a cache hit, instead of building it twice in a shared work directory.
+``python -m pipeline.gc`` asks the same lock (without waiting) before it removes anything of a fingerprint.
 """
 from __future__ import annotations
 
@@ -60,6 +61,30 @@ def file_record(root: Path) -> dict[str, list]:
     return out
 
 
+def tree_bytes(path: Path) -> int:
+    """Total size of the files under `path` (symbolic links are not followed; 0 for a missing path)."""
+    if not path.is_dir():
+        return path.lstat().st_size if path.is_file() else 0
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:  # removed while we walked
+                pass
+    return total
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def verify_mode() -> str:
     """How thoroughly a cache hit is checked: 'full' hashes every file; the default hashes the small ones."""
     return "full" if os.environ.get("NESTED_VERIFY", "").lower() in ("1", "full", "true", "yes") else "default"
@@ -90,6 +115,15 @@ class Artifact:
         if not self.is_complete():
             raise FileNotFoundError(f"artifact {self.stage}/{self.fingerprint} is not materialized ({self.path})")
         return json.loads((self.path / MARKER).read_text())
+
+    def bytes_on_disk(self, meta: dict | None = None) -> int:
+        """The artifact's size: its marker's record of every file's size, plus the marker (a walk for an artifact
+        whose marker predates the record). `meta`: the marker's contents, when the caller has read them already."""
+        meta = self.metadata() if meta is None else meta
+        if not isinstance(meta.get("files"), dict):
+            return tree_bytes(self.path)
+        marker = self.path / MARKER
+        return sum(int(size) for size, _ in meta["files"].values()) + (marker.stat().st_size if marker.is_file() else 0)
 
     def damage(self, full: bool | None = None) -> list[str]:
         """What no longer matches the marker's record (empty: intact). `full` hashes every file."""
@@ -174,6 +208,57 @@ class Artifact:
         finally:
             os.close(fd)  # closing the descriptor releases the flock
 
+    def lock_held(self) -> bool:
+        """Whether a build (in this process or another) holds this fingerprint's lock now. Creates no lock file."""
+        if self.lock_path in _held:
+            return True
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # nobody ever locked it (or it was never built on this home)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def lock_holder(self) -> str:
+        """Who holds (or last held) the lock, as the holder wrote it: pid, host, since; '' if unknown."""
+        try:
+            return self.lock_path.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    @contextmanager
+    def try_lock(self, what: str = "removing") -> Iterator[bool]:
+        """Take the lock only if nobody holds it, without waiting; yields whether it was taken (held until the
+        block ends). A build that starts meanwhile waits for it, as for any other holder."""
+        if self.lock_path in _held:
+            yield False
+            return
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                taken = True
+            except BlockingIOError:
+                taken = False
+            if not taken:
+                yield False
+                return
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "doing": what,
+                                      "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}).encode(), 0)
+            try:
+                yield True
+            finally:
+                os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
     @contextmanager
     def build(self) -> Iterator[tuple[Path, dict]]:
         """Yield (tmp_dir, metadata dict to fill); on success the marker is written and the directory published.
@@ -184,7 +269,7 @@ class Artifact:
         parent = self.path.parent
         parent.mkdir(parents=True, exist_ok=True)
         for stale in parent.glob(f"{self.fingerprint}.tmp-*"):
-            if _owner_dead(stale):
+            if build_abandoned(stale):
                 shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f"{self.fingerprint}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
@@ -219,11 +304,13 @@ class Artifact:
             return self.metadata(), False
 
 
-def _owner_dead(tmp: Path) -> bool:
+def build_abandoned(tmp: Path, mine_abandoned: bool = True) -> bool:
+    """Whether the process that made a ``<fingerprint>.tmp-<pid>-*`` build directory is gone, or is this one and
+    `mine_abandoned` (a builder's own leftover of an earlier failed attempt). A pid another user owns is alive."""
     try:
         pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
         os.kill(pid, 0)
-        return pid == os.getpid()  # our own leftovers from an earlier failed attempt
+        return mine_abandoned and pid == os.getpid()  # our own leftovers from an earlier failed attempt
     except (ValueError, IndexError, ProcessLookupError):
         return True
     except PermissionError:

@@ -251,3 +251,34 @@ def neighbours_complete(neighbours_dir: Path, levels: int, k: int) -> CheckOutco
     return CheckOutcome(bool(found) and not bad and picture_ok,
                         f"{len(found)} queries x {levels} levels x {k} neighbours, {len(bad)} incomplete; picture "
                         f"{'decodes' if picture_ok else 'does NOT decode'}", meta)
+
+
+@_never_raises
+def variations_keep_their_sources(variations_dir: Path, latents_dirs: dict[int, Path]) -> CheckOutcome:
+    """Every variation's kept levels are exactly its held-out source's latents; every array is finite."""
+    from .levels import read_latents
+    from .variations import TABLE as VARIATIONS_TABLE
+
+    info = json.loads((Path(variations_dir) / VARIATIONS_TABLE).read_text())
+    held = {}
+    for level, path in latents_dirs.items():
+        keys, z, _ = read_latents(path, "holdout")
+        held[level] = dict(zip(keys, z))
+    mismatched, nonfinite = [], []
+    with np.load(Path(variations_dir) / "latents.npz") as f:
+        for name in f.files:  # '<column>/seed<m>/level_<l>'
+            column, _, level = name.split("/")
+            level, z = int(level[len("level_"):]), f[name]
+            if not np.isfinite(z).all():
+                nonfinite.append(name)
+            kept = column != "none" and level >= int(column.split("..")[0][1:])
+            for row, source in enumerate(info["sources"]):
+                if kept and source in held.get(level, {}) and not np.array_equal(z[row], held[level][source]):
+                    mismatched.append(f"{name}[{row}]")
+    picture_ok = _png_ok((Path(variations_dir) / "variations.png").read_bytes())
+    meta = {"sources": len(info["sources"]), "mismatched": mismatched[:10], "nonfinite": nonfinite[:10],
+            "picture_decodes": picture_ok}
+    return CheckOutcome(not mismatched and not nonfinite and picture_ok,
+                        f"{len(info['sources'])} sources: {len(mismatched)} kept latents differ from the source's, "
+                        f"{len(nonfinite)} arrays not finite; picture {'decodes' if picture_ok else 'does NOT decode'}",
+                        meta)

@@ -185,6 +185,13 @@ class SamplingConfig(_Strict):
         return v
 
 
+class VariationsConfig(_Strict):
+    """RCG-style variations: real images regenerated from their own coarse latents, kept from level l up."""
+    num_images: int = Field(6, ge=1, le=64, description="held-out images to vary (the first ones, in manifest order)")
+    seeds: int = Field(2, ge=1, le=8, description="variations per image and kept level")
+    folder: Path | None = Field(None, description="a folder of your own images (PNG, JPEG, WebP) to vary as well")
+
+
 class Config(_Strict):
     name: str = "experiment"  # '<experiment>/<variant>' for a variant
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -198,6 +205,7 @@ class Config(_Strict):
     conditioning: Literal["non_markov", "markov"] = "non_markov"
     class_conditional: bool = False
     sampling: SamplingConfig = SamplingConfig()
+    variations: VariationsConfig = VariationsConfig()
     # A sweep: variant name -> overrides of this config (see apply_overrides). Each variant is its own experiment
     # whose stages share every artifact whose fingerprint it shares with this one (features, SVD, latents, ...).
     variants: dict[str, dict] = Field(default_factory=dict)
@@ -324,7 +332,8 @@ def _resolve_paths(cfg: Config) -> Config:
     if is_local_file(enc.weights):
         enc = enc.model_copy(update={"weights": str(fix(enc.weights))})
     sampling = cfg.sampling.model_copy(update={"inception_weights": fix(cfg.sampling.inception_weights)})
-    return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling})
+    variations = cfg.variations.model_copy(update={"folder": fix(cfg.variations.folder)})
+    return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling, "variations": variations})
 
 
 def check_against_world(cfg: Config, check_files: bool = True) -> None:
@@ -342,6 +351,9 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
         inc = cfg.sampling.inception_weights
         if inc is not None and not inc.is_file():
             raise ConfigError(f"sampling.inception_weights: file not found: {inc}")
+        folder = cfg.variations.folder
+        if folder is not None and not folder.is_dir():
+            raise ConfigError(f"variations.folder: not a folder: {folder}")
     try:
         h, w, c = probe_features(enc.name, enc.layer, enc.input_size)
     except ValueError as e:
@@ -397,7 +409,8 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
     from .cache import stable_hash
     from .ingest import source_fingerprint
 
-    dump = cfg.model_dump(mode="json", exclude={"variants", "name"})
+    # The variations picture is no result: its settings stay out (and old rows keep their fingerprints).
+    dump = cfg.model_dump(mode="json", exclude={"variants", "name", "variations"})
     del dump["dataset"]["path"]
     dump["dataset"]["source_fingerprint"] = source_fingerprint(cfg.dataset, cache_dir=cache_dir)
     if is_local_file(cfg.encoder.weights):

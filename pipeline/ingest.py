@@ -144,10 +144,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _fit(img: Image.Image, size: int) -> Image.Image:
+    return ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS)
+
+
 def _png(img: Image.Image, size: int) -> bytes:
     buf = io.BytesIO()
-    ImageOps.fit(img, (size, size), Image.Resampling.LANCZOS).save(buf, format="PNG")
+    _fit(img, size).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def prepare_image(data: bytes, cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One raw image as ingest stores it: (level-0 image, encoder-size image), each uint8 (H, W, 3)."""
+    img = to_rgb(_decode(data))
+    return np.asarray(_fit(img, cfg.resolution)), np.asarray(_fit(img, cfg.source_size))
 
 
 def _is_holdout(content_hash: str, fraction: float) -> bool:

@@ -107,6 +107,25 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
             "second_moment": [float(v) for v in second_moment]}
 
 
+@torch.inference_mode()
+def encode_images(cfg: Config, plan: dict, src: np.ndarray, batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """Every semantic level's latent of new images (N, H, W, 3) uint8 at dataset.source_size, as the latents stage
+    makes them: the frozen encoder, then each level's pooling, SVD axes and training-split standardization."""
+    from .features import Preprocess, build_extractor
+
+    extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
+    feats = np.concatenate([extractor(pre(torch.tensor(src[i:i + batch_size]))).float().numpy()
+                            for i in range(0, len(src), batch_size)])
+    basis = load_basis(plan["svd"].artifact.require())
+    out = {}
+    for level in range(1, cfg.num_levels):
+        lv, stats = cfg.level(level), load_stats(plan[f"level_{level}_latents"].artifact.require())
+        z = project(feats, basis, lv.pool, lv.channels).double()
+        mu, std = (torch.from_numpy(stats[k]).double().view(1, -1, 1, 1) for k in ("mean", "std"))
+        out[level] = ((z - mu) / std).float()
+    return out
+
+
 def load_stats(latents_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(latents_dir / STATS))
 

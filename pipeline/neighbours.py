@@ -17,9 +17,14 @@ from .data import iter_pixels
 from .knn import nearest
 from .levels import read_latents
 from .plan import Stage
-from .sample import save_grid, to_uint8
+from .pictures import labelled_grid
+from .sample import to_uint8
 
 QUERIES, K = 6, 7  # held-out queries, and neighbours shown per query and level (part of the stage's fingerprint)
+
+
+def level_name(level: int) -> str:
+    return "pixels" if level == 0 else f"level {level} (z{level})"
 
 
 def _uint8(x: np.ndarray) -> np.ndarray:
@@ -41,13 +46,17 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
         assert tkeys == train_keys, "latent shards and images disagree on keys"
         pos = {key: i for i, key in enumerate(hkeys)}
         spaces[level] = (tz.reshape(len(tz), -1), hz[[pos[q] for q in query_keys]].reshape(len(query_keys), -1))
-    found, tiles = {}, []
+    found, rows, labels = {}, [], []
     for q, qkey in enumerate(query_keys):
         for level, (t, h) in spaces.items():
             idx = nearest(h[q:q + 1], t, K)
             found.setdefault(qkey, {})[level] = [train_keys[i] for i in idx[0]]
-            tiles += [_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]]
-    save_grid(np.stack(tiles), out_dir / "neighbours.png", cols=K + 1, scale=3)
+            rows.append([_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]])
+            labels.append(f"query {q + 1}, {level_name(level)}")
+    labelled_grid(rows, out_dir / "neighbours.png", "nearest training images of held-out queries, by level: "
+                  "coarse levels find the same kind of thing, fine levels the same look",
+                  [("query", 1), (f"its {K} nearest training images (nearest first)", K)], labels)
     (out_dir / "neighbours.json").write_text(json.dumps(found, indent=1))
     return {"queries": query_keys, "k": K, "levels": list(spaces),
-            "layout": "one row per (query, level), levels 0 (pixels) .. L-1; first column is the query"}
+            "layout": "one row per (query, level), each labelled: levels 0 (pixels) .. L-1; the first column is "
+                      "the query, then its nearest training images, nearest first"}

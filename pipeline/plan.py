@@ -16,7 +16,8 @@ from .config import EVAL_K, Config
 
 # Bump a stage's entry when a change of its code changes what it writes: its artifacts (and everything
 # downstream) get new fingerprints and are rebuilt; old ones stay on disk until removed.
-CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "2", "samples": "1", "reference": "1", "evaluation": "2", "neighbours": "1"}
+CODE_VERSION = {"images": "1", "features": "1", "svd": "1", "latents": "1", "models": "2", "samples": "1", "reference": "1",
+                "evaluation": "2", "neighbours": "2", "variations": "1"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,24 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     nb = _stage(home, "level_neighbours", "neighbours", {"queries": QUERIES, "k": K},
                 {"images": images, **{f"level_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)}})
     plan.update({ref.asset: ref, ev.asset: ev, nb.asset: nb})
+    if cfg.num_levels > 1:  # nothing to keep in a plain diffusion model
+        vc = cfg.variations.model_dump(mode="json", exclude={"folder"})
+        va = _stage(home, "variations", "variations", {"variations": vc, "sampling": sampling, "guidance": cfg.guidance()},
+                    {"folder": folder_identity(cfg.variations.folder), "svd": svd,
+                     **{f"latents_{level}": plan[f"level_{level}_latents"] for level in range(1, cfg.num_levels)},
+                     **{f"model_{level}": plan[f"level_{level}_model"] for level in range(cfg.num_levels)}})
+        plan[va.asset] = va
     return plan
+
+
+def folder_identity(folder: Path | None) -> str:
+    """Content hash of the images of `variations.folder` (their names and bytes), "none" without one."""
+    if folder is None:
+        return "none"
+    from .cache import file_sha256
+    from .variations import folder_images
+
+    return stable_hash({p.name: file_sha256(p) for p in folder_images(folder)})
 
 
 def plan_to_json(plan: dict[str, Stage]) -> dict:

@@ -44,16 +44,17 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
 
 def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
                      guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
-                     batch_size: int = 256, use_ema: bool = True,
-                     given: dict[int, torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+                     batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
+                     labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
     """Generate n samples of every level; returns {level: tensor}. Level 0 pixels are in [-1, 1].
 
     `given` fixes some coarse levels (each (n, ...)) instead of sampling them: the finer levels are then
-    generated from those latents (the paper's Figure 1 shares one coarse latent across a row).
+    generated from those latents (the paper's Figure 1 shares one coarse latent across a row); `labels` as in
+    iter_hierarchy.
     """
     out: dict[int, list[torch.Tensor]] = {level: [] for level in range(cfg.num_levels)}
     for batch in iter_hierarchy(cfg, plan, n, seed, steps, guidance, kind, pixel_thresholding, batch_size, use_ema,
-                                given):
+                                given, labels):
         for level, z in batch.items():
             out[level].append(z)
     return {level: torch.cat(zs) for level, zs in out.items()}

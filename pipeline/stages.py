@@ -20,11 +20,12 @@ from .plan import Stage
 from .sample import generate_samples
 from .svd import build_basis
 from .train import train, train_level
+from .variations import build_variations
 
 STAGES: dict[str, Callable[..., dict]] = {
     "images": build_images, "features": build_features, "svd": build_basis, "latents": build_level_latents,
     "models": train, "samples": generate_samples, "reference": build_reference, "evaluation": evaluate_run,
-    "neighbours": level_neighbours,
+    "neighbours": level_neighbours, "variations": build_variations,
 }
 
 
