@@ -25,8 +25,9 @@ UNSYNCED = {"STALE", "MISSING"}
 
 
 @contextmanager
-def in_process(workspace: Path = ROOT / "workspace.yaml") -> Iterator[DagsterUI]:
-    """The GraphQL schema the webserver serves, executed here (as `dagster-graphql -w` does): no server needed."""
+def in_process(workspace: Path = ROOT / "workspace.yaml", read_only: bool = True) -> Iterator[DagsterUI]:
+    """The GraphQL schema the webserver serves, executed here (as `dagster-graphql -w` does): no server needed.
+    `read_only=False` allows the mutations a user's UI has, such as reloading the code location after an edit."""
     from dagster import DagsterInstance
     # Private, as dagster-graphql's own CLI uses them: no public API loads a workspace for in-process GraphQL.
     from dagster._core.workspace.context import WorkspaceProcessContext
@@ -39,7 +40,7 @@ def in_process(workspace: Path = ROOT / "workspace.yaml") -> Iterator[DagsterUI]
         print(f"note: no Dagster instance at {home} (set DAGSTER_HOME): nothing materialized yet", file=sys.stderr)
     with (DagsterInstance.from_config(str(home)) if home.is_dir() else DagsterInstance.ephemeral()) as instance, \
             WorkspaceProcessContext(instance, WorkspaceFileTarget(paths=[str(workspace)]), version=__version__,
-                                    read_only=True, code_server_log_level="WARNING") as ctx:
+                                    read_only=read_only, code_server_log_level="WARNING") as ctx:
         yield DagsterUI(execute=lambda q, variables: execute_query(ctx, q, variables))
 
 

@@ -1,4 +1,4 @@
-"""The ``level_<l>_model`` asset's training process: ``python -m assets.train_entry --run RUN.json --level L``,
+"""The ``level_<l>_model`` asset's training process: ``python -m assets.train_entry --run-file RUN.json --level L``,
 launched through Dagster Pipes (under torchrun when ``train.nproc > 1``).
 
 It trains with ``pipeline.train.train_level`` on the config and plan the asset resolved (the run file
@@ -32,10 +32,10 @@ def to_pipes(metadata: dict) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Train one level for its asset, reporting through Dagster Pipes.")
-    ap.add_argument("--run", required=True, help="the run file (config and plan) the asset wrote")
+    ap.add_argument("--run-file", required=True, help="the run file (config and plan) the asset wrote")
     ap.add_argument("--level", type=int, required=True)
     args = ap.parse_args(argv)
-    cfg, plan = read_run_file(args.run)
+    cfg, plan = read_run_file(args.run_file)
     level = args.level
     if f"level_{level}_model" not in plan:
         raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")

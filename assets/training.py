@@ -22,7 +22,7 @@ from .factory import Scope, View, png_markdown, result
 def train_command(cfg: Config, plan: dict[str, Stage], level: int) -> list[str]:
     """The command line of a level's training process: the resolved config and plan travel as one JSON file."""
     run_file = write_run_file(cfg, plan, plan[f"level_{level}_model"].artifact.home)
-    module = ["-m", "assets.train_entry", "--run", str(run_file), "--level", str(level)]
+    module = ["-m", "assets.train_entry", "--run-file", str(run_file), "--level", str(level)]
     nproc = cfg.train_config(level).nproc
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]

@@ -199,10 +199,11 @@ def plot(runs: list[dict], out: Path) -> None:
         rs = [r for r in runs if (r["profile"], r["dataset"]) == key and not r["conditional"]]
         label = "/".join(key)
         # FID against L: sigma > 0 at the top, the base's training steps and guidance; training seeds pooled
-        base_w = next(r["guidance"] for r in rs if r["variant"] == "base")
+        # A sweep without its base (one variant run alone) pools each L at the first run's guidance
+        ref = next((r for r in rs if r["variant"] == "base"), rs[0])
         line = [g for L in sorted({r["L"] for r in rs}) if (g := pooled(
             [r for r in rs if r["L"] == L and not r["compute_matched"] and (L == 1 or r["sigma_top"] > 0)
-             and r["guidance"] == base_w[:L]]))]
+             and r["guidance"][:L] == ref["guidance"][:L]]))]
         a.errorbar([g["L"] for g in line], [g["fid"] for g in line],
                    yerr=[g["fid_std"] or 0 for g in line], fmt="o-", capsize=3, label=label)
         a.axhline(rs[0]["fid_floor"], ls=":", color=a.lines[-1].get_color(), lw=1)

@@ -16,7 +16,7 @@ from pipeline.table import TABLE
 DATA = ["images", "encoder_features", "svd", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
 ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation", "level_neighbours"]
-EVAL = {"samples", "evaluation"}
+EVAL = {"samples", "evaluation", "variations"}  # variations sample from every model, as samples do
 
 
 def cache_flags(result, names=ASSETS):

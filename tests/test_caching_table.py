@@ -5,7 +5,7 @@ import pytest
 from pipeline.config import load_config, parse_config
 from pipeline.plan import build_plan
 
-EVAL = {"samples", "evaluation"}
+EVAL = {"samples", "evaluation", "variations"}  # variations sample from every model, as samples do
 
 
 def tiny(conditioning):
@@ -50,6 +50,7 @@ def rows(cfg):
         out.append((f"training of level {level}", set_train(level, "lr", 5e-4), {f"level_{level}_model"} | EVAL))
     out.append(("sampling steps", lambda d: d["sampling"].__setitem__("steps", 7), EVAL))
     out.append(("guidance", lambda d: d["sampling"].__setitem__("guidance", [0.0, 1.0]), EVAL))
+    out.append(("variations", lambda d: d["variations"].__setitem__("seeds", 3), {"variations"}))
     out.append(("encoder", lambda d: d["encoder"].__setitem__("input_size", 96), every - {"images", "reference_stats"}))
     out.append(("dataset", lambda d: d["dataset"].__setitem__("max_images", 200), every))
     return out

@@ -44,7 +44,7 @@ def test_reverting_a_config_value_restores_its_artifacts_without_recompute(tiny_
     plan, edited_plan = build_plan(before, home), None
     everything = sorted(plan)
 
-    with DagsterInstance.get() as instance, stale.in_process() as ui:
+    with DagsterInstance.get() as instance, stale.in_process(read_only=False) as ui:
         ui.wait_loaded()
         first = run_assets(before, home, instance)
         assert first.success and {a: m["cache"] for a, m in metadata(first, everything).items()} == \

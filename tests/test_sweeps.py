@@ -42,10 +42,12 @@ def test_variants_own_only_what_they_change(tiny_cfg, tmp_path):
     base = build_plan(cfg, tmp_path)
     assert {k for k in keys if "/" not in k} == set(base)
     models = lambda v, n: {f"{v}/level_{j}_model" for j in range(n)}  # noqa: E731
+    # a plain diffusion model keeps no latents: L1 has no variations
     assert {k for k in keys if k.startswith("L1/")} == models("L1", 1) | {"L1/samples", "L1/evaluation"}
-    assert {k for k in keys if k.startswith("L2/")} == models("L2", 2) | {"L2/samples", "L2/evaluation"}
+    assert {k for k in keys if k.startswith("L2/")} == models("L2", 2) | {"L2/samples", "L2/evaluation", "L2/variations"}
     # sigma of the coarsest level: every model it conditions is retrained, its own model is shared
-    assert {k for k in keys if k.startswith("sigma0/")} == models("sigma0", 2) | {"sigma0/samples", "sigma0/evaluation"}
+    assert {k for k in keys if k.startswith("sigma0/")} == models("sigma0", 2) | {"sigma0/samples", "sigma0/evaluation",
+                                                                             "sigma0/variations"}
     deps = {k.to_user_string() for k in keys["sigma0/samples"].asset_deps[AssetKey(["sigma0", "samples"])]}
     assert deps == {"sigma0/level_0_model", "sigma0/level_1_model", "level_2_model"}
     assert keys["L2/level_0_model"].asset_deps[AssetKey(["L2", "level_0_model"])] == {
@@ -62,7 +64,7 @@ def test_sweep_runs_share_upstream_and_land_in_the_evaluation_table(tiny_run):
              for e in result.get_asset_materialization_events()}
     own = {k for k in flags if "/" in k}
     assert own == {"L1/level_0_model", "L1/samples", "L1/evaluation", "sigma0/level_0_model", "sigma0/level_1_model",
-                   "sigma0/samples", "sigma0/evaluation"}
+                   "sigma0/samples", "sigma0/evaluation", "sigma0/variations"}
     assert {k: v for k, v in flags.items() if k in own} == dict.fromkeys(own, "miss")
     assert {k: v for k, v in flags.items() if k not in own} == dict.fromkeys(set(flags) - own, "hit")
     rows = pq.read_table(tiny_run["home"] / TABLE).to_pylist()

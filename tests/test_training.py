@@ -100,7 +100,7 @@ def test_training_process_trains_the_plan_it_is_given(tiny_run, monkeypatch):
     monkeypatch.setattr("pipeline.plan.build_plan", rebuilt)
     monkeypatch.setattr("pipeline.train.build_plan", rebuilt)
     monkeypatch.delenv(DAGSTER_PIPES_CONTEXT_ENV_VAR, raising=False)
-    train_entry.main(cmd[cmd.index("--run"):])
+    train_entry.main(cmd[cmd.index("--run-file"):])
     stage = plan["level_2_model"]
     assert stage.artifact.is_complete() and stage.artifact.metadata()["steps"] == 10
 
@@ -128,6 +128,9 @@ def test_torchrun_with_gloo_trains_to_the_end(tiny_run):
     cfg = with_level_train(tiny_run["cfg"], 2, steps=20, nproc=2, log_every=5)
     cmd = train_command(cfg, build_plan(cfg, tiny_run["home"]), 2)
     assert "torch.distributed.run" in cmd and "--nproc-per-node=2" in cmd
+    from torch.distributed.run import get_args_parser  # torchrun's own parser hands our flags through unchanged
+    args = get_args_parser().parse_args(cmd[cmd.index("torch.distributed.run") + 1:])
+    assert args.training_script == "assets.train_entry" and args.training_script_args == cmd[cmd.index("--run-file"):]
     result = run_assets(cfg, tiny_run["home"], names=["level_2_model"])  # Pipes launches torchrun
     md = result.asset_materializations_for_node("level_2_model")[0].metadata
     assert md["world_size"].value == 2 and md["steps"].value == 20

@@ -33,9 +33,9 @@ def materialize(ui, keys, timeout=1200) -> dict[str, str]:
 
 
 def sigma_dependents(cfg, level: int) -> set[str]:
-    """A sigma_l edit retrains the models conditioned on level l, then samples and evaluation."""
+    """A sigma_l edit retrains the models conditioned on level l, then samples, evaluation and variations."""
     models = {f"level_{j}_model" for j in range(cfg.num_levels) if level in cfg.conditions_of(j)}
-    return models | {"samples", "evaluation"}
+    return models | {"samples", "evaluation", "variations"}
 
 
 def screenshot_asset_graph(ui, png: Path) -> None:
