@@ -15,7 +15,7 @@ from pipeline.table import TABLE
 
 DATA = ["images", "encoder_features", "svd", "level_1_latents", "level_2_latents"]
 MODELS = ["level_0_model", "level_1_model", "level_2_model"]
-ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation", "level_neighbours"]
+ASSETS = DATA + MODELS + ["samples", "reference_stats", "evaluation", "level_neighbours", "variations"]
 EVAL = {"samples", "evaluation", "variations"}  # variations sample from every model, as samples do
 
 
@@ -198,7 +198,8 @@ def test_asset_checks_ran_and_passed(tiny_run):
     latents = {(f"level_{lv}_latents", c) for lv in (1, 2) for c in ("standardized", "shards_match_manifest")}
     own = {("images", "shards_match_manifest"), ("encoder_features", "finite"), ("svd", "orthonormal"), *latents,
            *{(m, "checkpoint_loads") for m in MODELS}, ("samples", "complete"), ("reference_stats", "consistent"),
-           ("level_neighbours", "complete"), ("evaluation", "row_present")}
+           ("level_neighbours", "complete"), ("evaluation", "row_present"),
+           ("variations", "keeps_its_sources")}
     assert found == own | {(a, "files_intact") for a in ASSETS}
     assert all(e.passed for e in evaluations)
 
