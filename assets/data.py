@@ -53,7 +53,7 @@ SVD = View(
 
 
 def _latents(cfg, plan, stage, meta, log) -> dict:
-    lv, enc = cfg.level(stage.level), cfg.encoder
+    lv = cfg.level(stage.level)
     bits = kl_capacity_bits(np.asarray(meta["second_moment"]), lv.sigma, lv.pool * lv.pool)
     return {
         "shape": MetadataValue.json(meta["shape"]), "dims": lv.pool * lv.pool * lv.channels,
@@ -65,18 +65,36 @@ def _latents(cfg, plan, stage, meta, log) -> dict:
         "preview": png_markdown(latent_preview(stage.path, plan["images"].path), f"level {stage.level} latents"),
         "preview_layout": "top row: the first held-out images (titled by id); below each, its latent's three leading "
                           "SVD channels as RGB (+-2.5 std)",
-        "made_from": MetadataValue.md(
-            f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
-            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd'].fingerprint}`), "
-            f"standardized per channel on the training split"),
+        "made_from": MetadataValue.md(_made_from(cfg, plan, lv)),
     }
+
+
+def _made_from(cfg, plan, lv) -> str:
+    if lv.kind != "semantic":
+        return (f"level 0 ({cfg.level0.space}, images `{plan['images'].fingerprint}`) area-averaged to "
+                f"{lv.pool}x{lv.pool} ({lv.kind}: {_PIXEL_USE[lv.kind]}), standardized per channel on the training split")
+    enc = cfg.encoder
+    return (f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
+            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd'].fingerprint}`), "
+            f"standardized per channel on the training split")
+
+
+_PIXEL_USE = {"pixel_base": "level 0 learns the residual over its upsampled copy, MSF's base",
+              "cascade": "level 0 is conditioned on it, a cascade's low-resolution image"}
 
 
 def _describe_latents(cfg, stage) -> str:
     lv = cfg.level(stage.level)
+    if lv.kind != "semantic":
+        return (f"Level {stage.level} ({lv.kind}): level 0 area-averaged to {lv.pool}x{lv.pool}, standardized; "
+                f"{_PIXEL_USE[lv.kind]}. WebDataset shards keyed by manifest id.")
     return (f"Level {stage.level} latents: features pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD "
             f"channels, standardized; WebDataset shards keyed by manifest id.")
 
 
-LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=lambda cfg, stage: ["encoder_features", "svd"],
-               describe=_describe_latents, metadata=_latents)
+def _latents_deps(cfg, stage) -> list[str]:
+    return ["images"] if cfg.level(stage.level).kind != "semantic" else ["encoder_features", "svd"]
+
+
+LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=_latents_deps, describe=_describe_latents,
+               metadata=_latents)

@@ -129,8 +129,12 @@ class TrainConfig(_Strict):
 
 
 class LevelConfig(_Strict):
-    pool: int = Field(ge=1, description="s_l: the feature map is average-pooled to s_l x s_l")
-    channels: int = Field(ge=1, description="c_l: leading SVD channels kept")
+    # semantic: the encoder's features, pooled and SVD-reduced (nested diffusion). pixel_base / cascade: level 0's
+    # data area-averaged to pool x pool (its channels): level 0 then learns the residual over its upsampled copy
+    # (MSF) or the full image conditioned on it (cascaded diffusion). Pixel kinds are levels[0] only.
+    kind: Literal["semantic", "pixel_base", "cascade"] = "semantic"
+    pool: int = Field(ge=1, description="s_l: the feature map (or level 0, for a pixel kind) is average-pooled to s_l x s_l")
+    channels: int = Field(ge=1, description="c_l: leading SVD channels kept (a pixel kind: level 0's channels)")
     sigma: float = Field(ge=0.0, description="sigma_l: std of the noise added when z_l conditions a finer level")
     train: TrainConfig = TrainConfig()
 
@@ -155,6 +159,8 @@ class SamplingConfig(_Strict):
     e.g. [0.1, 0.2, 0.3, 0.4, 0.5] for L = 5). Missing entries are 0."""
     num_samples: int = 500
     steps: int = Field(25, ge=1)
+    level_steps: tuple[int, ...] = Field((), description="sampling steps of each level from level 0 up (missing "
+                                         "entries: steps); MSF samples its residual level 0 in fewer")
     sampler: Literal["dpm", "ddim", "ddpm"] = "dpm"  # dpm: DPM-Solver++ (multistep), as U-ViT
     guidance: tuple[float, ...] = ()
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -168,6 +174,13 @@ class SamplingConfig(_Strict):
                          "real coarser latents (with sigma noise), the bound the latent models can reach")
     inception_weights: Path | None = Field(None, description="a local TorchScript file of NVIDIA's inception-2015-12-05 "
                                            "(clean-fid's download) to use instead of the packaged copy")
+
+    @field_validator("level_steps")
+    @classmethod
+    def _positive_steps(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError(f"{list(v)}: every level takes at least one sampling step")
+        return v
 
     @field_validator("num_samples", "reference_images")
     @classmethod
@@ -236,6 +249,8 @@ class Config(_Strict):
             a, b = levels[i - 1], levels[i]
             if b.pool > a.pool:
                 raise ValueError(f"levels[{i}].pool: {b.pool} > {a.pool} of the finer level; shapes must shrink with l")
+            if b.kind != a.kind and b.pool < a.pool:
+                continue  # a semantic level over a pixel level: channels are not comparable, the grid shrinks
             if b.channels > a.channels:
                 raise ValueError(f"levels[{i}].channels: {b.channels} > {a.channels} of the finer level; shapes must shrink with l")
             if b.pool == a.pool and b.channels == a.channels:
@@ -247,10 +262,23 @@ class Config(_Strict):
         # Refused here rather than when a level's training (or sampling) process starts.
         from models.denoiser import default_patch_size, get_backbone  # torch import: only when validating
 
+        for i, lv in enumerate(self.levels):
+            if lv.kind != "semantic" and i > 0:
+                raise ValueError(f"levels[{i}].kind: '{lv.kind}' is a downsampled copy of level 0, so it can only be "
+                                 f"levels[0] (level 1, the level that conditions level 0)")
+            if lv.kind != "semantic" and self.level0.space == "pixels":
+                if lv.channels != 3:
+                    raise ValueError(f"levels[{i}].channels: {lv.channels}; a '{lv.kind}' level of RGB pixels has 3")
+                if self.dataset.resolution % lv.pool:
+                    raise ValueError(f"levels[{i}].pool: {lv.pool} does not divide dataset.resolution "
+                                     f"{self.dataset.resolution} (each base pixel averages a whole block)")
+        if len(self.sampling.level_steps) > self.num_levels:
+            raise ValueError(f"sampling.level_steps: {len(self.sampling.level_steps)} entries for {self.num_levels} levels")
         trains = [("level0.train", self.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(self.levels)]
-        for name, tc in trains:
-            if self.sampling.steps > tc.num_train_timesteps:
-                raise ValueError(f"sampling.steps: {self.sampling.steps} is more than {name}.num_train_timesteps "
+        for level, ((name, tc), steps) in enumerate(zip(trains, self.sampling_steps())):
+            if steps > tc.num_train_timesteps:
+                field = f"sampling.level_steps[{level}]" if level < len(self.sampling.level_steps) else "sampling.steps"
+                raise ValueError(f"{field}: {steps} is more than {name}.num_train_timesteps "
                                  f"({tc.num_train_timesteps})")
         pixels = self.level0.space == "pixels"  # a VAE latent's size is the VAE's to say: not checked here
         inputs = [("dataset.resolution", self.dataset.resolution if pixels else None)]
@@ -303,6 +331,11 @@ class Config(_Strict):
     def guidance(self) -> list[float]:
         g = list(self.sampling.guidance)[: self.num_levels]
         return g + [0.0] * (self.num_levels - len(g))
+
+    def sampling_steps(self) -> list[int]:
+        """Sampling steps of each level, from level 0 up."""
+        s = list(self.sampling.level_steps)[: self.num_levels]
+        return s + [self.sampling.steps] * (self.num_levels - len(s))
 
     def conditions_of(self, level: int) -> list[int]:
         """The coarser levels that condition `level` (empty for the coarsest)."""
@@ -366,6 +399,8 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
         if tc.size not in sizes:
             raise ConfigError(f"{name}.size: unknown {tc.backbone} size '{tc.size}'; choose one of {sorted(sizes)}")
     for i, lv in enumerate(cfg.levels):
+        if lv.kind != "semantic":
+            continue  # made from level 0, not from the features
         if lv.pool > min(h, w):
             raise ConfigError(f"levels[{i}].pool: {lv.pool} is larger than the encoder's {h}x{w} feature grid "
                               f"({enc.name} {enc.layer} at {enc.input_size} px)")
@@ -410,7 +445,7 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
     from .ingest import source_fingerprint
 
     # The variations picture is no result: its settings stay out (and old rows keep their fingerprints).
-    dump = cfg.model_dump(mode="json", exclude={"variants", "name", "variations"})
+    dump = without_new_defaults(cfg.model_dump(mode="json", exclude={"variants", "name", "variations"}))
     del dump["dataset"]["path"]
     dump["dataset"]["source_fingerprint"] = source_fingerprint(cfg.dataset, cache_dir=cache_dir)
     if is_local_file(cfg.encoder.weights):
@@ -418,6 +453,17 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
     if cfg.sampling.inception_weights is not None:
         dump["sampling"]["inception_weights"] = {"sha256": checkpoint_sha256(str(cfg.sampling.inception_weights))}
     return stable_hash(dump)
+
+
+def without_new_defaults(dump: dict) -> dict:
+    """A config dump without fields added after results were recorded, where they hold their defaults (a level's
+    kind 'semantic', no per-level sampling steps): configs written before them keep their fingerprints."""
+    for lv in dump.get("levels", []):
+        if lv.get("kind") == "semantic":
+            del lv["kind"]
+    if "sampling" in dump and not dump["sampling"].get("level_steps"):
+        dump["sampling"].pop("level_steps", None)
+    return dump
 
 
 def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:

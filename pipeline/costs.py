@@ -58,9 +58,9 @@ def cost_table(cfg: Config, num_classes: int = 0) -> dict:
     tc0 = cfg.train_config(0)
     base_params, base_gflops = model_cost(tc0, level_shape(cfg, 0), [], num_classes)
     total = sum(r["gflops_per_forward"] for r in rows)
-    steps = cfg.sampling.steps
-    sampling = steps * sum(r["gflops_per_forward"] * (2 if guided(cfg, r["level"]) else 1) for r in rows)
-    base_sampling = steps * base_gflops * (2 if guided(cfg, 0, conditions=[]) else 1)
+    steps = cfg.sampling_steps()
+    sampling = sum(steps[r["level"]] * r["gflops_per_forward"] * (2 if guided(cfg, r["level"]) else 1) for r in rows)
+    base_sampling = cfg.sampling.steps * base_gflops * (2 if guided(cfg, 0, conditions=[]) else 1)
     return {"levels": rows, "baseline": {"params": base_params, "gflops_per_forward": base_gflops,
                                          "sampling_gflops_per_image": base_sampling},
             "total_gflops_per_forward": total, "total_params": sum(r["params"] for r in rows),

@@ -20,7 +20,8 @@ from PIL import Image
 from .cache import Artifact, stable_hash
 from .config import Config
 from .ingest import image_shards
-from .levels import every_shard, iter_latent_samples
+from .levels import every_shard, iter_latent_samples, load_stats
+from .pixel_levels import residual_level, residual_target
 from .plan import Stage
 
 
@@ -30,6 +31,8 @@ class LevelData:
     x: torch.Tensor  # (N, C, H, W) targets: pixels in [-1, 1], a scaled VAE latent, or a standardized latent
     conds: list[torch.Tensor]  # each (N, c_k, s_k, s_k), clean (the training loop adds sigma_k noise)
     labels: torch.Tensor  # (N,) int64
+    # Level 0 over an MSF base: x is the scaled residual, and this says how to undo it (pixel_levels.add_base)
+    residual: dict | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -91,11 +94,16 @@ def vae_latents(cfg: Config, images: Stage, split: str) -> tuple[list[str], torc
     return meta["keys"], t["z"], t["labels"]
 
 
+def level0_data(cfg: Config, plan: dict[str, Stage], split: str = "train") -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """(keys, level 0's data (N, C, H, W): pixels in [-1, 1] or the scaled VAE latent, labels) of a split."""
+    if cfg.level0.space == "vae":
+        return vae_latents(cfg, plan["images"], split)
+    return _collect(iter_pixels(plan["images"].artifact.require(), split))
+
+
 def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str = "train") -> LevelData:
-    if level == 0 and cfg.level0.space == "vae":
-        keys, x, labels = vae_latents(cfg, plan["images"], split)
-    elif level == 0:
-        keys, x, labels = _collect(iter_pixels(plan["images"].artifact.require(), split))
+    if level == 0:
+        keys, x, labels = level0_data(cfg, plan, split)
     else:
         keys, x, labels = _collect(iter_latents(plan[f"level_{level}_latents"].artifact.require(), split))
     conds = []
@@ -104,4 +112,13 @@ def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str 
         if ckeys != keys:
             raise ValueError(f"level {k} latents and level {level} targets disagree on keys (rebuild the latents)")
         conds.append(c)
-    return LevelData(keys, x.float(), conds, labels)
+    residual = None
+    if level == 0 and (base := residual_level(cfg)) is not None:
+        stats = load_stats(plan[f"level_{base}_latents"].artifact.require())
+        scale = None
+        if split != "train":  # the training set's scale, as the model was trained with
+            _, xt, _ = level0_data(cfg, plan, "train")
+            _, bt, _ = _collect(iter_latents(plan[f"level_{base}_latents"].artifact.require(), "train"))
+            scale = residual_target(xt.float(), bt, stats)[1]["scale"]
+        x, residual = residual_target(x.float(), conds[cfg.conditions_of(0).index(base)], stats, scale)
+    return LevelData(keys, x.float(), conds, labels, residual)

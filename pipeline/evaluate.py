@@ -73,7 +73,7 @@ def sampled_features(cfg: Config, plan: dict[str, Stage], seed: int, model: Ince
     sc = cfg.sampling
     n = len(next(iter(given.values()))) if given else sc.num_samples
     batches = (to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(
-        cfg, plan, n, seed, sc.steps, cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size,
+        cfg, plan, n, seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size,
         given=given, labels=labels))
     return inception_features(batches, model=model)
 

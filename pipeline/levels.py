@@ -63,6 +63,10 @@ def build_level_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[s
                         level: int) -> dict:
     """The latents stage of level `level`: its pooled, projected, standardized latents of every manifest row."""
     lv = cfg.level(level)
+    if lv.kind != "semantic":
+        from .pixel_levels import build_pixel_latents
+
+        return build_pixel_latents(cfg, plan, out_dir, log, level=level)
     m = read_manifest(plan["images"].artifact.require())
     return build_latents(open_features(plan["encoder_features"].artifact.require()),
                          load_basis(plan["svd"].artifact.require()), m.column("id").to_pylist(),
@@ -74,26 +78,18 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
                   pool: int, channels: int, shard_size: int, out_dir: Path) -> dict:
     train_rows = np.flatnonzero(np.asarray(splits) == "train")
     mu, std, kept = _pooled_stats(features, basis, train_rows, pool, channels)
-    writers = {s: wds.ShardWriter(str(out_dir / f"{s}-%06d.tar"), maxcount=shard_size, verbose=0)
-               for s in ("train", "holdout")}
-    counts = {"train": 0, "holdout": 0}
     train_stats = ChannelStats()  # of the standardized training latents (~0 and ~1 when all went well)
-    try:
+
+    def samples():
         for idx, block in iter_rows(features):
             z = ((project(block, basis, pool, channels).double() - mu.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).float()
-            for i, zi in zip(idx, z.numpy()):
-                writers[splits[i]].write({"__key__": ids[i], "latent.npy": zi, "cls": int(labels[i])})
-                counts[splits[i]] += 1
             train = torch.from_numpy(np.asarray([splits[i] == "train" for i in idx]))
             if train.any():
                 train_stats.update(z[train])
-    finally:
-        for w in writers.values():
-            w.close()
-    for s, c in counts.items():  # ShardWriter leaves an empty first tar when a split has no samples
-        if c == 0:
-            for f in out_dir.glob(f"{s}-*.tar"):
-                f.unlink()
+            for i, zi in zip(idx, z.numpy()):
+                yield splits[i], ids[i], zi, int(labels[i])
+
+    counts = write_shards(out_dir, samples(), shard_size)
     zeros = torch.zeros(channels, dtype=torch.float64)
     mean = (train_stats.mean() if train_stats.n else zeros).numpy()
     second_moment = (train_stats.second_moment() if train_stats.n else zeros).numpy()
@@ -107,18 +103,50 @@ def build_latents(features, basis: dict, ids: list[str], labels: list[int], spli
             "second_moment": [float(v) for v in second_moment]}
 
 
-@torch.inference_mode()
-def encode_images(cfg: Config, plan: dict, src: np.ndarray, batch_size: int = 64) -> dict[int, torch.Tensor]:
-    """Every semantic level's latent of new images (N, H, W, 3) uint8 at dataset.source_size, as the latents stage
-    makes them: the frozen encoder, then each level's pooling, SVD axes and training-split standardization."""
-    from .features import Preprocess, build_extractor
+def write_shards(out_dir: Path, samples, shard_size: int) -> dict[str, int]:
+    """Write (split, key, latent, label) samples into ``train-*.tar`` / ``holdout-*.tar``; the count per split."""
+    writers = {s: wds.ShardWriter(str(out_dir / f"{s}-%06d.tar"), maxcount=shard_size, verbose=0)
+               for s in ("train", "holdout")}
+    counts = {"train": 0, "holdout": 0}
+    try:
+        for split, key, z, label in samples:
+            writers[split].write({"__key__": key, "latent.npy": z, "cls": int(label)})
+            counts[split] += 1
+    finally:
+        for w in writers.values():
+            w.close()
+    for s, c in counts.items():  # ShardWriter leaves an empty first tar when a split has no samples
+        if c == 0:
+            for f in out_dir.glob(f"{s}-*.tar"):
+                f.unlink()
+    return counts
 
+
+@torch.inference_mode()
+def encode_images(cfg: Config, plan: dict, src: np.ndarray, pixels: np.ndarray, batch_size: int = 64
+                  ) -> dict[int, torch.Tensor]:
+    """Every level's latent of new images, as the latents stage makes them: `src` (N, H, W, 3) uint8 at
+    dataset.source_size through the frozen encoder, then each semantic level's pooling, SVD axes and
+    training-split standardization; a pixel level from `pixels`, the same images at dataset.resolution."""
+    from .features import Preprocess, build_extractor
+    from .pixel_levels import encode_pixel_level, is_pixel_level
+
+    out = {}
+    semantic = [level for level in range(1, cfg.num_levels) if not is_pixel_level(cfg, level)]
+    if any(is_pixel_level(cfg, level) for level in range(1, cfg.num_levels)):
+        x0 = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        if cfg.level0.space == "vae":
+            from .data import encode_vae
+
+            x0 = encode_vae(x0, cfg.level0.vae, cfg.level0.vae_scale)
+        out[1] = encode_pixel_level(cfg, plan, 1, x0)  # pixel kinds are level 1 only (the config says so)
+    if not semantic:
+        return out
     extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
     feats = np.concatenate([extractor(pre(torch.tensor(src[i:i + batch_size]))).float().numpy()
                             for i in range(0, len(src), batch_size)])
     basis = load_basis(plan["svd"].artifact.require())
-    out = {}
-    for level in range(1, cfg.num_levels):
+    for level in semantic:
         lv, stats = cfg.level(level), load_stats(plan[f"level_{level}_latents"].artifact.require())
         z = project(feats, basis, lv.pool, lv.channels).double()
         mu, std = (torch.from_numpy(stats[k]).double().view(1, -1, 1, 1) for k in ("mean", "std"))

@@ -77,11 +77,14 @@ def image_chain(cfg: Config, plan: dict[str, Stage], path: Path) -> tuple[list[L
     from .levels import encode_images
 
     small, large = prepare_image(Path(path).read_bytes(), cfg.dataset)
-    encoded = encode_images(cfg, plan, large[None])
+    encoded = encode_images(cfg, plan, large[None], small[None])
     links = [Link(0, small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1, f"the image {Path(path).name}")]
+    how = {level: f"encoded: features of {cfg.encoder.name} {cfg.encoder.layer}, svd {plan['svd'].fingerprint}, "
+           for level in range(1, cfg.num_levels)}
+    if cfg.levels and cfg.levels[0].kind != "semantic":
+        how[1] = f"encoded: level 0 area-averaged to {cfg.level(1).pool}x{cfg.level(1).pool}, "
     links += [Link(level, encoded[level][0].numpy(),
-                   f"encoded: features of {cfg.encoder.name} {cfg.encoder.layer}, svd {plan['svd'].fingerprint}, "
-                   f"standardized as level_{level}_latents {plan[f'level_{level}_latents'].fingerprint}")
+                   f"{how[level]}standardized as level_{level}_latents {plan[f'level_{level}_latents'].fingerprint}")
               for level in range(1, cfg.num_levels)]
     return links, f"image {path}", small
 

@@ -60,7 +60,19 @@ def _resolve(inputs, attr: str):
 def latents_settings(cfg: Config, level: int) -> dict:
     """The settings that decide level `level`'s latents (sigma is not one: it only acts when z_l conditions)."""
     lv = cfg.level(level)
-    return {"pool": lv.pool, "channels": lv.channels, "shard_size": cfg.dataset.shard_size}
+    own = {"pool": lv.pool, "channels": lv.channels, "shard_size": cfg.dataset.shard_size}
+    if lv.kind != "semantic":  # pixel_base and cascade share these latents: the kind is level 0's business
+        own.update(made_from="level0", level0=cfg.level0.model_dump(mode="json", exclude={"train"}))
+    return own
+
+
+def sampling_settings(cfg: Config) -> dict:
+    """What decides how samples are drawn (not how they are scored): the samples' and variations' own settings."""
+    evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
+    sampling = cfg.sampling.model_dump(mode="json", exclude=evaluation_only)
+    if not sampling["level_steps"]:  # added later: older samples keep their fingerprints (config.without_new_defaults)
+        del sampling["level_steps"]
+    return sampling
 
 
 def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
@@ -81,8 +93,9 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
     svd = _stage(home, "svd", "svd", {}, {"features": features})
     plan = {s.asset: s for s in (images, features, svd)}
     for level in range(1, cfg.num_levels):
-        st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level),
-                    {"features": features, "svd": svd, "images": images}, level)
+        made_from = {"images": images} if cfg.level(level).kind != "semantic" else \
+            {"features": features, "svd": svd, "images": images}
+        st = _stage(home, f"level_{level}_latents", "latents", latents_settings(cfg, level), made_from, level)
         plan[st.asset] = st
     for level in range(cfg.num_levels):
         st = _stage(home, f"level_{level}_model", "models", model_settings(cfg, level),
@@ -90,8 +103,7 @@ def build_plan(cfg: Config, home: Path) -> dict[str, Stage]:
                      "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}}, level)
         plan[st.asset] = st
     # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
-    evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
-    sampling = cfg.sampling.model_dump(mode="json", exclude=evaluation_only)
+    sampling = sampling_settings(cfg)
     st = _stage(home, "samples", "samples", {"sampling": sampling, "guidance": cfg.guidance()},
                 {f"level_{level}": plan[f"level_{level}_model"] for level in range(cfg.num_levels)})
     plan[st.asset] = st
@@ -154,6 +166,8 @@ def model_settings(cfg: Config, level: int) -> dict:
            "condition_sigmas": {str(k): cfg.level(k).sigma for k in cfg.conditions_of(level)}}
     if level == 0:
         own["level0"] = cfg.level0.model_dump(mode="json", exclude={"train"})
+        if cfg.levels and cfg.levels[0].kind == "pixel_base":
+            own["target"] = "residual over level 1"  # MSF: the same data and conditions as a cascade, another target
     return own
 
 

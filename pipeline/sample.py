@@ -17,6 +17,7 @@ import torch
 from .config import Config
 from .guidance import guide, runs_unconditional
 from .model_io import load_level_model, make_scheduler, spec_scheduler
+from .pixel_levels import add_base
 from .plan import Stage
 from .sample_shards import PATTERN as SHARD_PATTERN
 from .stats import ChannelStats
@@ -42,7 +43,7 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
     return x
 
 
-def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
+def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
                      guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
                      batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
                      labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
@@ -60,15 +61,17 @@ def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0,
     return {level: torch.cat(zs) for level, zs in out.items()}
 
 
-def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int = 25,
+def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
                    guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
                    batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
                    labels: torch.Tensor | None = None):
     """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits).
 
     labels (n,) fixes a class-conditional run's labels (e.g. those of the images `given` came from); by default
-    they are drawn from the training set's label frequencies."""
+    they are drawn from the training set's label frequencies. `steps`: one count for every level, or one per
+    level from level 0 up (cfg.sampling_steps()). A level 0 trained on a residual (MSF) gets its base added."""
     guidance = guidance or [0.0] * cfg.num_levels
+    steps = [steps] * cfg.num_levels if isinstance(steps, int) else list(steps)
     given = given or {}
     models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
               for level in range(cfg.num_levels) if level not in given}
@@ -87,8 +90,12 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             model, spec = models[level]
             conds = [gen[k] + cfg.level(k).sigma * torch.randn(gen[k].shape, generator=g)
                      for k in cfg.conditions_of(level)]
-            thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels"
-            gen[level] = sample_level(model, spec, conds, b, steps, guidance[level], g, kind, thresh, y)
+            residual = spec.get("residual")
+            # Thresholding keeps x0 estimates in [-1, 1]: pixels, not a residual's scaled high frequencies.
+            thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels" and residual is None
+            gen[level] = sample_level(model, spec, conds, b, steps[level], guidance[level], g, kind, thresh, y)
+            if residual is not None:
+                gen[level] = add_base(gen[level], gen[residual["level"]], residual)
         yield gen
 
 
@@ -138,7 +145,7 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     first: list[np.ndarray] = []
     count = 0
     with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=10_000, verbose=0) as sink:
-        for gen in iter_hierarchy(cfg, plan, sc.num_samples, sc.seed, sc.steps, cfg.guidance(), sc.sampler,
+        for gen in iter_hierarchy(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
                                   sc.pixel_thresholding, sc.batch_size):
             batch = to_uint8(decode_level0(cfg, gen[0]))
             for level, z in gen.items():
@@ -158,10 +165,10 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     top = cfg.num_levels - 1
     if sc.shared_rows and top > 0:
         # one coarsest latent per row, repeated across the row; the finer levels are sampled from it
-        shared = sample_hierarchy(cfg, plan, sc.shared_rows, sc.seed + 1, sc.steps, cfg.guidance(), sc.sampler,
+        shared = sample_hierarchy(cfg, plan, sc.shared_rows, sc.seed + 1, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
                                   sc.pixel_thresholding)[top]
         given = {top: shared.repeat_interleave(8, dim=0)}
-        fine = sample_hierarchy(cfg, plan, 8 * sc.shared_rows, sc.seed + 2, sc.steps, cfg.guidance(), sc.sampler,
+        fine = sample_hierarchy(cfg, plan, 8 * sc.shared_rows, sc.seed + 2, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
                                 sc.pixel_thresholding, sc.batch_size, given=given)
         save_grid(to_uint8(decode_level0(cfg, fine[0])), out_dir / "shared_coarse.png")
         rows = ["shared_coarse.png"]
@@ -171,4 +178,4 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     log(f"samples: {count} images in {seconds:.1f} s ({count / seconds:.1f} img/s)")
     return {"num_samples": count, "sample_seconds": round(seconds, 2),
             "images_per_sec": round(count / seconds, 2), "level_stats": summary, "pictures": ["grid.png", *rows],
-            "guidance": cfg.guidance(), "steps": sc.steps, "sampler": sc.sampler}
+            "guidance": cfg.guidance(), "steps": sc.steps, "level_steps": cfg.sampling_steps(), "sampler": sc.sampler}

@@ -79,6 +79,8 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     data = load_level_data(cfg, plan, level)
     num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0
     spec = model_spec(cfg, level, data.x.shape[1:], [c.shape[1:] for c in data.conds], num_classes)
+    if data.residual is not None:
+        spec["residual"] = data.residual  # sampling adds the base back (pipeline.pixel_levels.add_base)
     torch.manual_seed(cfg.training_seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
     ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True)

@@ -72,7 +72,7 @@ def sources(cfg: Config, plan: dict[str, Stage]) -> tuple[list[str], np.ndarray,
     labels = torch.tensor([y for _, _, y in held]) if cfg.class_conditional else None
     if cfg.variations.folder is not None:
         extra, small, large = load_folder(cfg, cfg.variations.folder)
-        encoded = encode_images(cfg, plan, large)
+        encoded = encode_images(cfg, plan, large, small)
         names += extra
         pixels = np.concatenate([pixels, small])
         latents = {level: torch.cat([latents[level], encoded[level]]) for level in latents}
@@ -128,7 +128,7 @@ def build_variations(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
         images[column] = []
         for m in range(vc.seeds):
             given = {level: real[level] for level in range(keep, L)}
-            gen = sample_hierarchy(cfg, plan, n, sc.seed + m, sc.steps, cfg.guidance(), sc.sampler,
+            gen = sample_hierarchy(cfg, plan, n, sc.seed + m, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
                                    sc.pixel_thresholding, sc.batch_size, given=given or None, labels=labels)
             images[column].append(to_uint8(decode_level0(cfg, gen[0])))
             latents.update({f"{column}/seed{m}/level_{level}": z.numpy() for level, z in gen.items()})

@@ -49,6 +49,10 @@ def rows(cfg):
     for level in range(cfg.num_levels):
         out.append((f"training of level {level}", set_train(level, "lr", 5e-4), {f"level_{level}_model"} | EVAL))
     out.append(("sampling steps", lambda d: d["sampling"].__setitem__("steps", 7), EVAL))
+    out.append(("level steps", lambda d: d["sampling"].__setitem__("level_steps", [3]), EVAL))
+    # level 1 becomes a cascade's low-resolution image (a pixel kind; the semantic level 2 stays above it)
+    out.append(("kind of level 1", lambda d: d["levels"][0].update(kind="cascade", pool=8, channels=3),
+                {"level_1_latents", "level_1_model", "level_neighbours"} | conditioned_on(cfg, 1) | EVAL))
     out.append(("guidance", lambda d: d["sampling"].__setitem__("guidance", [0.0, 1.0]), EVAL))
     out.append(("variations", lambda d: d["variations"].__setitem__("seeds", 3), {"variations"}))
     out.append(("encoder", lambda d: d["encoder"].__setitem__("input_size", 96), every - {"images", "reference_stats"}))

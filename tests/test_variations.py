@@ -41,8 +41,9 @@ def test_new_images_encode_to_the_stored_latents(tiny_run):
 
     cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
     first = [s for _, s in zip(range(6), wds.WebDataset(image_shards(plan["images"].path), shardshuffle=False))]
-    src = np.stack([np.asarray(Image.open(io.BytesIO(s["src.png"])).convert("RGB")) for s in first])
-    encoded = encode_images(cfg, plan, src)
+    src, small = (np.stack([np.asarray(Image.open(io.BytesIO(s[f])).convert("RGB")) for s in first])
+                  for f in ("src.png", "img.png"))
+    encoded = encode_images(cfg, plan, src, small)
     for level in (1, 2):
         keys = {}
         for split in ("train", "holdout"):
