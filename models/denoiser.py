@@ -1,6 +1,8 @@
-"""The registry of per-level denoiser backbones (uvit, unet) and their sizes, and what a denoiser costs.
+"""The registry of per-level denoiser backbones (uvit, unet, matryoshka) and their sizes, and what a denoiser costs.
 
-Every denoiser is called as model(x, t, conds=(), labels=None, cond_drop=None) and returns x's shape.
+Every denoiser is called as model(x, t, conds=(), labels=None, cond_drop=None) and returns x's shape. x is the
+level's data, except for a backbone that denoises an extended state (matryoshka: every nested resolution at
+once), whose `state_shape` attribute says its layout (`input_shape`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from models.matryoshka import MATRYOSHKA_SIZES, NestedUNet
 from models.unet import UNET_SIZES, CondUNet
 from models.uvit import UVIT_SIZES, UViT
 
@@ -55,6 +58,16 @@ def _unet(in_shape, cond_shapes, num_classes, patch_size, **size) -> nn.Module:
     return CondUNet(in_shape, cond_shapes, num_classes, **size)  # no patches: patch_size is U-ViT's
 
 
+@register_backbone("matryoshka", MATRYOSHKA_SIZES)
+def _matryoshka(in_shape, cond_shapes, num_classes, patch_size, **size) -> nn.Module:
+    return NestedUNet(in_shape, cond_shapes, num_classes, **size)
+
+
+def input_shape(model: nn.Module, data_shape) -> tuple[int, ...]:
+    """The shape of one input of `model` for data of `data_shape`: its extended state where it has one."""
+    return tuple(getattr(model, "state_shape", data_shape))
+
+
 def build_denoiser(backbone: str, size: str, in_shape: tuple[int, int, int],
                    cond_shapes: list[tuple[int, int, int]] = (), num_classes: int = 0,
                    patch_size: int | None = None) -> nn.Module:
@@ -90,7 +103,7 @@ def gflops_per_step(model: nn.Module, in_shape, cond_shapes=(), num_classes: int
     costs twice this. Works on any device, including "meta" (shapes only, nothing computed).
     """
     device = next(model.parameters()).device
-    x = torch.randn(batch, *in_shape, device=device)
+    x = torch.randn(batch, *input_shape(model, in_shape), device=device)
     conds = [torch.randn(batch, *s, device=device) for s in cond_shapes]
     t = torch.full((batch,), 500, device=device)
     labels = torch.zeros(batch, dtype=torch.long, device=device) if num_classes > 0 else None

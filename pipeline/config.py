@@ -272,6 +272,19 @@ class Config(_Strict):
                 if self.dataset.resolution % lv.pool:
                     raise ValueError(f"levels[{i}].pool: {lv.pool} does not divide dataset.resolution "
                                      f"{self.dataset.resolution} (each base pixel averages a whole block)")
+        for i, lv in enumerate(self.levels):
+            if lv.train.backbone == "matryoshka":
+                raise ValueError(f"levels[{i}].train.backbone: matryoshka denoises level 0's nested resolutions "
+                                 f"jointly; it is a level0.train backbone")
+        if self.level0.train.backbone == "matryoshka" and self.level0.space == "pixels":
+            from models.matryoshka import MATRYOSHKA_SIZES, resolutions
+
+            nest = MATRYOSHKA_SIZES.get(self.level0.train.size, {}).get("nest")
+            if nest is not None:  # an unknown size is refused with the registered ones (check_against_world)
+                try:
+                    resolutions(self.dataset.resolution, nest)
+                except ValueError as e:
+                    raise ValueError(f"level0.train.size: {e}") from None
         if len(self.sampling.level_steps) > self.num_levels:
             raise ValueError(f"sampling.level_steps: {len(self.sampling.level_steps)} entries for {self.num_levels} levels")
         trains = [("level0.train", self.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(self.levels)]

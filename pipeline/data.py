@@ -17,6 +17,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from models.matryoshka import MATRYOSHKA_SIZES, pack
+
 from .cache import Artifact, stable_hash
 from .config import Config
 from .ingest import image_shards
@@ -33,6 +35,8 @@ class LevelData:
     labels: torch.Tensor  # (N,) int64
     # Level 0 over an MSF base: x is the scaled residual, and this says how to undo it (pixel_levels.add_base)
     residual: dict | None = None
+    # Level 0 under a matryoshka backbone: x is the extended state (every nested resolution, models/matryoshka.py)
+    state: dict | None = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -121,4 +125,14 @@ def load_level_data(cfg: Config, plan: dict[str, Stage], level: int, split: str 
             _, bt, _ = _collect(iter_latents(plan[f"level_{base}_latents"].artifact.require(), "train"))
             scale = residual_target(xt.float(), bt, stats)[1]["scale"]
         x, residual = residual_target(x.float(), conds[cfg.conditions_of(0).index(base)], stats, scale)
-    return LevelData(keys, x.float(), conds, labels, residual)
+    state = None
+    if level == 0 and (nest := matryoshka_nest(cfg)) is not None:
+        state = {"nest": nest, "image_shape": list(x.shape[1:])}
+        x = pack(x.float(), nest)
+    return LevelData(keys, x.float(), conds, labels, residual, state)
+
+
+def matryoshka_nest(cfg: Config) -> int | None:
+    """How many nested resolutions level 0's matryoshka backbone denoises jointly (None: another backbone)."""
+    tc = cfg.level0.train
+    return MATRYOSHKA_SIZES[tc.size]["nest"] if tc.backbone == "matryoshka" else None

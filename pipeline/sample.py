@@ -14,6 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from models.matryoshka import state_shape, unpack
+
 from .config import Config
 from .guidance import guide, runs_unconditional
 from .model_io import load_level_model, make_scheduler, spec_scheduler
@@ -29,7 +31,9 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
                  labels: torch.Tensor | None = None) -> torch.Tensor:
     sched = make_scheduler(spec_scheduler(spec), kind, thresholding)
     sched.set_timesteps(steps)
-    x = torch.randn((n, *spec["in_shape"]), generator=generator) * sched.init_noise_sigma
+    nested = spec.get("matryoshka")
+    shape = state_shape(spec["in_shape"], nested["nest"]) if nested else spec["in_shape"]
+    x = torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma
     guided = runs_unconditional(guidance, bool(conds), labels is not None)
     for t in sched.timesteps:
         tt = torch.full((n,), int(t), dtype=torch.long)
@@ -94,6 +98,8 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             # Thresholding keeps x0 estimates in [-1, 1]: pixels, not a residual's scaled high frequencies.
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels" and residual is None
             gen[level] = sample_level(model, spec, conds, b, steps[level], guidance[level], g, kind, thresh, y)
+            if spec.get("matryoshka"):  # the jointly denoised state: keep its finest resolution
+                gen[level] = unpack(gen[level], spec["matryoshka"]["nest"])[0]
             if residual is not None:
                 gen[level] = add_base(gen[level], gen[residual["level"]], residual)
         yield gen

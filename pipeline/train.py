@@ -78,7 +78,10 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
             f"is emulated and many times slower than float32: set precision: float32 for this machine")
     data = load_level_data(cfg, plan, level)
     num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0
-    spec = model_spec(cfg, level, data.x.shape[1:], [c.shape[1:] for c in data.conds], num_classes)
+    shape = data.state["image_shape"] if data.state else data.x.shape[1:]
+    spec = model_spec(cfg, level, shape, [c.shape[1:] for c in data.conds], num_classes)
+    if data.state is not None:
+        spec["matryoshka"] = data.state  # sampling draws the extended state and keeps its finest resolution
     if data.residual is not None:
         spec["residual"] = data.residual  # sampling adds the base back (pipeline.pixel_levels.add_base)
     torch.manual_seed(cfg.training_seed)  # same initial weights on every rank

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.denoiser import BACKBONES, build_denoiser, count_params, gflops_per_step
+from models.denoiser import BACKBONES, build_denoiser, count_params, gflops_per_step, input_shape
 
 PIXEL = (3, 32, 32)
 COND2 = [(32, 4, 4), (16, 2, 2)]  # non-Markov: all coarser levels
@@ -31,10 +31,10 @@ def test_every_size_builds_and_keeps_shapes(backbone, size):
                 try:
                     model = build_denoiser(backbone, size, in_shape, cond_shapes, num_classes)
                 except ValueError:
-                    # Only a UNet too deep for the 4x4 latent may refuse it.
-                    assert backbone == "unet" and in_shape == LATENT and size != "tiny"
+                    # Only a UNet too deep for the 4x4 latent (or for a matryoshka's inner 2x2) may refuse it.
+                    assert backbone in ("unet", "matryoshka") and in_shape == LATENT and size != "tiny"
                     continue
-            x, t, conds = inputs(in_shape, cond_shapes, device=device)
+            x, t, conds = inputs(input_shape(model, in_shape), cond_shapes, device=device)
             labels = torch.tensor([3, num_classes], device=device) if num_classes else None
             drop = torch.tensor([False, True], device=device)
             out = model(x, t, conds, labels=labels, cond_drop=drop)
@@ -44,11 +44,11 @@ def test_every_size_builds_and_keeps_shapes(backbone, size):
                 assert model(x, t[0], conds).shape == x.shape  # a scalar t broadcasts
 
 
-@pytest.mark.parametrize("backbone", ["uvit", "unet"])
+@pytest.mark.parametrize("backbone", ["uvit", "unet", "matryoshka"])
 def test_cond_drop(backbone):
     torch.manual_seed(0)
     model = build_denoiser(backbone, "tiny", PIXEL, COND2, num_classes=10).eval()
-    x, t, conds = inputs(PIXEL, COND2, batch=3)
+    x, t, conds = inputs(input_shape(model, PIXEL), COND2, batch=3)
     _, _, other = inputs(PIXEL, COND2, batch=3, seed=1)
     labels = torch.tensor([1, 2, 10])
     keep, drop = torch.zeros(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool)
@@ -80,12 +80,12 @@ def test_gradients_reach_condition_projections(backbone):
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.parametrize("backbone", ["uvit", "unet"])
+@pytest.mark.parametrize("backbone", ["uvit", "unet", "matryoshka"])
 def test_tiny_model_overfits_one_batch(backbone):
     torch.manual_seed(0)
     in_shape, cond_shapes = (4, 8, 8), [(8, 4, 4)]
     model = build_denoiser(backbone, "tiny", in_shape, cond_shapes)
-    x0, t, conds = inputs(in_shape, cond_shapes, batch=8)
+    x0, t, conds = inputs(input_shape(model, in_shape), cond_shapes, batch=8)
     eps = torch.randn_like(x0)
     abar = torch.cos(t.float() / 1000 * torch.pi / 2)[:, None, None, None] ** 2
     xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
@@ -210,3 +210,36 @@ def test_uvit_upsamplers_for_integer_and_other_ratios():
             changed = [z + 1 if j == k else z for j, z in enumerate(conds)]
             assert not torch.allclose(base, model(x, t, changed))
 
+
+
+def test_matryoshka_state_holds_every_resolution_and_each_is_predicted():
+    from models.matryoshka import pack, unpack
+
+    torch.manual_seed(0)
+    images = torch.randn(2, *PIXEL)
+    state = pack(images, 3)
+    assert state.shape == (2, 3, 32, 32 + 8 + 2)
+    fine, mid, coarse = unpack(state, 3)
+    assert torch.equal(fine, images)
+    torch.testing.assert_close(mid, torch.nn.functional.avg_pool2d(images, 2))
+    torch.testing.assert_close(coarse, torch.nn.functional.avg_pool2d(images, 4))
+    from models.matryoshka import NestedUNet
+
+    model = NestedUNet(PIXEL, COND1, nest=3).eval()  # the registered sizes nest 2; three shows the nesting
+    x, t, conds = inputs(input_shape(model, PIXEL), COND1)
+    with torch.no_grad():
+        base = unpack(model(x, t, conds), 3)
+        # the coarse input reaches every finer prediction (nested inside out); a finer input not the coarser ones
+        parts = unpack(x, 3)
+        bumped = unpack(model(torch.cat([p.reshape(2, 3, 32, -1) for p in parts[:2] + [parts[2] + 1]], -1), t,
+                              conds), 3)
+        assert all(not torch.allclose(a, b) for a, b in zip(base, bumped))
+        bumped = unpack(model(torch.cat([(parts[0] + 1).reshape(2, 3, 32, -1)] +
+                                        [p.reshape(2, 3, 32, -1) for p in parts[1:]], -1), t, conds), 3)
+        assert not torch.allclose(base[0], bumped[0])
+        assert torch.equal(base[1], bumped[1]) and torch.equal(base[2], bumped[2])
+
+
+def test_matryoshka_refuses_a_height_it_cannot_nest():
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build_denoiser("matryoshka", "tiny", (3, 6, 6))

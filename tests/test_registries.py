@@ -3,7 +3,7 @@ refusal of a name nobody registered (naming the valid ones)."""
 import pytest
 import torch
 
-from models.denoiser import BACKBONES, build_denoiser
+from models.denoiser import BACKBONES, build_denoiser, input_shape
 from pipeline.config import ConfigError, DatasetConfig, parse_config
 from pipeline.sources import SOURCES
 
@@ -16,7 +16,7 @@ def test_every_registered_backbone_size_builds_and_keeps_the_shape(backbone, siz
     device = "cpu" if size == "tiny" else "meta"  # the big ones: shapes only, nothing allocated
     with torch.device(device):
         model = build_denoiser(backbone, size, IN_SHAPE, COND_SHAPES, num_classes=3)
-        x, t = torch.randn(2, *IN_SHAPE), torch.tensor([1, 500])
+        x, t = torch.randn(2, *input_shape(model, IN_SHAPE)), torch.tensor([1, 500])
         out = model(x, t, [torch.randn(2, *COND_SHAPES[0])], torch.tensor([0, 3]))
     assert out.shape == x.shape
 
@@ -35,5 +35,5 @@ def test_unknown_names_are_refused_with_the_registered_ones(tiny_cfg):
         parse_config({**data, "dataset": {**data["dataset"], "source": "imagenet21k"}})
     data["level0"]["train"]["backbone"] = "dit"
     with pytest.raises(ConfigError, match=r"level0\.train\.backbone: unknown backbone 'dit'; choose one of "
-                                          r"\['unet', 'uvit'\]"):
+                                          r"\['matryoshka', 'unet', 'uvit'\]"):
         parse_config(data)
