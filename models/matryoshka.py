@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from models.unet import UNET_SIZES, CondUNet
+from models.uvit import to_grid
 
 # nest: how many resolutions (H, H/2, ...); unet: the UNet size of every resolution's network
 MATRYOSHKA_SIZES = {
@@ -47,7 +47,7 @@ def state_shape(image_shape, nest: int) -> tuple[int, int, int]:
 def pack(x: torch.Tensor, nest: int) -> torch.Tensor:
     """(B, C, H, H) images -> (B, C, H, W') states: the image and its area-downsampled copies side by side."""
     b, c, h, _ = x.shape
-    parts = [x if s == h else F.adaptive_avg_pool2d(x, s) for s in resolutions(h, nest)]
+    parts = [to_grid(x, (s, s)) for s in resolutions(h, nest)]
     return pack_parts(parts)
 
 
@@ -86,6 +86,6 @@ class NestedUNet(nn.Module):
         preds: list[torch.Tensor] = [None] * self.nest
         for r in reversed(range(self.nest)):
             inp = zs[r] if r == self.nest - 1 else torch.cat(
-                [zs[r], F.interpolate(preds[r + 1], size=zs[r].shape[-2:], mode="bilinear", align_corners=False)], 1)
+                [zs[r], to_grid(preds[r + 1], tuple(zs[r].shape[-2:]))], 1)
             preds[r] = self.nets[r](inp, t, conds, labels, cond_drop)[:, : self.channels]
         return pack_parts(preds)

@@ -20,8 +20,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.numpy import save_file
+
+from models.uvit import to_grid
 
 from .config import Config
 from .stats import ChannelStats
@@ -40,11 +41,11 @@ def residual_level(cfg: Config) -> int | None:
 
 def downsample(x: torch.Tensor, pool: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, pool, pool): each cell the mean of its block (area downsampling)."""
-    return F.adaptive_avg_pool2d(x, pool)
+    return to_grid(x, (pool, pool))
 
 
 def upsample(base: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(base, size=size, mode="bilinear", align_corners=False)
+    return to_grid(base, tuple(size))  # bilinear when growing, as the conditions reach the denoisers
 
 
 def standardize(x: torch.Tensor, mean, std) -> torch.Tensor:
