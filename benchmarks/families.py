@@ -1,0 +1,195 @@
+"""The seeds' hierarchy families side by side (issue 15): nested semantic latents, MSF's base + residual, a cascade
+and Matryoshka's joint resolutions, against plain diffusion, compared at matched sampling budgets.
+
+Runs `configs/families_cpu.yaml` and its variants through the Dagster definitions with benchmarks/ablation.py's
+machinery (one cached artifact for what runs share). A run whose config fingerprint is already recorded in
+ablation.json (the nested base and the L = 1 baseline are that sweep's configs) is read from there, not rebuilt.
+Writes benchmarks/results/families.json (the ablation's fields plus `family`, `level_steps`, `recorded_in` and
+the measured seconds) and families.png; prints the table and the verdicts:
+
+    DAGSTER_HOME=$PWD/.dagster_home .venv/bin/python benchmarks/families.py > families.log 2>&1 &
+    .venv/bin/python benchmarks/families.py --from-json     # verdicts, table and plot again from the JSON
+
+Verdicts: runs are grouped into budgets (sampling GFLOPs per image within `BUDGET_SPREAD` of the group's
+cheapest); in each budget the lowest FID wins and is compared with the runner-up, and every family is compared
+with plain diffusion, all with ablation.compare's noise rule (a gap inside one seed std is inconclusive).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGET_SPREAD = 1.3  # the ablation's cost target: runs within 1.3x of each other's sampling cost share a budget
+FAMILIES = {"semantic": "nested", "pixel_base": "msf", "cascade": "cascade"}  # levels[0].kind -> family
+
+
+def _ablation():
+    spec = importlib.util.spec_from_file_location("ablation", Path(__file__).resolve().parent / "ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ablation = _ablation()
+
+
+def family(cfg) -> str:
+    if cfg.level0.train.backbone == "matryoshka":
+        return "matryoshka"
+    return FAMILIES[cfg.levels[0].kind] if cfg.levels else "plain"
+
+
+def seconds(plan, cfg) -> dict:
+    """What the run's artifacts measured: training (all levels, as they ran: see the JSON's conventions) and
+    sampling num_samples images once."""
+    models = [plan[f"level_{lv}_model"].artifact.metadata() for lv in range(cfg.num_levels)]
+    samples = plan["samples"].artifact.metadata()
+    return {"train_seconds": round(sum(m["seconds"] for m in models), 1),
+            "sample_seconds": samples.get("sample_seconds"), "images_per_sec": samples.get("images_per_sec")}
+
+
+def with_family(run: dict, vcfg) -> dict:
+    return {**run, "family": family(vcfg), "level_steps": vcfg.sampling_steps()}
+
+
+def gather(cfg, home: Path, profile: str, required: list[str]) -> list[dict]:
+    """Every run of the sweep: recorded in ablation.json under the same config fingerprint, or built here."""
+    from pipeline.config import config_fingerprint
+    from pipeline.plan import build_plan
+
+    recorded = {r["config_fingerprint"]: r for r in json.loads((RESULTS / "ablation.json").read_text())["runs"]
+                if r["profile"] == profile}
+    built = {r["variant"]: r for r in ablation.collect(cfg, home, profile)}
+    runs = []
+    for variant, vcfg in ablation.sweep_configs(cfg).items():
+        old = recorded.get(config_fingerprint(vcfg))
+        if variant in built:
+            run = {**built[variant], **seconds(build_plan(vcfg, home), vcfg), "recorded_in": "families.json"}
+        elif old is not None:
+            run = {**ablation.with_costs(old, vcfg), "variant": variant, "ablation_variant": old["variant"],
+                   "recorded_in": "ablation.json"}
+        elif variant in required:
+            raise SystemExit(f"run '{variant}' has no evaluation yet: materialize it first")
+        else:
+            continue
+        runs.append(with_family(run, vcfg))
+    return runs
+
+
+def budgets(runs: list[dict]) -> list[list[dict]]:
+    """The runs grouped by sampling cost: each group from its cheapest run up to BUDGET_SPREAD x that."""
+    groups: list[list[dict]] = []
+    for r in sorted(runs, key=lambda r: r["gflops_per_image"]):
+        if groups and r["gflops_per_image"] <= BUDGET_SPREAD * groups[-1][0]["gflops_per_image"]:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def verdicts(runs: list[dict]) -> dict:
+    one = lambda r: ablation.pooled([r])  # noqa: E731  (a run over its sampling seeds)
+    plain = next((r for r in runs if r["family"] == "plain"), None)
+    out = {"budgets": []}
+    for group in budgets(runs):
+        ranked = sorted(group, key=lambda r: r["fid"])
+        entry = {"gflops_per_image": [round(group[0]["gflops_per_image"], 2), round(group[-1]["gflops_per_image"], 2)],
+                 "ranking": [f"{r['variant']} ({r['family']}) {r['fid']:.2f} +- {r['fid_std']:.2f}" for r in ranked],
+                 "best": ranked[0]["variant"], "best_family": ranked[0]["family"]}
+        if len(ranked) > 1:
+            entry["best_vs_runner_up"] = ablation.compare(one(ranked[0]), one(ranked[1]))
+        out["budgets"].append(entry)
+    if plain:
+        out["vs_plain"] = {r["variant"]: {**ablation.compare(one(r), one(plain)), "family": r["family"],
+                                          "gflops_per_image_ratio": round(r["gflops_per_image"] / plain["gflops_per_image"], 3)}
+                           for r in runs if r is not plain}
+    return out
+
+
+def markdown(runs: list[dict]) -> str:
+    plain = next((r for r in runs if r["family"] == "plain"), None)
+    lines = ["| run | family | L | sampling steps (level 0 up) | FID (mean +- std, seeds) | oracle FID | FID / floor "
+             "| sampling GFLOPs / image | GFLOPs / forward | train GFLOPs | train s | sampling img/s |", "|" + "---|" * 12]
+    for r in sorted(runs, key=lambda r: (r["gflops_per_image"], r["fid"])):
+        rel = f" ({r['gflops_per_image'] / plain['gflops_per_image']:.2f}x)" if plain else ""
+        oracle = "-" if r.get("oracle_fid") is None else f"{r['oracle_fid']:.2f} +- {r['oracle_fid_std']:.2f}"
+        measured = lambda k, f: "-" if r.get(k) is None else format(r[k], f)  # noqa: E731
+        lines.append(f"| {r['variant']} | {r['family']} | {r['L']} | {', '.join(map(str, r['level_steps']))} | "
+                     f"{r['fid']:.2f} +- {r['fid_std']:.2f} | {oracle} | {r['fid'] / r['fid_floor']:.2f} | "
+                     f"{r['gflops_per_image']:.2f}{rel} | {r['gflops_per_forward']:.3f} | {r['train_gflops']:.3g} | "
+                     f"{measured('train_seconds', '.0f')} | {measured('images_per_sec', '.1f')} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    for fam in sorted({r["family"] for r in runs}):
+        rs = [r for r in runs if r["family"] == fam]
+        ax.errorbar([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], yerr=[r["fid_std"] for r in rs],
+                    fmt="o", capsize=3, label=fam)
+        for r in rs:
+            ax.annotate(r["variant"], (r["gflops_per_image"], r["fid"]), fontsize=7, xytext=(4, 2),
+                        textcoords="offset points")
+    ax.axhline(runs[0]["fid_floor"], ls=":", color="gray", lw=1, label="real-data floor")
+    ax.set(xlabel="sampling GFLOPs per image", ylabel="FID (mean +- std over 3 sampling seeds)",
+           title="Hierarchy families on 16 px emoji (CPU profile)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/families_cpu.yaml")
+    ap.add_argument("--profile", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--variants", nargs="+", help="materialize only these runs (two processes on disjoint runs use "
+                                                  "two cores; the last one to finish, or --collect-only, writes all)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "families.json")
+    ap.add_argument("--collect-only", action="store_true", help="read the finished runs, materialize nothing")
+    ap.add_argument("--from-json", action="store_true", help="read nothing: verdicts, table and plot from --out")
+    args = ap.parse_args()
+
+    from pipeline.config import load_config, nested_home
+
+    if args.from_json:
+        result = json.loads(args.out.read_text())
+        runs = result["runs"]
+    else:
+        cfg, home = load_config(args.config), nested_home()
+        began = time.perf_counter()
+        recorded = {r["config_fingerprint"] for r in json.loads((RESULTS / "ablation.json").read_text())["runs"]}
+        from pipeline.config import config_fingerprint
+
+        todo = args.variants or [v for v, c in ablation.sweep_configs(cfg).items()
+                                 if config_fingerprint(c) not in recorded]
+        if not args.collect_only and todo:
+            ablation.materialize_sweep(cfg, home, todo)
+        runs = gather(cfg, home, args.profile, [] if args.collect_only else todo)
+        result = {"command": f"python benchmarks/families.py --config {args.config} --profile {args.profile}",
+                  "config": args.config, f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
+                  "conventions": "As ablation.json's (FLOPs: flop_counter, 2 per multiply-add; fid: mean over the "
+                                 "sampling seeds). train_seconds: every level's training as it ran (the CPU sweep ran "
+                                 "two processes with one thread each); images_per_sec: sampling one seed's images. "
+                                 "recorded_in: ablation.json for runs whose config fingerprint that sweep holds.",
+                  "budget_spread": BUDGET_SPREAD}
+    result.update({"verdicts": verdicts(runs), "runs": runs})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(runs, args.out.with_suffix(".png"))
+    print(markdown(runs))
+    print(json.dumps(result["verdicts"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""benchmarks/families.py's reading of the family sweep: each run's family, budgets by sampling cost, verdicts
+that respect the noise, and the runs it shares with the level ablation."""
+import importlib.util
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT as ROOT
+from pipeline.config import config_fingerprint, load_config, variant_configs
+
+
+def families():
+    spec = importlib.util.spec_from_file_location("families", ROOT / "benchmarks" / "families.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(variant, fam, fids, gflops):
+    return {"variant": variant, "family": fam, "fid_seeds": fids, "fid": sum(fids) / len(fids),
+            "fid_std": (max(fids) - min(fids)) / 2, "L": 1, "gflops_per_image": gflops, "gflops_per_forward": 0.1,
+            "train_gflops": 1.0}
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    cfg = load_config(ROOT / "configs" / "families_cpu.yaml", check_files=False)
+    return {"base": cfg, **variant_configs(cfg, check_files=False)}
+
+
+def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
+    fam = families()
+    assert {v: fam.family(c) for v, c in sweep.items()} == {
+        "base": "nested", "L1": "plain", "msf": "msf", "msf_25": "msf", "cascade": "cascade",
+        "matryoshka": "matryoshka"}
+    assert sweep["msf"].sampling_steps() == [10, 25] and sweep["msf_25"].sampling_steps() == [25, 25]
+
+
+def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
+    """What lets the family sweep read them from ablation.json instead of training them again."""
+    ab = load_config(ROOT / "configs" / "ablation_cpu.yaml", check_files=False)
+    for run, same in [(sweep["base"], ab), (sweep["L1"], variant_configs(ab, check_files=False)["L1"])]:
+        assert config_fingerprint(run) == config_fingerprint(same)
+    assert config_fingerprint(sweep["cascade"]) != config_fingerprint(sweep["msf_25"])
+
+
+def test_runs_within_the_spread_share_a_budget_and_the_winner_is_weighed_against_the_noise():
+    fam = families()
+    runs = [run("L1", "plain", [100, 102, 98], 3.3), run("msf", "msf", [90, 91, 89], 3.4),
+            run("mat", "matryoshka", [99, 101, 97], 4.2), run("base", "nested", [82, 84, 80], 7.5),
+            run("cascade", "cascade", [83, 85, 81], 7.4)]
+    groups = fam.budgets(runs)
+    assert [[r["variant"] for r in g] for g in groups] == [["L1", "msf", "mat"], ["cascade", "base"]]
+    v = fam.verdicts(runs)
+    cheap, dear = v["budgets"]
+    assert cheap["best"] == "msf" and cheap["best_vs_runner_up"]["verdict"] == "met"
+    assert dear["best"] == "base" and dear["best_vs_runner_up"]["verdict"] == "inconclusive"  # gap 1 < std 2
+    assert v["vs_plain"]["mat"]["verdict"] == "inconclusive" and v["vs_plain"]["base"]["verdict"] == "met"
+    assert v["vs_plain"]["base"]["gflops_per_image_ratio"] == pytest.approx(7.5 / 3.3, abs=1e-3)
+
+
+def test_markdown_has_a_row_per_run_cheapest_first():
+    fam = families()
+    runs = [dict(run("base", "nested", [82, 84], 7.5), oracle_fid=70.0, oracle_fid_std=1.0, level_steps=[25] * 3,
+                 fid_floor=40.0, train_seconds=900.0, images_per_sec=12.0),
+            dict(run("L1", "plain", [100, 102], 3.3), oracle_fid=None, level_steps=[25], fid_floor=40.0)]
+    table = fam.markdown(runs).splitlines()
+    assert len(table) == 4 and table[2].startswith("| L1 | plain | 1 | 25 | 101.00 +- 1.00 | - |")
+    assert "70.00 +- 1.00" in table[3] and "7.50 (2.27x)" in table[3] and table[3].endswith("| 900 | 12.0 |")
