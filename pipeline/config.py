@@ -205,6 +205,39 @@ class VariationsConfig(_Strict):
     folder: Path | None = Field(None, description="a folder of your own images (PNG, JPEG, WebP) to vary as well")
 
 
+class RayComputeConfig(_Strict):
+    """Where `engine: ray` runs (pipeline/ray_engine.py). address None starts a Ray on this machine."""
+    address: str | None = Field(None, description="a running cluster: 'auto', 'host:6379' or 'ray://host:10001'")
+    workers: int = Field(2, ge=1, le=4096, description="encoder actors of the features stage (training: train.nproc "
+                                                "workers, the world size its fingerprint holds)")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0, description="> 0: NCCL training and GPU feature actors")
+    max_failures: int = Field(3, ge=0, description="worker-group restarts a training survives (each resumes from "
+                                                   "the last checkpoint)")
+
+
+class K8sComputeConfig(_Strict):
+    """Training pods on Kubernetes through Dagster Pipes (deploy/k8s/, docs/deploy.md#kubernetes)."""
+    image: str | None = Field(None, description="the project's container image (deploy/k8s/Dockerfile)")
+    namespace: str = "default"
+    gpus: int = Field(1, ge=0, le=64, description="GPU limit of a training pod; torchrun runs one rank per GPU")
+    service_account: str | None = None
+
+
+class ComputeConfig(_Strict):
+    """Where the heavy stages run. It changes no result, so no fingerprint: `local` and `ray` share artifacts."""
+    engine: Literal["local", "ray", "k8s"] = "local"
+    ray: RayComputeConfig = RayComputeConfig()
+    k8s: K8sComputeConfig = K8sComputeConfig()
+
+    @model_validator(mode="after")
+    def _k8s_needs_an_image(self):
+        if self.engine == "k8s" and not self.k8s.image:
+            raise ValueError("compute.k8s.image: engine k8s runs training pods from an image; name it "
+                             "(deploy/k8s/Dockerfile builds one)")
+        return self
+
+
 class Config(_Strict):
     name: str = "experiment"  # '<experiment>/<variant>' for a variant
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -219,6 +252,7 @@ class Config(_Strict):
     class_conditional: bool = False
     sampling: SamplingConfig = SamplingConfig()
     variations: VariationsConfig = VariationsConfig()
+    compute: ComputeConfig = ComputeConfig()
     # A sweep: variant name -> overrides of this config (see apply_overrides). Each variant is its own experiment
     # whose stages share every artifact whose fingerprint it shares with this one (features, SVD, latents, ...).
     variants: dict[str, dict] = Field(default_factory=dict)
@@ -458,7 +492,7 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
     from .ingest import source_fingerprint
 
     # The variations picture is no result: its settings stay out (and old rows keep their fingerprints).
-    dump = without_new_defaults(cfg.model_dump(mode="json", exclude={"variants", "name", "variations"}))
+    dump = without_new_defaults(cfg.model_dump(mode="json", exclude={"variants", "name", "variations", "compute"}))
     del dump["dataset"]["path"]
     dump["dataset"]["source_fingerprint"] = source_fingerprint(cfg.dataset, cache_dir=cache_dir)
     if is_local_file(cfg.encoder.weights):

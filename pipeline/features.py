@@ -22,9 +22,12 @@ from .ingest import image_shards, read_manifest
 FEATURES = "features.zarr"
 
 
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
 def _decode(sample: dict) -> tuple[str, np.ndarray]:
-    img = Image.open(io.BytesIO(sample["src.png"])).convert("RGB")
-    return sample["__key__"], np.asarray(img)
+    return sample["__key__"], decode_png(sample["src.png"])
 
 
 def image_batches(images_dir: Path, batch_size: int):
@@ -66,25 +69,20 @@ def build_extractor(cfg: EncoderConfig) -> torch.nn.Module:
 
 
 def build_features(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """The features stage: the encoder's feature maps of every ingested image."""
+    """The features stage: the encoder's feature maps of every ingested image (on Ray: pipeline/ray_engine.py)."""
+    if cfg.compute.engine == "ray":
+        from .ray_engine import extract_features_on_ray
+
+        return extract_features_on_ray(cfg.encoder, cfg.compute.ray, plan["images"].artifact.require(), out_dir,
+                                       log=log)
     return extract_features(cfg.encoder, plan["images"].artifact.require(), out_dir, log=log)
 
 
 def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
                      log: Callable[[str], None] = print) -> dict:
-    from models.encoder import checkpoint_sha256, probe_features
-
-    manifest = read_manifest(images_dir)
-    ids = manifest.column("id").to_pylist()
+    ids = read_manifest(images_dir).column("id").to_pylist()
     n = len(ids)
-    h, w, c = probe_features(cfg.name, cfg.layer, cfg.input_size)
-    attrs = {"encoder": cfg.name, "weights": cfg.weights, "checkpoint_sha256": checkpoint_sha256(cfg.weights),
-             "layer": cfg.layer, "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std),
-             "dtype": cfg.dtype, "layout": "N h w C, rows in manifest order"}
-    # Fill value NaN, not zero: a chunk missing from the store then reads as NaN and fails the `finite` check.
-    arr = zarr.create_array(store=str(out_dir / FEATURES), shape=(n, h, w, c), chunks=(min(chunk_rows, n), h, w, c),
-                            dtype="float32", fill_value=float("nan"),
-                            compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)], attributes=attrs)
+    arr = create_feature_array(cfg, out_dir, n, chunk_rows)
     extractor = build_extractor(cfg)
     pre = Preprocess(cfg)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
@@ -115,9 +113,27 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
             write.result()
     if row != n:
         raise RuntimeError(f"image shards hold {row} samples but the manifest lists {n}")
-    log(f"features: {n} images -> {(n, h, w, c)} in {out_dir / FEATURES}")
-    return {"shape": [n, h, w, c], "encoder": cfg.name, "layer": cfg.layer, "input_size": cfg.input_size,
-            "checkpoint_sha256": attrs["checkpoint_sha256"],
+    return feature_metadata(cfg, arr, out_dir, log)
+
+
+def create_feature_array(cfg: EncoderConfig, out_dir: Path, n: int, chunk_rows: int = 256) -> zarr.Array:
+    """The stage's empty Zarr array (N, h, w, C) with the encoder's provenance in its attributes."""
+    from models.encoder import checkpoint_sha256, probe_features
+
+    h, w, c = probe_features(cfg.name, cfg.layer, cfg.input_size)
+    attrs = {"encoder": cfg.name, "weights": cfg.weights, "checkpoint_sha256": checkpoint_sha256(cfg.weights),
+             "layer": cfg.layer, "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std),
+             "dtype": cfg.dtype, "layout": "N h w C, rows in manifest order"}
+    # Fill value NaN, not zero: a chunk missing from the store then reads as NaN and fails the `finite` check.
+    return zarr.create_array(store=str(out_dir / FEATURES), shape=(n, h, w, c), chunks=(min(chunk_rows, n), h, w, c),
+                             dtype="float32", fill_value=float("nan"),
+                             compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)], attributes=attrs)
+
+
+def feature_metadata(cfg: EncoderConfig, arr: zarr.Array, out_dir: Path, log: Callable[[str], None]) -> dict:
+    log(f"features: {arr.shape[0]} images -> {arr.shape} in {out_dir / FEATURES}")
+    return {"shape": list(arr.shape), "encoder": cfg.name, "layer": cfg.layer, "input_size": cfg.input_size,
+            "checkpoint_sha256": arr.attrs["checkpoint_sha256"],
             "bytes_on_disk": sum(f.stat().st_size for f in (out_dir / FEATURES).rglob("*") if f.is_file())}
 
 

@@ -1,6 +1,6 @@
 """Train one level's denoiser: ``python -m pipeline.train --config CFG --level L [--home DIR]``.
 
-Runs by hand and under ``torchrun`` (DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the
+Runs by hand, under ``torchrun`` and on a Ray cluster (DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the
 same `train_level` in a process of its own (assets/train_entry.py). A killed run resumes from the last
 checkpoint of the same fingerprint.
 
@@ -40,7 +40,11 @@ def train_level(cfg: Config, plan: dict[str, Stage], level: int, log: Callable[[
     publishes the model and the other ranks return None.
     """
     stage = plan[f"level_{level}_model"]
-    if world_size() == 1:
+    if cfg.compute.engine == "ray":  # this process is the driver; the workers train (pipeline/ray_engine.py)
+        from .ray_engine import train_on_ray
+
+        meta, hit = stage.artifact.materialize(lambda out: train_on_ray(cfg, plan, level, out, log), log)
+    elif world_size() == 1:
         meta, hit = stage.artifact.materialize(lambda out: train(cfg, plan, out, log, level=level), log)
     elif stage.artifact.is_complete():  # the launcher found it missing or damaged; another run finished it since
         meta, hit = stage.artifact.metadata(), True

@@ -1,0 +1,106 @@
+"""`compute.engine: ray` on a real local Ray cluster (a head and a second node on this machine): the same
+fingerprints and features as the local engine, DDP training under Ray Train, a killed worker survived by resume,
+and the tiny graph materialized through Dagster with its heavy stages on the cluster."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from pipeline.checkpoint import latest_checkpoint  # noqa: E402
+from pipeline.config import config_fingerprint, load_config, parse_config  # noqa: E402
+from pipeline.features import open_features  # noqa: E402
+from pipeline.plan import build_plan  # noqa: E402
+from pipeline.stages import materialize  # noqa: E402
+from pipeline.train import work_dir  # noqa: E402
+
+pytestmark = pytest.mark.ray
+LATENTS = ["images", "encoder_features", "svd", "level_1_latents", "level_2_latents"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def tiny(engine: str, address: str | None = None, **level2_train) -> dict:
+    data = load_config("configs/tiny.yaml").model_dump(mode="json")
+    data["compute"] = {"engine": engine, "ray": {"address": address, "workers": 2}}
+    data["levels"][1]["train"] = {**data["levels"][1]["train"], "nproc": 2, **level2_train}
+    return parse_config(data)
+
+
+def test_the_cluster_has_two_nodes(cluster):
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+
+
+def test_features_on_ray_equal_the_local_engines(cluster, tmp_path):
+    cfg, local = tiny("ray", cluster.address), tiny("local")
+    plan, lplan = build_plan(cfg, tmp_path / "ray"), build_plan(local, tmp_path / "local")
+    assert config_fingerprint(cfg) == config_fingerprint(local)
+    assert {k: s.fingerprint for k, s in plan.items()} == {k: s.fingerprint for k, s in lplan.items()}
+    for c, p in ((cfg, plan), (local, lplan)):
+        for name in ("images", "encoder_features"):
+            materialize(c, p, name)
+    a, b = (open_features(p["encoder_features"].artifact.require())[:] for p in (plan, lplan))
+    assert a.shape == b.shape == (240, 4, 4, 112) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, atol=1e-4)  # the same encoder on the same pixels, in other batches
+
+
+def _kill_a_worker_after_the_first_checkpoint(work, killed: list):
+    """Watches for the first checkpoint, then SIGKILLs one Ray Train worker process (what a lost node does)."""
+    deadline = time.time() + 300
+    while latest_checkpoint(work) is None and time.time() < deadline:
+        time.sleep(0.1)
+    for pid in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except (OSError, ValueError):
+            continue
+        if cmd.startswith(b"ray::RayTrainWorker"):
+            os.kill(int(pid), signal.SIGKILL)
+            killed.append(int(pid))
+            return
+
+
+def test_ddp_training_on_ray_survives_a_killed_worker_by_resuming(cluster, tmp_path):
+    cfg = tiny("ray", cluster.address, steps=120, checkpoint_every=20)
+    plan = build_plan(cfg, tmp_path)
+    for name in LATENTS:
+        materialize(cfg, plan, name)
+    stage, killed = plan["level_2_model"], []
+    watcher = threading.Thread(target=_kill_a_worker_after_the_first_checkpoint, args=(work_dir(stage), killed))
+    watcher.start()
+    meta, hit = materialize(cfg, plan, "level_2_model")
+    watcher.join()
+    assert killed, "no Ray Train worker was found to kill"
+    assert not hit and meta["engine"] == "ray" and meta["world_size"] == 2 and meta["steps"] == 120
+    assert meta["resumed_from_step"] is not None and meta["resumed_from_step"] % 20 == 0
+    assert meta["loss_curve"][-1][1] < meta["loss_curve"][0][1]
+    assert stage.artifact.is_complete() and not stage.artifact.damage() and not work_dir(stage).exists()
+    again, hit = materialize(cfg, plan, "level_2_model")
+    assert hit  # the published model is the cache's, whatever engine asks
+
+
+def test_the_tiny_graph_materializes_through_dagster_on_the_cluster(cluster, tmp_path):
+    """The assets as the UI runs them: features and training (Pipes subprocesses, drivers of the cluster) on Ray."""
+    from assets.testing import run_assets
+
+    cfg, home = tiny("ray", cluster.address), tmp_path / "home"
+    names = [*LATENTS, "level_0_model", "level_1_model", "level_2_model"]
+    assert run_assets(cfg, home, names=names).success
+    plan = build_plan(cfg, home)
+    models = [plan[f"level_{lv}_model"].artifact.metadata() for lv in range(3)]
+    assert all(m["engine"] == "ray" for m in models) and [m["world_size"] for m in models] == [1, 1, 2]
