@@ -21,6 +21,7 @@ from .checks import asset_checks
 from .data import FEATURES, IMAGES, LATENTS, SVD
 from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES, VARIATIONS
 from .factory import Scope, stage_asset
+from .k8s import executor_for
 from .training import level_model_asset
 
 VIEWS = {  # stage kind -> how its assets look (models: assets/training.py, trained through Pipes)
@@ -68,7 +69,8 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
         define_asset_job("experiment", AssetSelection.assets(*owned_by[None]),
                          description=f"The assets of '{cfg.name}' itself, without its variants."),
         # Levels train on latents, not on each other's models: one process per level, side by side.
-        define_asset_job("train_levels_in_parallel", AssetSelection.assets(*models), executor_def=multiprocess_executor,
+        define_asset_job("train_levels_in_parallel", AssetSelection.assets(*models),
+                         executor_def=executor_for(cfg, assets, multiprocess_executor),
                          description="Every level's model at once (each its own Pipes subprocess)."),
     ]
     if variant_keys:  # the variants' own assets; what they share with the base is read as a cache hit
@@ -78,7 +80,8 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
         assets=assets, asset_checks=checks, jobs=jobs,
         resources={"pipes_subprocess_client": PipesSubprocessClient()},
         # Stages are few and coarse and each uses every core itself: in-process avoids a subprocess per step.
-        executor=in_process_executor,
+        # Under compute.engine k8s, every asset in a pod of its own, sized by its stage (assets/k8s.py).
+        executor=executor_for(cfg, assets, in_process_executor),
     )
 
 

@@ -2,7 +2,9 @@
 
 The process is ``python -m assets.train_entry`` (or ``torchrun`` around it when ``train.nproc > 1``): it runs
 pipeline.train.train_level and reports the materialization this asset shows, once. Levels depend on latents,
-never on each other's models, so they can train in parallel under the multiprocess executor.
+never on each other's models, so they can train in parallel under the multiprocess executor. Under
+``compute.engine: k8s`` the same command runs in a training pod of its own instead (assets/k8s.py); under
+``ray`` the process is the driver of a Ray Train run (pipeline/ray_engine.py), never torchrun.
 """
 
 import sys
@@ -19,14 +21,16 @@ from pipeline.train import write_run_file
 from .factory import Scope, View, png_markdown, result
 
 
-def train_command(cfg: Config, plan: dict[str, Stage], level: int) -> list[str]:
-    """The command line of a level's training process: the resolved config and plan travel as one JSON file."""
+def train_command(cfg: Config, plan: dict[str, Stage], level: int, python: str = sys.executable,
+                  nproc: int | None = None) -> list[str]:
+    """The command line of a level's training process: the resolved config and plan travel as one JSON file.
+    `nproc` processes (default: the level's train.nproc); a training pod passes its image's `python`."""
     run_file = write_run_file(cfg, plan, plan[f"level_{level}_model"].artifact.home)
     module = ["-m", "assets.train_entry", "--run-file", str(run_file), "--level", str(level)]
-    nproc = cfg.train_config(level).nproc
+    nproc = cfg.train_config(level).nproc if nproc is None else nproc
     if nproc > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]
-    return [sys.executable, *module]
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *module]
+    return [python, *module]
 
 
 def _model(cfg, plan, stage, meta, log) -> dict:
@@ -66,6 +70,13 @@ MODELS = View(group=None, kinds=("pytorch", "safetensors"), deps=_deps, describe
 def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
     cfg, plan, stage = scope.cfg, scope.plan, scope.plan[name]
     nproc = cfg.train_config(stage.level).nproc
+    on_k8s = cfg.compute.engine == "k8s"
+    if on_k8s:  # a training pod of its own, one rank per GPU (assets/k8s.py; imports dagster_k8s when it runs)
+        from .k8s import k8s_train_launch, train_ranks
+
+        nproc = train_ranks(cfg, stage.level)
+    elif cfg.compute.engine == "ray":  # one process, the Ray driver, takes the lock; Ray Train starts the ranks
+        nproc = 1
 
     @asset(**scope.asset_args(name, MODELS))
     def _model_asset(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
@@ -82,8 +93,11 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
                 return shown(hit=True)
             # The process logs its loss as it falls and reports the materialization: its cache flag ('hit' when
             # another run trained the model meanwhile) and the same view as above, read from the artifact.
-            results = pipes_subprocess_client.run(command=train_command(cfg, plan, stage.level),
-                                                  context=context).get_results()
+            if on_k8s:
+                results = k8s_train_launch(context, cfg, plan, stage.level)
+            else:
+                results = pipes_subprocess_client.run(command=train_command(cfg, plan, stage.level, nproc=nproc),
+                                                      context=context).get_results()
         return results[0] if results else shown(hit=False)
 
     return _model_asset

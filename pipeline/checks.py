@@ -21,6 +21,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from models.denoiser import input_shape
+
 from .cache import Artifact
 from .costs import level_shape
 from .data import iter_latents
@@ -138,6 +140,7 @@ def checkpoint_loads(cfg, plan, level: int) -> CheckOutcome:
     # Shapes come from the config (a VAE level 0's from its saved spec): a spec only agrees with itself.
     vae = level == 0 and cfg.level0.space == "vae"
     shape = tuple(spec["in_shape"]) if vae else level_shape(cfg, level)
+    shape = input_shape(model, shape)  # a matryoshka level 0 denoises its extended state
     conds = [torch.randn(2, *level_shape(cfg, k)) for k in cfg.conditions_of(level)]
     labels = torch.zeros(2, dtype=torch.long) if spec["num_classes"] else None
     t = torch.full((2,), spec_scheduler(spec)["num_train_timesteps"] // 2, dtype=torch.long)

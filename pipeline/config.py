@@ -559,8 +559,13 @@ def load_run_config(path: str | Path | None = None) -> Config:
 
 
 def nested_home() -> Path:
-    """Artifact root: $NESTED_HOME, default .nested/ in the checkout."""
-    return Path(os.environ.get("NESTED_HOME") or PROJECT_ROOT / ".nested").resolve()
+    """Artifact root: $NESTED_HOME, default .nested/ in the checkout. A URL is refused: the stages write with
+    local-file libraries and lock with flock, so a cluster mounts a shared filesystem (docs/deploy.md#ray)."""
+    home = os.environ.get("NESTED_HOME") or str(PROJECT_ROOT / ".nested")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", home):
+        raise ConfigError(f"NESTED_HOME: {home!r} is a URL; artifacts need a mounted filesystem (a cluster: one "
+                          f"shared mount at the same path on every node, see docs/deploy.md#ray)")
+    return Path(home).resolve()
 
 
 if __name__ == "__main__":

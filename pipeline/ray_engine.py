@@ -3,6 +3,8 @@
 - Features: Ray Data reads the image shards (`read_webdataset`) and runs the frozen encoder in `map_batches`
   actors (`compute.ray.workers` of them, GPU actors where `gpus_per_worker` > 0); the driver writes the rows into
   the same Zarr array as the local stage, whole chunks at a time, in manifest order.
+- Sampling: the samples stage's batches (each seeded by its own (seed, start), so any worker draws the same
+  images) spread over `workers` actors that load the models once; the driver writes the shards in order.
 - Training: each level under Ray Train's `TorchTrainer` with `train.nproc` workers (the world size is part of the
   model's fingerprint, so torchrun and Ray train the same model), DDP over gloo on CPU and NCCL on GPU. Every worker
   runs pipeline.train.train unchanged; its checkpoints are the local engine's, beside the artifact, so when a worker
@@ -145,3 +147,37 @@ def _train_worker(config: dict) -> None:
     meta = train(cfg, plan, out_dir if rank == 0 else None, level=config["level"])
     if rank == 0:
         (out_dir / TRAIN_RESULT).write_text(json.dumps({**meta, "engine": "ray"}))
+
+
+class _Sampler:
+    """A sampling actor: the run's models, loaded once, then any batch of the samples stage on request."""
+
+    def __init__(self, run_file: str, args: tuple):
+        from .sample import load_models
+        from .train import read_run_file
+
+        self.cfg, self.plan = read_run_file(run_file)
+        self.args, self.models = args, load_models(self.cfg, self.plan)
+
+    def batch(self, start: int) -> dict:
+        from .sample import iter_hierarchy
+
+        return next(iter_hierarchy(self.cfg, self.plan, *self.args, starts=[start], models=self.models))
+
+
+def sample_batches_on_ray(cfg: Config, plan: dict, n: int, seed: int, steps: list[int], guidance: list[float],
+                          kind: str, pixel_thresholding: bool, batch_size: int):
+    """pipeline.sample.iter_hierarchy's batches, computed by Ray actors, yielded in order; at most `workers` batches
+    are in flight."""
+    import ray
+    from ray.util import ActorPool
+
+    from .train import write_run_file
+
+    rc = cfg.compute.ray
+    connect(rc)
+    args = (n, seed, steps, guidance, kind, pixel_thresholding, batch_size)
+    run_file = str(write_run_file(cfg, plan, plan["samples"].artifact.home))
+    actor = ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker)(_Sampler)
+    pool = ActorPool([actor.remote(run_file, args) for _ in range(rc.workers)])
+    yield from pool.map(lambda a, start: a.batch.remote(start), list(range(0, n, batch_size)))

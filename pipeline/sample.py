@@ -68,19 +68,20 @@ def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0,
 def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
                    guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
                    batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
-                   labels: torch.Tensor | None = None):
+                   labels: torch.Tensor | None = None, starts: list[int] | None = None, models: dict | None = None):
     """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits).
 
     labels (n,) fixes a class-conditional run's labels (e.g. those of the images `given` came from); by default
     they are drawn from the training set's label frequencies. `steps`: one count for every level, or one per
-    level from level 0 up (cfg.sampling_steps()). A level 0 trained on a residual (MSF) gets its base added."""
+    level from level 0 up (cfg.sampling_steps()). A level 0 trained on a residual (MSF) gets its base added.
+    A batch's randomness is its own (seed, start): `starts` picks some of the batches (a worker's share, on Ray),
+    which come out as they do in the whole run; `models` are load_models' (loaded once per worker)."""
     guidance = guidance or [0.0] * cfg.num_levels
     steps = [steps] * cfg.num_levels if isinstance(steps, int) else list(steps)
     given = given or {}
-    models = {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
-              for level in range(cfg.num_levels) if level not in given}
+    models = models or load_models(cfg, plan, use_ema, skip=given)
     classes = label_frequencies(plan) if cfg.class_conditional else None
-    for start in range(0, n, batch_size):
+    for start in range(0, n, batch_size) if starts is None else starts:
         b = min(batch_size, n - start)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
         # one label per sample, shared by every level, drawn as often as the training set has it
@@ -103,6 +104,11 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             if residual is not None:
                 gen[level] = add_base(gen[level], gen[residual["level"]], residual)
         yield gen
+
+
+def load_models(cfg: Config, plan: dict[str, Stage], use_ema: bool = True, skip=()) -> dict:
+    return {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
+            for level in range(cfg.num_levels) if level not in skip}
 
 
 def label_frequencies(plan: dict[str, Stage]) -> torch.Tensor:
@@ -151,8 +157,12 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     first: list[np.ndarray] = []
     count = 0
     with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=10_000, verbose=0) as sink:
-        for gen in iter_hierarchy(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                                  sc.pixel_thresholding, sc.batch_size):
+        if cfg.compute.engine == "ray":  # the batches spread over Ray actors, written here in order
+            from .ray_engine import sample_batches_on_ray as batches
+        else:
+            batches = iter_hierarchy
+        for gen in batches(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
+                           sc.pixel_thresholding, sc.batch_size):
             batch = to_uint8(decode_level0(cfg, gen[0]))
             for level, z in gen.items():
                 stats[level].update(z.clamp(-1, 1) if level == 0 and cfg.level0.space == "pixels" else z)

@@ -100,3 +100,30 @@ def test_unknown_model_size_refused():
 
 def test_negative_guidance_refused():
     refused(with_change("sampling.guidance", [0.1, -1.0]), "sampling", "must be >= 0")
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/nested", "gs://b/x", "file:///tmp/x"])
+def test_a_url_as_nested_home_is_refused_naming_what_a_cluster_needs(url, monkeypatch):
+    from pipeline.config import ConfigError, nested_home
+
+    monkeypatch.setenv("NESTED_HOME", url)
+    with pytest.raises(ConfigError, match="NESTED_HOME: .* is a URL; artifacts need a mounted filesystem"):
+        nested_home()
+
+
+@pytest.mark.parametrize("compute,field,reason", [
+    ({"engine": "spark"}, "compute.engine", "'local', 'ray' or 'k8s'"),
+    ({"engine": "ray", "ray": {"workers": 0}}, "compute.ray.workers", "greater than or equal to 1"),
+    ({"engine": "ray", "ray": {"gpus_per_worker": -1}}, "compute.ray.gpus_per_worker", "greater than or equal to 0"),
+])
+def test_bad_compute_settings_are_refused_by_field(compute, field, reason):
+    refused(with_change("compute", compute), field, reason)
+
+
+def test_the_engine_changes_no_fingerprint():
+    from pipeline.config import config_fingerprint
+
+    fps = {config_fingerprint(parse_config(with_change("compute", c), "t.yaml")) for c in (
+        {"engine": "local"}, {"engine": "ray", "ray": {"address": "auto", "workers": 8}},
+        {"engine": "k8s", "k8s": {"image": "img:1"}})}
+    assert len(fps) == 1

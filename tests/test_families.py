@@ -31,7 +31,7 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
     fam = families()
     assert {v: fam.family(c) for v, c in sweep.items()} == {
         "base": "nested", "L1": "plain", "msf": "msf", "msf_25": "msf", "cascade": "cascade",
-        "matryoshka": "matryoshka"}
+        "matryoshka": "matryoshka", "msf_unet_base": "msf"}
     assert sweep["msf"].sampling_steps() == [10, 25] and sweep["msf_25"].sampling_steps() == [25, 25]
 
 

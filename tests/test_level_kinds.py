@@ -170,3 +170,24 @@ def test_bad_kinds_and_steps_are_refused_by_field(edit, field):
     with pytest.raises(ConfigError) as e:
         parse_config(data)
     assert field in str(e.value)
+
+
+def test_a_matryoshka_level_0_trains_checks_and_samples_through_the_assets(msf):
+    """MDM's joint resolutions as level 0 of plain diffusion: the model's checks pass on its extended state, the
+    loss falls and sampling keeps the finest resolution."""
+    data = load_config("configs/tiny.yaml").model_dump(mode="json")
+    data.update(name="tiny_matryoshka", levels=[])
+    data["level0"]["train"] = {**data["level0"]["train"], "backbone": "matryoshka"}
+    cfg, home = parse_config(data), msf["home"]
+    result = run_assets(cfg, home, names=["images", "level_0_model", "samples"])
+    assert result.success
+    checks = [e for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == "level_0_model"]
+    assert {e.check_name for e in checks} >= {"checkpoint_loads"} and all(e.passed for e in checks)
+    plan = build_plan(cfg, home)
+    from pipeline.model_io import read_spec
+
+    spec = read_spec(plan["level_0_model"].path)
+    assert spec["matryoshka"]["image_shape"] == [3, 16, 16]
+    curve = [loss for _, loss in plan["level_0_model"].artifact.metadata()["loss_curve"]]
+    assert curve[-1] < curve[0]
+    assert plan["samples"].artifact.metadata()["num_samples"] == cfg.sampling.num_samples

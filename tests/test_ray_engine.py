@@ -1,6 +1,7 @@
 """`compute.engine: ray` on a real local Ray cluster (a head and a second node on this machine): the same
 fingerprints and features as the local engine, DDP training under Ray Train, a killed worker survived by resume,
 and the tiny graph materialized through Dagster with its heavy stages on the cluster."""
+import io
 import os
 import signal
 import threading
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 ray = pytest.importorskip("ray")
 
@@ -41,19 +43,30 @@ def tiny(engine: str, address: str | None = None, **level2_train) -> dict:
     return parse_config(data)
 
 
+@pytest.fixture(scope="module")
+def on_ray(cluster, tmp_path_factory):
+    """The tiny graph up to its samples as the UI runs it, on the cluster: features, training (Pipes subprocesses,
+    each a driver of the cluster) and sampling."""
+    from assets.testing import run_assets
+
+    cfg, home = tiny("ray", cluster.address), tmp_path_factory.mktemp("on_ray")
+    names = [*LATENTS, "level_0_model", "level_1_model", "level_2_model", "samples"]
+    result = run_assets(cfg, home, names=names)
+    return {"cfg": cfg, "home": home, "plan": build_plan(cfg, home), "result": result}
+
+
 def test_the_cluster_has_two_nodes(cluster):
     ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
 
 
-def test_features_on_ray_equal_the_local_engines(cluster, tmp_path):
-    cfg, local = tiny("ray", cluster.address), tiny("local")
-    plan, lplan = build_plan(cfg, tmp_path / "ray"), build_plan(local, tmp_path / "local")
+def test_features_on_ray_equal_the_local_engines(on_ray, tmp_path):
+    cfg, local = on_ray["cfg"], tiny("local")
+    plan, lplan = on_ray["plan"], build_plan(local, tmp_path)
     assert config_fingerprint(cfg) == config_fingerprint(local)
     assert {k: s.fingerprint for k, s in plan.items()} == {k: s.fingerprint for k, s in lplan.items()}
-    for c, p in ((cfg, plan), (local, lplan)):
-        for name in ("images", "encoder_features"):
-            materialize(c, p, name)
+    for name in ("images", "encoder_features"):
+        materialize(local, lplan, name)
     a, b = (open_features(p["encoder_features"].artifact.require())[:] for p in (plan, lplan))
     assert a.shape == b.shape == (240, 4, 4, 112) and np.isfinite(a).all()
     np.testing.assert_allclose(a, b, atol=1e-4)  # the same encoder on the same pixels, in other batches
@@ -94,13 +107,31 @@ def test_ddp_training_on_ray_survives_a_killed_worker_by_resuming(cluster, tmp_p
     assert hit  # the published model is the cache's, whatever engine asks
 
 
-def test_the_tiny_graph_materializes_through_dagster_on_the_cluster(cluster, tmp_path):
-    """The assets as the UI runs them: features and training (Pipes subprocesses, drivers of the cluster) on Ray."""
-    from assets.testing import run_assets
-
-    cfg, home = tiny("ray", cluster.address), tmp_path / "home"
-    names = [*LATENTS, "level_0_model", "level_1_model", "level_2_model"]
-    assert run_assets(cfg, home, names=names).success
-    plan = build_plan(cfg, home)
-    models = [plan[f"level_{lv}_model"].artifact.metadata() for lv in range(3)]
+def test_the_tiny_graph_materializes_through_dagster_on_the_cluster(on_ray):
+    assert on_ray["result"].success
+    models = [on_ray["plan"][f"level_{lv}_model"].artifact.metadata() for lv in range(3)]
     assert all(m["engine"] == "ray" for m in models) and [m["world_size"] for m in models] == [1, 1, 2]
+    checks = on_ray["result"].get_asset_check_evaluations()
+    assert checks and all(e.passed for e in checks)
+
+
+def test_samples_spread_over_ray_actors_are_the_local_engines(on_ray, tmp_path):
+    """The local engine reads the models Ray trained (the same fingerprints, so cache hits) and samples again."""
+    from pipeline.sample_shards import raw_samples
+
+    local = tiny("local")
+    ray_plan, plan = on_ray["plan"], build_plan(local, on_ray["home"])
+    assert all(materialize(local, plan, f"level_{lv}_model")[1] for lv in range(3))
+    plan["samples"] = build_plan(local, tmp_path)["samples"]  # the same stage, sampled into another home
+    meta, hit = materialize(local, plan, "samples")
+    assert not hit
+    a, b = (list(raw_samples(p["samples"].artifact.require())) for p in (plan, ray_plan))
+    assert meta["num_samples"] == len(a) == len(b) == local.sampling.num_samples
+    assert [s["__key__"] for s in a] == [s["__key__"] for s in b]
+    # The same batches, seeded by (seed, start), whoever draws them: equal up to float noise (other thread counts
+    # sum in another order), so at most one grey level apart
+    pixels = [np.stack([np.asarray(Image.open(io.BytesIO(s["png"]))) for s in x]).astype(int) for x in (a, b)]
+    assert np.abs(pixels[0] - pixels[1]).max() <= 1 and pixels[0].std() > 10
+    np.testing.assert_allclose(np.load(io.BytesIO(a[0]["level_2.npy"])), np.load(io.BytesIO(b[0]["level_2.npy"])),
+                               atol=1e-4)
+

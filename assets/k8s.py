@@ -1,0 +1,123 @@
+"""The Kubernetes engine (`compute.engine: k8s`): the pod each asset runs in and the pod each level trains in.
+
+Under the team deployment (deploy/k8s/, docs/deploy.md#kubernetes-the-team-deployment) the K8sRunLauncher starts
+a pod per run and `k8s_job_executor` one per asset, sized per stage by `k8s_tags`. A `level_<l>_model` asset's pod
+only launches and watches: the training runs in a pod of its own through Dagster Pipes (`k8s_train_launch`), the
+one that holds the GPUs, as the same `assets.train_entry` command the local engine runs as a subprocess.
+
+Every pod mounts the shared artifacts volume at $NESTED_HOME: the plan and the run file name absolute paths.
+dagster_k8s is imported inside the functions that need it, so the project imports without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from dagster import AssetExecutionContext, AssetsDefinition, ExecutorDefinition
+
+from pipeline.config import Config
+from pipeline.plan import Stage
+
+K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY
+# The shared artifacts claim (deploy/k8s/pvc.yaml); the chart's values set NESTED_PVC for every pod.
+DEFAULT_CLAIM = "nested-artifacts"
+ARTIFACTS_VOLUME = "nested-artifacts"
+
+# A step pod's needs by stage kind. Requests place the pod; memory limits stop a runaway build from taking
+# the node down. No CPU limits: a throttled torch build is only slower.
+_LIGHT = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+_CPU = {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
+_GPU = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
+STEP_RESOURCES = {
+    "images": _LIGHT, "features": _GPU, "svd": _CPU, "latents": _CPU,
+    # The model asset's pod launches the training pod and streams its logs; the training pod holds the GPUs
+    # (a GPU here as well would sit idle and could keep the training pod from being scheduled at all).
+    "models": _LIGHT,
+    "reference": _CPU, "samples": _CPU, "evaluation": _CPU, "neighbours": _LIGHT, "variations": _CPU,
+}
+# A training pod's CPU and memory per rank (one rank per GPU), beside its GPU limit.
+TRAIN_RANK = {"cpu": 4, "memory_gi": 16}
+
+
+def _kind(stage: Stage | str) -> str:
+    kind = stage if isinstance(stage, str) else stage.kind
+    if kind not in STEP_RESOURCES:
+        raise KeyError(f"no Kubernetes resources for stage kind '{kind}': add it to assets/k8s.py STEP_RESOURCES")
+    return kind
+
+
+def step_k8s_config(cfg: Config, stage: Stage | str) -> dict:
+    """The `dagster-k8s/config` of a stage's step pod: its container's resource requests and limits."""
+    resources = json.loads(json.dumps(STEP_RESOURCES[_kind(stage)]))  # a copy
+    if cfg.compute.k8s.gpus == 0:  # a cluster without GPUs: the features stage runs on CPU like the rest
+        resources["limits"].pop("nvidia.com/gpu", None)
+    return {"container_config": {"resources": resources}}
+
+
+def k8s_tags(cfg: Config, stage: Stage | str) -> dict[str, str]:
+    """The op tags that size a stage's step pod under `k8s_job_executor` (tag values are JSON strings)."""
+    return {K8S_CONFIG_TAG: json.dumps(step_k8s_config(cfg, stage))}
+
+
+def train_ranks(cfg: Config, level: int) -> int:
+    """Training processes in a level's pod: one per GPU; on a cluster without GPUs, the level's train.nproc."""
+    return cfg.compute.k8s.gpus or cfg.train_config(level).nproc
+
+
+def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int) -> dict:
+    """The arguments of `PipesK8sClient.run` (besides the context) that train `level` in a pod of its own."""
+    from .training import train_command
+
+    k8s, home = cfg.compute.k8s, str(plan[f"level_{level}_model"].artifact.home)
+    ranks, gpus = train_ranks(cfg, level), k8s.gpus
+    # The image's python, not this process's: the pod runs the image, whatever runs this launcher.
+    command = train_command(cfg, plan, level, python="python", nproc=ranks)
+    limits = {"memory": f"{TRAIN_RANK['memory_gi'] * ranks}Gi", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
+    mounts = [{"name": ARTIFACTS_VOLUME, "mountPath": home}]
+    volumes = [{"name": ARTIFACTS_VOLUME,
+                "persistentVolumeClaim": {"claimName": os.environ.get("NESTED_PVC") or DEFAULT_CLAIM}}]
+    if ranks > 1:  # NCCL and DDP pass tensors through /dev/shm, which a container gets only 64 MiB of
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    container = {"resources": {"requests": {"cpu": str(TRAIN_RANK["cpu"] * ranks), "memory": limits["memory"]},
+                               "limits": limits},
+                 "volumeMounts": mounts}
+    spec = {"containers": [container], "volumes": volumes, "restartPolicy": "Never"}
+    if gpus:  # GPU nodes are commonly tainted so that only pods asking for GPUs land there
+        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    if k8s.service_account:
+        spec["serviceAccountName"] = k8s.service_account
+    return {"image": k8s.image, "command": command, "namespace": k8s.namespace, "env": {"NESTED_HOME": home},
+            "base_pod_spec": spec,
+            # No 24 h cap (Pipes' default): a paper-scale level trains for days.
+            "pod_wait_timeout": 0}
+
+
+def k8s_train_launch(context: AssetExecutionContext, cfg: Config, plan: dict[str, Stage], level: int,
+                     client=None) -> Sequence:
+    """Train `level` in a training pod through Dagster Pipes; what the pod reported (its materialization), as
+    the subprocess path returns it. `client`: a `dagster_k8s.PipesK8sClient` (default: one for this cluster)."""
+    if client is None:
+        from dagster_k8s import PipesK8sClient
+
+        client = PipesK8sClient()
+    return client.run(context=context, **k8s_train_pod(cfg, plan, level)).get_results()
+
+
+def executor_for(cfg: Config, assets: Sequence[AssetsDefinition], default: ExecutorDefinition) -> ExecutorDefinition:
+    """`default` for the local and Ray engines; for k8s, `k8s_job_executor` with each asset's step pod sized by
+    its stage (`per_step_k8s_config` by op name: the assets come from factories that take no op tags)."""
+    if cfg.compute.engine != "k8s":
+        return default
+    from dagster_k8s import k8s_job_executor
+
+    per_step = {}
+    for a in assets:
+        for spec in a.specs:
+            per_step[a.op.name] = step_k8s_config(cfg, spec.tags["stage"])
+    executor = k8s_job_executor.configured({"job_namespace": cfg.compute.k8s.namespace, "per_step_k8s_config": per_step})
+    checked = executor.apply_config_mapping({})  # `configured` checks nothing until a run starts
+    if not checked.success:
+        raise ValueError("k8s_job_executor config: " + "; ".join(e.message for e in checked.errors))
+    return executor
