@@ -135,3 +135,21 @@ def test_samples_spread_over_ray_actors_are_the_local_engines(on_ray, tmp_path):
     np.testing.assert_allclose(np.load(io.BytesIO(a[0]["level_2.npy"])), np.load(io.BytesIO(b[0]["level_2.npy"])),
                                atol=1e-4)
 
+
+
+def test_a_level_trained_by_ray_train_is_the_local_engines(on_ray, tmp_path):
+    """Level 1 (train.nproc 1) trained on the cluster and again here from the same latents: the same weights up to
+    float noise, under the same fingerprint."""
+    from safetensors.numpy import load_file
+
+    from pipeline.model_io import WEIGHTS
+
+    local = tiny("local")
+    plan = {**on_ray["plan"], "level_1_model": build_plan(local, tmp_path)["level_1_model"]}
+    meta, hit = materialize(local, plan, "level_1_model")
+    assert not hit and "engine" not in meta
+    ray_dir, local_dir = on_ray["plan"]["level_1_model"].artifact.require(), plan["level_1_model"].artifact.require()
+    a, b = (load_file(str(d / WEIGHTS[True])) for d in (ray_dir, local_dir))
+    assert a.keys() == b.keys() and len(a) > 10
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=k)
