@@ -107,16 +107,23 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
     meta = evaluate_samples(samples, reference, out_dir, model=model)
     ref = load_file(str(reference / REFERENCE))
     seeds = [sc.seed + i for i in range(sc.eval_seeds)]
-    fids = [meta["fid"]]
-    for seed in seeds[1:]:
-        fids.append(fid_from_features(sampled_features(cfg, plan, seed, model), ref["train"]))
-        log(f"FID with sampling seed {seed}: {fids[-1]:.2f}")
-    oracle = []
+    # Every further sample set (the other seeds; the oracle's, from the held-out images' real coarser latents) is
+    # independent of the others: on Ray they are sampled and featurized side by side (pipeline/ray_engine.py).
+    sets = [(seed, None, None) for seed in seeds[1:]]
     if sc.oracle and cfg.num_levels > 1:
         given, labels = oracle_conditions(cfg, plan, sc.num_samples)
-        for seed in seeds:
-            oracle.append(fid_from_features(sampled_features(cfg, plan, seed, model, given, labels), ref["train"]))
-            log(f"oracle FID (level 0 from real coarser latents), seed {seed}: {oracle[-1]:.2f}")
+        sets += [(seed, given, labels) for seed in seeds]
+    if cfg.compute.engine == "ray" and sets:
+        from .ray_engine import sampled_features_on_ray
+
+        feats = sampled_features_on_ray(cfg, plan, sets)
+    else:
+        feats = (sampled_features(cfg, plan, seed, model, g, y) for seed, g, y in sets)
+    fids, oracle = [meta["fid"]], []
+    for (seed, g, _), f in zip(sets, feats):
+        (oracle if g is not None else fids).append(fid_from_features(f, ref["train"]))
+        log(f"oracle FID (level 0 from real coarser latents), seed {seed}: {oracle[-1]:.2f}" if g is not None
+            else f"FID with sampling seed {seed}: {fids[-1]:.2f}")
     fid_mean, fid_std = _mean_std(fids)
     oracle_mean, oracle_std = _mean_std(oracle) if oracle else (None, None)
     ref_meta, sample_meta = plan["reference_stats"].artifact.metadata(), plan["samples"].artifact.metadata()

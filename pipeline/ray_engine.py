@@ -5,6 +5,8 @@
   the same Zarr array as the local stage, whole chunks at a time, in manifest order.
 - Sampling: the samples stage's batches (each seeded by its own (seed, start), so any worker draws the same
   images) spread over `workers` actors that load the models once; the driver writes the shards in order.
+- Evaluation: the further sample sets of the FID (the other sampling seeds, the oracle's) sampled and run through
+  Inception as Ray tasks side by side; the driver computes the FIDs.
 - Training: each level under Ray Train's `TorchTrainer` with `train.nproc` workers (the world size is part of the
   model's fingerprint, so torchrun and Ray train the same model), DDP over gloo on CPU and NCCL on GPU. Every worker
   runs pipeline.train.train unchanged; its checkpoints are the local engine's, beside the artifact, so when a worker
@@ -181,3 +183,32 @@ def sample_batches_on_ray(cfg: Config, plan: dict, n: int, seed: int, steps: lis
     actor = ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker)(_Sampler)
     pool = ActorPool([actor.remote(run_file, args) for _ in range(rc.workers)])
     yield from pool.map(lambda a, start: a.batch.remote(start), list(range(0, n, batch_size)))
+
+
+def _sampled_features(run_file: str, seed: int, given, labels) -> np.ndarray:
+    from .evaluate import sampled_features
+    from .metrics import InceptionFeatures
+    from .train import read_run_file
+
+    cfg, plan = read_run_file(run_file)
+    return sampled_features(cfg, plan, seed, InceptionFeatures(path=cfg.sampling.inception_weights), given, labels)
+
+
+def sampled_features_on_ray(cfg: Config, plan: dict, sets: list[tuple]) -> list[np.ndarray]:
+    """pipeline.evaluate.sampled_features of each (seed, given, labels) set, as Ray tasks; in the sets' order."""
+    import ray
+
+    from .train import write_run_file
+
+    rc = cfg.compute.ray
+    connect(rc)
+    run_file = str(write_run_file(cfg, plan, plan["evaluation"].artifact.home))
+    task = ray.remote(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker)(_sampled_features)
+    shared = {}  # the oracle's conditions go to the object store once, whatever the number of seeds
+    refs = []
+    for seed, given, labels in sets:
+        if given is not None and "given" not in shared:
+            shared.update(given=ray.put(given), labels=ray.put(labels))
+        refs.append(task.remote(run_file, seed, *((shared["given"], shared["labels"]) if given is not None
+                                                  else (None, None))))
+    return ray.get(refs)

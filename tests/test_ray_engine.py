@@ -40,6 +40,7 @@ def tiny(engine: str, address: str | None = None, **level2_train) -> dict:
     data = load_config("configs/tiny.yaml").model_dump(mode="json")
     data["compute"] = {"engine": engine, "ray": {"address": address, "workers": 2}}
     data["levels"][1]["train"] = {**data["levels"][1]["train"], "nproc": 2, **level2_train}
+    data["sampling"]["eval_seeds"] = 2  # two further sample sets for the evaluation: a seed's and an oracle's
     return parse_config(data)
 
 
@@ -50,7 +51,7 @@ def on_ray(cluster, tmp_path_factory):
     from assets.testing import run_assets
 
     cfg, home = tiny("ray", cluster.address), tmp_path_factory.mktemp("on_ray")
-    names = [*LATENTS, "level_0_model", "level_1_model", "level_2_model", "samples"]
+    names = [*LATENTS, "level_0_model", "level_1_model", "level_2_model", "samples", "reference_stats", "evaluation"]
     result = run_assets(cfg, home, names=names)
     return {"cfg": cfg, "home": home, "plan": build_plan(cfg, home), "result": result}
 
@@ -153,3 +154,15 @@ def test_a_level_trained_by_ray_train_is_the_local_engines(on_ray, tmp_path):
     assert a.keys() == b.keys() and len(a) > 10
     for k in a:
         np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=k)
+
+
+def test_the_evaluation_on_ray_is_the_local_engines(on_ray, tmp_path):
+    """The further sample sets (seed 1, the oracle's two) were sampled and featurized as Ray tasks: the local engine
+    evaluates the same samples to the same FIDs."""
+    local = tiny("local")
+    plan = {**on_ray["plan"], "evaluation": build_plan(local, tmp_path)["evaluation"]}
+    meta, hit = materialize(local, plan, "evaluation")
+    ray_row, row = on_ray["plan"]["evaluation"].artifact.metadata()["row"], meta["row"]
+    assert not hit and len(row["fid_seeds"]) == 2 and row["oracle_fid"] is not None
+    np.testing.assert_allclose(ray_row["fid_seeds"], row["fid_seeds"], rtol=1e-3)
+    np.testing.assert_allclose(ray_row["oracle_fid"], row["oracle_fid"], rtol=1e-3)
