@@ -36,7 +36,7 @@ STEP_RESOURCES = {
     "models": _LIGHT,
     "reference": _CPU, "samples": _CPU, "evaluation": _CPU, "neighbours": _LIGHT, "variations": _CPU,
 }
-# A training pod's CPU and memory per rank (one rank per GPU), beside its GPU limit.
+# A training pod's CPU and memory per rank (train.nproc ranks, compute.k8s.gpus GPUs each), beside its GPU limit.
 TRAIN_RANK = {"cpu": 4, "memory_gi": 16}
 
 
@@ -61,8 +61,9 @@ def k8s_tags(cfg: Config, stage: Stage | str) -> dict[str, str]:
 
 
 def train_ranks(cfg: Config, level: int) -> int:
-    """Training processes in a level's pod: one per GPU; on a cluster without GPUs, the level's train.nproc."""
-    return cfg.compute.k8s.gpus or cfg.train_config(level).nproc
+    """Training processes in a level's pod: the level's train.nproc, the world size its fingerprint holds (as
+    under torchrun on one machine and Ray Train), each with compute.k8s.gpus GPUs."""
+    return cfg.train_config(level).nproc
 
 
 def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int) -> dict:
@@ -70,7 +71,8 @@ def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int) -> dict:
     from .training import train_command
 
     k8s, home = cfg.compute.k8s, str(plan[f"level_{level}_model"].artifact.home)
-    ranks, gpus = train_ranks(cfg, level), k8s.gpus
+    ranks = train_ranks(cfg, level)
+    gpus = k8s.gpus * ranks
     # The image's python, not this process's: the pod runs the image, whatever runs this launcher.
     command = train_command(cfg, plan, level, python="python", nproc=ranks)
     limits = {"memory": f"{TRAIN_RANK['memory_gi'] * ranks}Gi", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}

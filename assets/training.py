@@ -71,7 +71,7 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
     cfg, plan, stage = scope.cfg, scope.plan, scope.plan[name]
     nproc = cfg.train_config(stage.level).nproc
     on_k8s = cfg.compute.engine == "k8s"
-    if on_k8s:  # a training pod of its own, one rank per GPU (assets/k8s.py; imports dagster_k8s when it runs)
+    if on_k8s:  # a training pod of its own, train.nproc ranks (assets/k8s.py; imports dagster_k8s when it runs)
         from .k8s import k8s_train_launch, train_ranks
 
         nproc = train_ranks(cfg, stage.level)

@@ -220,7 +220,8 @@ class K8sComputeConfig(_Strict):
     """Training pods on Kubernetes through Dagster Pipes (deploy/k8s/, docs/deploy.md#kubernetes)."""
     image: str | None = Field(None, description="the project's container image (deploy/k8s/Dockerfile)")
     namespace: str = "default"
-    gpus: int = Field(1, ge=0, le=64, description="GPU limit of a training pod; torchrun runs one rank per GPU")
+    gpus: int = Field(1, ge=0, le=64, description="GPUs per training rank: a level's pod runs train.nproc ranks "
+                                                   "(torchrun when > 1) and asks for nproc x gpus GPUs; 0: CPU pods")
     service_account: str | None = None
 
 

@@ -216,9 +216,11 @@ def pipes(method, **params):
     return {"__dagster_pipes_version": "0.1", "method": method, "params": params}
 
 
-@pytest.mark.parametrize("gpus, torchrun", [(4, True), (1, False), (0, False)])
-def test_the_model_asset_trains_in_a_pod_through_pipes(tiny_cfg, tmp_path, fake_cluster, gpus, torchrun):
-    cfg = k8s_cfg(tiny_cfg, gpus)
+@pytest.mark.parametrize("gpus, nproc", [(1, 4), (1, 1), (0, 1), (0, 2)])
+def test_the_model_asset_trains_in_a_pod_through_pipes(tiny_cfg, tmp_path, fake_cluster, gpus, nproc):
+    data = tiny_cfg.model_dump(mode="json")
+    data["level0"]["train"]["nproc"] = nproc  # the world size, in the model's fingerprint on every engine
+    cfg, torchrun = k8s_cfg(parse_config(data), gpus), nproc > 1
     plan = build_plan(cfg, tmp_path)
     stage = plan["level_0_model"]
     fake_cluster.messages = [
@@ -241,11 +243,11 @@ def test_the_model_asset_trains_in_a_pod_through_pipes(tiny_cfg, tmp_path, fake_
     pod = from_api_json(body, "V1Pod")
     (c,) = pod.spec.containers
     assert c.image == IMAGE and pod.spec.restart_policy == "Never" and pod.spec.service_account_name == "trainer"
-    ranks = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}"] if torchrun else []
+    ranks = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if torchrun else []
     assert c.command[:len(ranks) + 3] == ["python", *ranks, "-m", "assets.train_entry"]
     run_file = Path(c.command[c.command.index("--run-file") + 1])
     assert c.command[-2:] == ["--level", "0"] and run_file.is_file() and run_file.is_relative_to(tmp_path)
-    assert c.resources.limits.get("nvidia.com/gpu") == (str(gpus) if gpus else None)
+    assert c.resources.limits.get("nvidia.com/gpu") == (str(gpus * nproc) if gpus else None)
     assert bool(pod.spec.tolerations) == bool(gpus)
     env = {e.name: e.value for e in c.env}
     assert env["NESTED_HOME"] == str(tmp_path) and "DAGSTER_PIPES_CONTEXT" in env
