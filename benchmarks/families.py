@@ -56,17 +56,22 @@ def with_family(run: dict, vcfg) -> dict:
     return {**run, "family": family(vcfg), "level_steps": vcfg.sampling_steps()}
 
 
-def gather(cfg, home: Path, profile: str, required: list[str]) -> list[dict]:
-    """Every run of the sweep: recorded in ablation.json under the same config fingerprint, or built here."""
+def sweep(cfg, profile: str) -> dict[str, tuple]:
+    """Each run's config and, where ablation.json holds a run of the same config fingerprint, that run."""
     from pipeline.config import config_fingerprint
-    from pipeline.plan import build_plan
 
     recorded = {r["config_fingerprint"]: r for r in json.loads((RESULTS / "ablation.json").read_text())["runs"]
                 if r["profile"] == profile}
+    return {v: (c, recorded.get(config_fingerprint(c))) for v, c in ablation.sweep_configs(cfg).items()}
+
+
+def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str, tuple]) -> list[dict]:
+    """Every run of the sweep (`runs_of`: sweep()'s): built here, or recorded in ablation.json."""
+    from pipeline.plan import build_plan
+
     built = {r["variant"]: r for r in ablation.collect(cfg, home, profile)}
     runs = []
-    for variant, vcfg in ablation.sweep_configs(cfg).items():
-        old = recorded.get(config_fingerprint(vcfg))
+    for variant, (vcfg, old) in runs_of.items():
         if variant in built:
             run = {**built[variant], **seconds(build_plan(vcfg, home), vcfg), "recorded_in": "families.json"}
         elif old is not None:
@@ -168,14 +173,11 @@ def main() -> None:
     else:
         cfg, home = load_config(args.config), nested_home()
         began = time.perf_counter()
-        recorded = {r["config_fingerprint"] for r in json.loads((RESULTS / "ablation.json").read_text())["runs"]}
-        from pipeline.config import config_fingerprint
-
-        todo = args.variants or [v for v, c in ablation.sweep_configs(cfg).items()
-                                 if config_fingerprint(c) not in recorded]
+        runs_of = sweep(cfg, args.profile)
+        todo = args.variants or [v for v, (_, old) in runs_of.items() if old is None]
         if not args.collect_only and todo:
             ablation.materialize_sweep(cfg, home, todo)
-        runs = gather(cfg, home, args.profile, [] if args.collect_only else todo)
+        runs = gather(cfg, home, args.profile, [] if args.collect_only else todo, runs_of)
         result = {"command": f"python benchmarks/families.py --config {args.config} --profile {args.profile}",
                   "config": args.config, f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
                   "conventions": "As ablation.json's (FLOPs: flop_counter, 2 per multiply-add; fid: mean over the "

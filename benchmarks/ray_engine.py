@@ -24,6 +24,7 @@ STAGES = ["images", "encoder_features", "svd", "level_1_latents", "level_2_laten
 
 
 def tiny(engine: str, address: str | None):
+    # A deliberate copy of tests/test_ray_engine.py's tiny(): a benchmark does not import the tests.
     from pipeline.config import load_config, parse_config
 
     data = load_config("configs/tiny.yaml").model_dump(mode="json")

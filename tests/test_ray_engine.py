@@ -36,7 +36,7 @@ def cluster():
     c.shutdown()
 
 
-def tiny(engine: str, address: str | None = None, **level2_train) -> dict:
+def tiny(engine: str, address: str | None = None, **level2_train):
     data = load_config("configs/tiny.yaml").model_dump(mode="json")
     data["compute"] = {"engine": engine, "ray": {"address": address, "workers": 2}}
     data["levels"][1]["train"] = {**data["levels"][1]["train"], "nproc": 2, **level2_train}
