@@ -40,7 +40,19 @@ ablation = _ablation()
 def family(cfg) -> str:
     if cfg.level0.train.backbone == "matryoshka":
         return "matryoshka"
-    return FAMILIES[cfg.levels[0].kind] if cfg.levels else "plain"
+    if not cfg.levels:
+        return "plain"
+    if cfg.levels[0].kind == "pixel_base" and len(cfg.levels) > 1:
+        return "nested_msf"  # semantic levels over MSF's pixel base
+    return FAMILIES[cfg.levels[0].kind]
+
+
+def arm(cfg) -> str:
+    """What a run measures, whatever its training seed: runs that differ only in train_seed share an arm (the
+    config fingerprint with the seed left out), and their FIDs are pooled in the verdicts."""
+    from pipeline.config import config_fingerprint
+
+    return config_fingerprint(cfg.model_copy(update={"train_seed": None}))
 
 
 def seconds(plan, cfg) -> dict:
@@ -52,8 +64,11 @@ def seconds(plan, cfg) -> dict:
             "sample_seconds": samples.get("sample_seconds"), "images_per_sec": samples.get("images_per_sec")}
 
 
-def with_family(run: dict, vcfg) -> dict:
-    return {**run, "family": family(vcfg), "level_steps": vcfg.sampling_steps()}
+def with_family(run: dict, vcfg, reported_seed: int) -> dict:
+    # A run sampled from other seeds than the reported ones chose something (a sampling setting) on them: a
+    # selection run, listed apart and kept out of the verdicts.
+    return {**run, "family": family(vcfg), "level_steps": vcfg.sampling_steps(), "arm": arm(vcfg),
+            "selection": vcfg.sampling.seed != reported_seed}
 
 
 def sweep(cfg, profile: str) -> dict[str, tuple]:
@@ -81,7 +96,7 @@ def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str
             raise SystemExit(f"run '{variant}' has no evaluation yet: materialize it first")
         else:
             continue
-        runs.append(with_family(run, vcfg))
+        runs.append(with_family(run, vcfg, cfg.sampling.seed))
     return runs
 
 
@@ -96,10 +111,18 @@ def budgets(runs: list[dict]) -> list[list[dict]]:
     return groups
 
 
-def verdicts(runs: list[dict]) -> dict:
+def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
+    """Per budget and against plain diffusion, run by run (one training seed over its sampling seeds); and, for
+    arms with more than one training seed, pooled over all of them against plain diffusion's arm, with the
+    ablation's ratio target."""
+    selection = [r for r in runs if r.get("selection")]
+    runs = [r for r in runs if not r.get("selection")]
     one = lambda r: ablation.pooled([r])  # noqa: E731  (a run over its sampling seeds)
     plain = next((r for r in runs if r["family"] == "plain"), None)
     out = {"budgets": []}
+    if selection:
+        out["selection"] = [f"{r['variant']}: {r['fid']:.2f} on sampling seeds {r['seeds']}, "
+                            f"{r['gflops_per_image']:.2f} GFLOPs / image" for r in sorted(selection, key=lambda r: r["fid"])]
     for group in budgets(runs):
         ranked = sorted(group, key=lambda r: r["fid"])
         entry = {"gflops_per_image": [round(group[0]["gflops_per_image"], 2), round(group[-1]["gflops_per_image"], 2)],
@@ -112,6 +135,15 @@ def verdicts(runs: list[dict]) -> dict:
         out["vs_plain"] = {r["variant"]: {**ablation.compare(one(r), one(plain)), "family": r["family"],
                                           "gflops_per_image_ratio": round(r["gflops_per_image"] / plain["gflops_per_image"], 3)}
                            for r in runs if r is not plain}
+        arms: dict[str, list[dict]] = {}
+        for r in runs:
+            arms.setdefault(r.get("arm", r["variant"]), []).append(r)
+        base = arms[plain.get("arm", plain["variant"])]
+        out["vs_plain_pooled"] = {
+            rs[0]["variant"]: {**ablation.compare(ablation.pooled(rs), ablation.pooled(base), ratio_target),
+                               "ratio_target": ratio_target, "training_seeds": len(rs),
+                               "gflops_per_image_ratio": round(rs[0]["gflops_per_image"] / plain["gflops_per_image"], 3)}
+            for rs in arms.values() if len(rs) > 1 and rs is not base} if len(base) > 1 else {}
     return out
 
 
@@ -119,12 +151,13 @@ def markdown(runs: list[dict]) -> str:
     plain = next((r for r in runs if r["family"] == "plain"), None)
     lines = ["| run | family | L | sampling steps (level 0 up) | FID (mean +- std, seeds) | oracle FID | FID / floor "
              "| sampling GFLOPs / image | GFLOPs / forward | train GFLOPs | train s | sampling img/s |", "|" + "---|" * 12]
-    for r in sorted(runs, key=lambda r: (r["gflops_per_image"], r["fid"])):
+    for r in sorted(runs, key=lambda r: (r.get("selection", False), r["gflops_per_image"], r["fid"])):
         rel = f" ({r['gflops_per_image'] / plain['gflops_per_image']:.2f}x)" if plain else ""
         oracle = "-" if r.get("oracle_fid") is None else f"{r['oracle_fid']:.2f} +- {r['oracle_fid_std']:.2f}"
         measured = lambda k, f: "-" if r.get(k) is None else format(r[k], f)  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['family']} | {r['L']} | {', '.join(map(str, r['level_steps']))} | "
-                     f"{r['fid']:.2f} +- {r['fid_std']:.2f} | {oracle} | {r['fid'] / r['fid_floor']:.2f} | "
+        name = f"{r['variant']} (selection: seed {r['seeds'][0]})" if r.get("selection") else r["variant"]
+        lines.append(f"| {name} | {r['family']} | {r['L']} | {', '.join(map(str, r['level_steps']))} | "
+                     f"{r['fid']:.2f} +- {measured('fid_std', '.2f')} | {oracle} | {r['fid'] / r['fid_floor']:.2f} | "
                      f"{r['gflops_per_image']:.2f}{rel} | {r['gflops_per_forward']:.3f} | {r['train_gflops']:.3g} | "
                      f"{measured('train_seconds', '.0f')} | {measured('images_per_sec', '.1f')} |")
     return "\n".join(lines)
@@ -137,6 +170,7 @@ def plot(runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    runs = [r for r in runs if not r.get("selection")]
     for fam in sorted({r["family"] for r in runs}):
         rs = [r for r in runs if r["family"] == fam]
         ax.errorbar([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], yerr=[r["fid_std"] for r in rs],

@@ -31,7 +31,12 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
     fam = families()
     assert {v: fam.family(c) for v, c in sweep.items()} == {
         "base": "nested", "L1": "plain", "msf": "msf", "msf_25": "msf", "cascade": "cascade",
-        "matryoshka": "matryoshka", "msf_unet_base": "msf"}
+        "matryoshka": "matryoshka", "msf_unet_base": "msf", "nested_msf": "nested_msf",
+        "nested_msf_seed1": "nested_msf", "seed1": "nested", "L1_seed1": "plain", "nested_msf_sel_base14": "nested_msf",
+        "nested_msf_sel_res6": "nested_msf", "nested_msf_sel_res_w0": "nested_msf"}
+    assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
+    assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
+    assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
     assert sweep["msf"].sampling_steps() == [10, 25] and sweep["msf_25"].sampling_steps() == [25, 25]
 
 
@@ -66,3 +71,19 @@ def test_markdown_has_a_row_per_run_cheapest_first():
     table = fam.markdown(runs).splitlines()
     assert len(table) == 4 and table[2].startswith("| L1 | plain | 1 | 25 | 101.00 +- 1.00 | - |")
     assert "70.00 +- 1.00" in table[3] and "7.50 (2.27x)" in table[3] and table[3].endswith("| 900 | 12.0 |")
+
+
+def test_training_seeds_are_pooled_and_selection_runs_stay_out_of_the_verdicts():
+    fam = families()
+    runs = [dict(run("L1", "plain", [100, 102, 98], 3.3), arm="p"), dict(run("L1_seed1", "plain", [101, 99, 100], 3.3), arm="p"),
+            dict(run("nm", "nested_msf", [60, 61, 59], 3.9), arm="n"), dict(run("nm_seed1", "nested_msf", [64, 63, 65], 3.9), arm="n"),
+            dict(run("alone", "msf", [90, 91, 89], 3.4), arm="a"),
+            dict(run("nm_sel", "nested_msf", [10], 3.6), arm="s", selection=True, seeds=[0])]
+    v = fam.verdicts(runs)
+    assert list(v["vs_plain_pooled"]) == ["nm"]  # the only arm besides plain with two training seeds
+    pooled = v["vs_plain_pooled"]["nm"]
+    assert pooled["fid_a"] == pytest.approx(62.0) and pooled["fid_b"] == pytest.approx(100.0)
+    assert pooled["training_seeds"] == 2 and pooled["verdict"] == "missed"  # 0.62x: a real gain, above 0.6x
+    assert v["selection"] == ["nm_sel: 10.00 on sampling seeds [0], 3.60 GFLOPs / image"]
+    assert all("nm_sel" not in b["ranking"][0] for b in v["budgets"]) and "nm_sel" not in v["vs_plain"]
+    assert fam.verdicts(runs, ratio_target=0.65)["vs_plain_pooled"]["nm"]["verdict"] == "met"

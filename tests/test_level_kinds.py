@@ -191,3 +191,35 @@ def test_a_matryoshka_level_0_trains_checks_and_samples_through_the_assets(msf):
     curve = [loss for _, loss in plan["level_0_model"].artifact.metadata()["loss_curve"]]
     assert curve[-1] < curve[0]
     assert plan["samples"].artifact.metadata()["num_samples"] == cfg.sampling.num_samples
+
+
+def test_semantic_levels_over_a_pixel_base_condition_every_finer_level(msf):
+    """Nested semantic latents above MSF's pixel base (configs/families_cpu.yaml's nested_msf): the 8x8 base
+    generator is conditioned on the semantic levels, the residual on all three; the pixel level's data is MSF's."""
+    from pipeline.model_io import read_spec
+
+    tiny = load_config("configs/tiny.yaml").model_dump(mode="json")
+    data = msf["cfg"].model_dump(mode="json")
+    data.update(name="tiny_nested_msf", levels=data["levels"] + tiny["levels"])
+    data["sampling"]["guidance"] = [0.1, 0.0, 0.3, 0.5]
+    cfg, home = parse_config(data), msf["home"]
+    result = run_assets(cfg, home, names=["images", "encoder_features", "svd", "level_1_latents", "level_2_latents",
+                                          "level_3_latents", "level_1_model", "level_0_model", "level_2_model",
+                                          "level_3_model", "samples"])
+    assert result.success
+    plan = build_plan(cfg, home)
+    assert plan["level_1_latents"].fingerprint == msf["plan"]["level_1_latents"].fingerprint
+    assert result.asset_materializations_for_node("level_1_latents")[0].metadata["cache"].value == "hit"
+    specs = {lv: read_spec(plan[f"level_{lv}_model"].path) for lv in range(4)}
+    assert [specs[lv]["condition_levels"] for lv in range(4)] == [[1, 2, 3], [2, 3], [3], []]
+    assert specs[1]["in_shape"] == [3, 8, 8] and specs[1]["cond_shapes"] == [[16, 4, 4], [8, 2, 2]]
+    assert specs[0]["residual"]["level"] == 1 and "residual" not in specs[1]
+    from pipeline.sample import sample_hierarchy
+
+    gen = sample_hierarchy(cfg, plan, 4, seed=0, steps=cfg.sampling_steps(), guidance=cfg.guidance())
+    assert gen[0].shape == (4, 3, 16, 16) and gen[1].shape == (4, 3, 8, 8) and gen[3].shape == (4, 8, 2, 2)
+    assert torch.isfinite(gen[0]).all()
+    # the residual carries less than the image: the image stays near its generated 8x8 base, upsampled
+    stats = load_stats(plan["level_1_latents"].path)
+    base = upsample(destandardize(gen[1], stats["mean"], stats["std"]), (16, 16))
+    assert ((gen[0] - base) ** 2).mean() < ((gen[0] - gen[0].mean()) ** 2).mean()
