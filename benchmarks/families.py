@@ -128,8 +128,10 @@ def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
         entry = {"gflops_per_image": [round(group[0]["gflops_per_image"], 2), round(group[-1]["gflops_per_image"], 2)],
                  "ranking": [f"{r['variant']} ({r['family']}) {r['fid']:.2f} +- {r['fid_std']:.2f}" for r in ranked],
                  "best": ranked[0]["variant"], "best_family": ranked[0]["family"]}
-        if len(ranked) > 1:
-            entry["best_vs_runner_up"] = ablation.compare(one(ranked[0]), one(ranked[1]))
+        # the runner-up is the best run of another arm: a second training seed is no rival
+        rival = next((r for r in ranked if r.get("arm", r["variant"]) != ranked[0].get("arm", ranked[0]["variant"])), None)
+        if rival is not None:
+            entry["best_vs_runner_up"] = ablation.compare(one(ranked[0]), one(rival))
         out["budgets"].append(entry)
     if plain:
         out["vs_plain"] = {r["variant"]: {**ablation.compare(one(r), one(plain)), "family": r["family"],
