@@ -177,7 +177,11 @@ def plot(runs: list[dict], out: Path) -> None:
         rs = [r for r in runs if r["family"] == fam]
         ax.errorbar([r["gflops_per_image"] for r in rs], [r["fid"] for r in rs], yerr=[r["fid_std"] for r in rs],
                     fmt="o", capsize=3, label=fam)
-        for r in rs:
+        named = set()
+        for r in rs:  # one label per arm: its training seeds sit on top of each other
+            if r.get("arm", r["variant"]) in named:
+                continue
+            named.add(r.get("arm", r["variant"]))
             ax.annotate(r["variant"], (r["gflops_per_image"], r["fid"]), fontsize=7, xytext=(4, 2),
                         textcoords="offset points")
     ax.axhline(runs[0]["fid_floor"], ls=":", color="gray", lw=1, label="real-data floor")
