@@ -462,6 +462,8 @@ def apply_overrides(data: dict, overrides: dict) -> dict:
     index lists), a mapping merges into a mapping (`sampling: {steps: 50}`), anything else replaces (`levels: [...]`)."""
     out = copy.deepcopy(data)
     for key, value in overrides.items():
+        # a copy: YAML anchors make variants share one object, which a later dotted key would edit for all of them
+        value = copy.deepcopy(value)
         *path, last = key.split(".")
         node = out
         try:

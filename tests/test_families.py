@@ -34,7 +34,7 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "matryoshka": "matryoshka", "msf_unet_base": "msf", "nested_msf": "nested_msf",
         "nested_msf_seed1": "nested_msf", "seed1": "nested", "L1_seed1": "plain", "nested_msf_sel_base14": "nested_msf",
         "nested_msf_sel_res6": "nested_msf", "nested_msf_sel_res_w0": "nested_msf", "nested_msf_budget": "nested_msf",
-        "nested_msf_budget_seed1": "nested_msf"}
+        "nested_msf_budget_seed1": "nested_msf", "nested_msf_budget_base9k": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]

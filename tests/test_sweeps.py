@@ -22,6 +22,26 @@ def test_overrides_set_merge_and_replace():
         apply_overrides(data, {"levels.5.sigma": 0.0})
 
 
+def test_a_dotted_key_edits_only_its_own_variant_when_yaml_anchors_share_a_value(tiny_cfg, tmp_path):
+    """`levels: *levels` then `levels.0.sigma` in one variant must not reach another variant (or the base) that
+    holds the same anchored list: each variant gets its own copy of what it replaces."""
+    import yaml
+
+    text = yaml.safe_dump({k: v for k, v in tiny_cfg.model_dump(mode="json").items() if k != "variants"})
+    text += ("variants:\n  short: &short\n    levels: &lv [{pool: 4, channels: 16, sigma: 0.5}]\n"
+             "  short_s0: {<<: *short, levels.0.sigma: 0.0}\n  short_again: {levels: *lv}\n")
+    path = tmp_path / "anchors.yaml"
+    path.write_text(text)
+    from pipeline.config import config_fingerprint, load_config
+
+    cfg = load_config(path, check_files=False)
+    v = variant_configs(cfg, check_files=False)
+    assert v["short_s0"].levels[0].sigma == 0.0
+    assert v["short"].levels[0].sigma == 0.5 and v["short_again"].levels[0].sigma == 0.5
+    assert config_fingerprint(v["short"]) == config_fingerprint(v["short_again"]) != config_fingerprint(v["short_s0"])
+    assert cfg.variants["short"]["levels"][0]["sigma"] == 0.5  # the parsed config itself is untouched
+
+
 def test_bad_variants_are_refused_with_their_name(tiny_cfg):
     with pytest.raises(ConfigError, match=r"variants\.neg: .*levels\[1\]\.sigma"):
         with_variants(tiny_cfg, {"neg": {"levels.1.sigma": -1.0}})
