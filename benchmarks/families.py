@@ -55,6 +55,10 @@ def arm(cfg) -> str:
     return config_fingerprint(cfg.model_copy(update={"train_seed": None}))
 
 
+def arm_of(run: dict) -> str:
+    return run.get("arm", run["variant"])  # a run recorded before arms existed is an arm of its own
+
+
 def seconds(plan, cfg) -> dict:
     """What the run's artifacts measured: training (all levels, as they ran: see the JSON's conventions) and
     sampling num_samples images once."""
@@ -129,7 +133,7 @@ def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
                  "ranking": [f"{r['variant']} ({r['family']}) {r['fid']:.2f} +- {r['fid_std']:.2f}" for r in ranked],
                  "best": ranked[0]["variant"], "best_family": ranked[0]["family"]}
         # the runner-up is the best run of another arm: a second training seed is no rival
-        rival = next((r for r in ranked if r.get("arm", r["variant"]) != ranked[0].get("arm", ranked[0]["variant"])), None)
+        rival = next((r for r in ranked if arm_of(r) != arm_of(ranked[0])), None)
         if rival is not None:
             entry["best_vs_runner_up"] = ablation.compare(one(ranked[0]), one(rival))
         out["budgets"].append(entry)
@@ -139,8 +143,8 @@ def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
                            for r in runs if r is not plain}
         arms: dict[str, list[dict]] = {}
         for r in runs:
-            arms.setdefault(r.get("arm", r["variant"]), []).append(r)
-        base = arms[plain.get("arm", plain["variant"])]
+            arms.setdefault(arm_of(r), []).append(r)
+        base = arms[arm_of(plain)]
         out["vs_plain_pooled"] = {
             rs[0]["variant"]: {**ablation.compare(ablation.pooled(rs), ablation.pooled(base), ratio_target),
                                "ratio_target": ratio_target, "training_seeds": len(rs),
@@ -179,9 +183,9 @@ def plot(runs: list[dict], out: Path) -> None:
                     fmt="o", capsize=3, label=fam)
         named = set()
         for r in rs:  # one label per arm: its training seeds sit on top of each other
-            if r.get("arm", r["variant"]) in named:
+            if arm_of(r) in named:
                 continue
-            named.add(r.get("arm", r["variant"]))
+            named.add(arm_of(r))
             ax.annotate(r["variant"], (r["gflops_per_image"], r["fid"]), fontsize=7, xytext=(4, 2),
                         textcoords="offset points")
     ax.axhline(runs[0]["fid_floor"], ls=":", color="gray", lw=1, label="real-data floor")
