@@ -8,11 +8,14 @@
 3. **Guidance at level 0.** Each nested run sampled again with other level-0 guidance weights: at 0 the
    unconditional pass, most of the sampling cost above the baseline, is saved; larger weights lean harder on
    the coarse latents.
-4. **Latent quality.** Frechet distance of each generated latent level to the training latents, next to the
+4. **The oracle ladder.** Level 0 sampled with the real latents of only the levels >= k, k from the coarsest
+   down, the rest generated: where the gap between the full oracle and the run's own FID comes from, level by
+   level (k = 1 is the full oracle; none given is the run itself).
+5. **Latent quality.** Frechet distance of each generated latent level to the training latents, next to the
    held-out latents' distance (the floor at the same N), and the generated latents' channel std (data: 1).
 
 Parts 1 and 2 are now columns of every evaluation row (`sampling.eval_seeds`, `sampling.oracle`, through the same
-helpers of pipeline/evaluate.py); parts 3 and 4 are this script's. Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
+helpers of pipeline/evaluate.py); parts 3 to 5 are this script's. Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
 precision (bfloat16 autocast is emulated, ~14x slower than float32, on CPUs without AVX512-BF16 or AMX); then
 the base and the ``--variants`` named are materialized first. Writes ``benchmarks/results/ablation_diagnostics.json``:
 
@@ -83,7 +86,7 @@ def with_precision(path: str, precision: str, keep: list[str] | None):
     return parse_config(data, source=f"{path} ({precision})")
 
 
-PARTS = ("seeds", "oracle", "guidance", "latents")
+PARTS = ("seeds", "oracle", "guidance", "ladder", "latents")
 
 
 def main() -> None:
@@ -102,7 +105,7 @@ def main() -> None:
 
     from pipeline.config import load_config, nested_home, variant_configs
     from pipeline.costs import cost_table
-    from pipeline.evaluate import REFERENCE
+    from pipeline.evaluate import REFERENCE, oracle_ladder
     from pipeline.levels import read_latents
     from pipeline.plan import build_plan
     from pipeline.sample_shards import sample_latents
@@ -116,10 +119,13 @@ def main() -> None:
         materialize_sweep(cfg, home)
     else:
         cfg = load_config(args.config)
-    runs = {"base": cfg, **{k: c for k, c in variant_configs(cfg, check_files=False).items()
-                            if args.variants is None or k in args.variants}}
+    # The ablation's base always (the others are measured against it); another config's runs only when named
+    keep_base = Path(args.config).name.startswith("ablation")
+    runs = {k: c for k, c in {"base": cfg, **variant_configs(cfg, check_files=False)}.items()
+            if args.variants is None or k in args.variants or (k == "base" and keep_base)}
     plans = {name: build_plan(c, home) for name, c in runs.items()}
-    reference = load_file(str(plans["base"]["reference_stats"].artifact.require() / REFERENCE))
+    first = next(iter(plans.values()))  # every run shares the data, so the reference
+    reference = load_file(str(first["reference_stats"].artifact.require() / REFERENCE))
     command = f"python benchmarks/ablation_diagnostics.py --config {args.config} --profile {args.profile}"
     if args.precision:
         command += f" --precision {args.precision}"
@@ -127,10 +133,10 @@ def main() -> None:
         command += " --variants " + " ".join(args.variants)
     command += " --parts " + " ".join(args.parts)
     out = {"command": command, "profile": args.profile, "precision": args.precision or "as configured",
-           "fid_floor": plans["base"]["reference_stats"].artifact.metadata()["fid_floor"], "runs": {}}
+           "fid_floor": first["reference_stats"].artifact.metadata()["fid_floor"], "runs": {}}
     unconditional = {name: c for name, c in runs.items() if not c.class_conditional}
     best = min((n for n, c in unconditional.items() if c.num_levels > 1),
-               key=lambda n: plans[n]["evaluation"].artifact.metadata()["row"]["fid"])
+               key=lambda n: plans[n]["evaluation"].artifact.metadata()["row"]["fid"]) if "seeds" in args.parts else None
     for name, c in unconditional.items():
         plan = plans[name]
         row = plan["evaluation"].artifact.metadata()["row"]
@@ -149,6 +155,13 @@ def main() -> None:
             oracle = sample_fid(c, plan, reference, 0, given=real)
             rec["oracle"] = {"fid": oracle["fid"], "precision": oracle["precision"], "recall": oracle["recall"],
                              "num_samples": oracle["num_samples"]}
+        if c.num_levels > 2 and "ladder" in args.parts:
+            rec["oracle_ladder"] = {}
+            for k, given in oracle_ladder(real).items():  # real levels k..L-1, generated below them
+                rec["oracle_ladder"][f"real_from_{k}"] = {
+                    kk: v for kk, v in sample_fid(c, plan, reference, 0, given=given).items()
+                    if kk in ("fid", "precision", "recall")}
+                print(name, f"real latents from level {k}:", rec["oracle_ladder"][f"real_from_{k}"], flush=True)
         if c.num_levels > 1 and "guidance" in args.parts:
             rec["level0_guidance"] = {}
             for w in args.level0_guidance:
@@ -172,12 +185,14 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "ablation_diagnostics.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    if old.get(args.profile, {}).get("precision") == out["precision"]:  # add these parts to the earlier ones
-        earlier = old[args.profile]
+    # the ablation's runs under the profile's name; another config's (configs/families_cpu.yaml) beside them
+    key = args.profile if Path(args.config).name.startswith("ablation") else f"{args.profile}:{cfg.name}"
+    if old.get(key, {}).get("precision") == out["precision"]:  # add these parts to the earlier ones
+        earlier = old[key]
         out["runs"] = {n: {**earlier["runs"].get(n, {}), **r} for n, r in out["runs"].items()}
         out["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
                           out["command"]]
-    old[args.profile] = out
+    old[key] = out
     path.write_text(json.dumps(old, indent=1) + "\n")
 
 

@@ -122,7 +122,7 @@ def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
     selection = [r for r in runs if r.get("selection")]
     runs = [r for r in runs if not r.get("selection")]
     one = lambda r: ablation.pooled([r])  # noqa: E731  (a run over its sampling seeds)
-    plain = next((r for r in runs if r["family"] == "plain"), None)
+    plain = next((r for r in runs if r["family"] == "plain" and not r.get("compute_matched")), None)
     out = {"budgets": []}
     if selection:
         out["selection"] = [f"{r['variant']}: {r['fid']:.2f} on sampling seeds {r['seeds']}, "
@@ -150,6 +150,13 @@ def verdicts(runs: list[dict], ratio_target: float = 0.6) -> dict:
                                "ratio_target": ratio_target, "training_seeds": len(rs),
                                "gflops_per_image_ratio": round(rs[0]["gflops_per_image"] / plain["gflops_per_image"], 3)}
             for rs in arms.values() if len(rs) > 1 and rs is not base} if len(base) > 1 else {}
+        # plain diffusion trained with an arm's training FLOPs: that arm, all its training seeds, against it
+        out["vs_compute_matched"] = {
+            f"{rs[0]['variant']} vs {m['variant']}": {**ablation.compare(ablation.pooled(rs), one(m), ratio_target),
+                                                      "training_seeds": len(rs), "train_gflops_ratio": round(
+                                                          rs[0]["train_gflops"] / m["train_gflops"], 3)}
+            for m in runs if m.get("compute_matched") for rs in arms.values()
+            if rs[0]["family"] != "plain" and abs(rs[0]["train_gflops"] / m["train_gflops"] - 1) < 0.02}
     return out
 
 

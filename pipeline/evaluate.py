@@ -89,6 +89,14 @@ def oracle_conditions(cfg: Config, plan: dict[str, Stage], n: int) -> tuple[dict
     return given, labels if cfg.class_conditional else None
 
 
+def oracle_ladder(given: dict[int, torch.Tensor]) -> dict[int, dict[int, torch.Tensor]]:
+    """The partial oracles between the full oracle and the run: {k: the real latents of the levels >= k only}, from
+    the coarsest level down to level 2 (k = 1 would be the full oracle). Sampled with each, the levels below k are
+    generated from real coarser ones: the FID's steps from k to k - 1 tell which level's generator costs what."""
+    top = max(given, default=0)
+    return {k: {level: z for level, z in given.items() if level >= k} for k in range(top, 1, -1)}
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 

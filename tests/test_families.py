@@ -34,7 +34,11 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "matryoshka": "matryoshka", "msf_unet_base": "msf", "nested_msf": "nested_msf",
         "nested_msf_seed1": "nested_msf", "seed1": "nested", "L1_seed1": "plain", "nested_msf_sel_base14": "nested_msf",
         "nested_msf_sel_res6": "nested_msf", "nested_msf_sel_res_w0": "nested_msf", "nested_msf_budget": "nested_msf",
-        "nested_msf_budget_seed1": "nested_msf", "nested_msf_budget_base9k": "nested_msf"}
+        "nested_msf_budget_seed1": "nested_msf", "nested_msf_budget_base9k": "nested_msf",
+        "nested_msf_budget_base9k_seed1": "nested_msf", "nested_msf_sel_b9k_w03": "nested_msf",
+        "nested_msf_sel_b9k_w0": "nested_msf", "nested_msf_sel_b9k_w1": "nested_msf", "nested_msf_sel_b9k_w2": "nested_msf",
+        "nested_msf_budget_base9k_w1": "nested_msf", "nested_msf_budget_base9k_w1_seed1": "nested_msf",
+        "L1_matched_base9k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -43,6 +47,17 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
     assert all((c.sampling.seed != reported) == ("_sel_" in v) for v, c in sweep.items())
     assert sweep["nested_msf_budget"].sampling_steps() == sweep["nested_msf_sel_base14"].sampling_steps()
     assert sweep["msf"].sampling_steps() == [10, 25] and sweep["msf_25"].sampling_steps() == [25, 25]
+    # the chosen guidance is the selection run's, reported on both training seeds (one arm)
+    assert sweep["nested_msf_budget_base9k_w1"].guidance() == sweep["nested_msf_sel_b9k_w1"].guidance()
+    assert fam.arm(sweep["nested_msf_budget_base9k_w1_seed1"]) == fam.arm(sweep["nested_msf_budget_base9k_w1"])
+
+
+def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
+    from pipeline.costs import matched_steps, train_gflops
+
+    matched, arm = sweep["L1_matched_base9k"], sweep["nested_msf_budget_base9k"]
+    assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
+    assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
@@ -92,3 +107,17 @@ def test_training_seeds_are_pooled_and_selection_runs_stay_out_of_the_verdicts()
     assert v["selection"] == ["nm_sel: 10.00 on sampling seeds [0], 3.60 GFLOPs / image"]
     assert all("nm_sel" not in b["ranking"][0] for b in v["budgets"]) and "nm_sel" not in v["vs_plain"]
     assert fam.verdicts(runs, ratio_target=0.65)["vs_plain_pooled"]["nm"]["verdict"] == "met"
+
+
+def test_an_arm_is_weighed_against_plain_diffusion_trained_with_its_flops():
+    fam = families()
+    runs = [dict(run("L1", "plain", [100, 102, 98], 3.3), arm="p"),
+            dict(run("L1_m", "plain", [95, 96, 94], 3.3), arm="m", compute_matched=True, train_gflops=2.0),
+            dict(run("nm", "nested_msf", [60, 61, 59], 3.9), arm="n", train_gflops=2.01),
+            dict(run("nm_seed1", "nested_msf", [64, 63, 65], 3.9), arm="n", train_gflops=2.01),
+            dict(run("cheap", "msf", [90, 91, 89], 3.4), arm="a")]  # 1.0 train GFLOPs: not matched
+    v = fam.verdicts(runs)
+    assert v["vs_plain"]["nm"]["fid_b"] == pytest.approx(100.0)  # plain is L1, not the matched run
+    assert list(v["vs_compute_matched"]) == ["nm vs L1_m"]
+    m = v["vs_compute_matched"]["nm vs L1_m"]
+    assert m["fid_a"] == pytest.approx(62.0) and m["fid_b"] == pytest.approx(95.0) and m["training_seeds"] == 2

@@ -49,3 +49,21 @@ def test_class_conditional_sampling_draws_training_labels(tiny_run, monkeypatch)
 
     three = only(3)
     assert torch.equal(three, only(3)) and not torch.allclose(three, only(5))  # the label reaches the model
+
+
+def test_given_coarse_latents_are_kept_and_condition_the_finer_levels(tiny_run):
+    """The oracle ladder's partial oracles: the real latents of the levels >= k pass through unchanged, the levels
+    below are generated, and they follow what was given (the same seed, other given latents: other samples)."""
+    from pipeline.evaluate import oracle_conditions, oracle_ladder
+
+    cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
+    real, _ = oracle_conditions(cfg, plan, 4)
+    ladder = oracle_ladder(real)
+    assert list(ladder) == [2] and set(ladder[2]) == {2}  # L = 3: only the coarsest level given
+    kw = dict(seed=3, steps=3, guidance=[0.0, 0.0, 0.0], batch_size=4)
+    part = sample_hierarchy(cfg, plan, 4, given=ladder[2], **kw)
+    flipped = sample_hierarchy(cfg, plan, 4, given={2: -real[2]}, **kw)
+    assert torch.equal(part[2], real[2]) and part[1].shape == real[1].shape
+    assert not torch.allclose(part[1], real[1])  # generated, not copied
+    assert not torch.allclose(part[1], flipped[1]) and not torch.allclose(part[0], flipped[0])
+    assert oracle_ladder({1: real[1]}) == {}  # L = 2: the full oracle is the only one
