@@ -84,11 +84,17 @@ def sweep(cfg, profile: str) -> dict[str, tuple]:
     return {v: (c, recorded.get(config_fingerprint(c))) for v, c in ablation.sweep_configs(cfg).items()}
 
 
-def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str, tuple]) -> list[dict]:
-    """Every run of the sweep (`runs_of`: sweep()'s): built here, or recorded in ablation.json."""
+def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str, tuple],
+           earlier: list[dict] = ()) -> list[dict]:
+    """Every run of the sweep (`runs_of`: sweep()'s): built here, or recorded in ablation.json, or recorded by an
+    earlier run of this script (`earlier`: its JSON's runs) under the same variant and config fingerprint, so a
+    result outlives the artifact cache it was measured from (a new machine, a cleared NESTED_HOME)."""
+    from pipeline.config import config_fingerprint
     from pipeline.plan import build_plan
 
     built = {r["variant"]: r for r in ablation.collect(cfg, home, profile)}
+    kept = {(r["variant"], r["config_fingerprint"]): r for r in earlier
+            if r.get("recorded_in") == "families.json" and r["profile"] == profile}
     runs = []
     for variant, (vcfg, old) in runs_of.items():
         if variant in built:
@@ -98,6 +104,8 @@ def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str
                    "recorded_in": "ablation.json"}
         elif variant in required:
             raise SystemExit(f"run '{variant}' has no evaluation yet: materialize it first")
+        elif (variant, config_fingerprint(vcfg)) in kept:
+            run = kept[variant, config_fingerprint(vcfg)]
         else:
             continue
         runs.append(with_family(run, vcfg, cfg.sampling.seed))
@@ -228,7 +236,8 @@ def main() -> None:
         todo = args.variants or [v for v, (_, old) in runs_of.items() if old is None]
         if not args.collect_only and todo:
             ablation.materialize_sweep(cfg, home, todo)
-        runs = gather(cfg, home, args.profile, [] if args.collect_only else todo, runs_of)
+        earlier = json.loads(args.out.read_text())["runs"] if args.out.exists() else []
+        runs = gather(cfg, home, args.profile, [] if args.collect_only else todo, runs_of, earlier)
         result = {"command": f"python benchmarks/families.py --config {args.config} --profile {args.profile}",
                   "config": args.config, f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
                   "conventions": "As ablation.json's (FLOPs: flop_counter, 2 per multiply-add; fid: mean over the "

@@ -457,13 +457,22 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
                               f"({enc.name} {enc.layer})")
 
 
+def unshared(value):
+    """A copy in which no two places are one object. YAML aliases make them one (two levels' `train: *t`, or
+    variants sharing an anchor), and copy.deepcopy keeps them one: a dotted key would edit all of them."""
+    if isinstance(value, dict):
+        return {k: unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unshared(v) for v in value]
+    return value
+
+
 def apply_overrides(data: dict, overrides: dict) -> dict:
     """A copy of `data` with `overrides` applied: a dotted key sets one value (`levels.1.sigma: 0.0`; integers
     index lists), a mapping merges into a mapping (`sampling: {steps: 50}`), anything else replaces (`levels: [...]`)."""
     out = copy.deepcopy(data)
     for key, value in overrides.items():
-        # a copy: YAML anchors make variants share one object, which a later dotted key would edit for all of them
-        value = copy.deepcopy(value)
+        value = unshared(value)
         *path, last = key.split(".")
         node = out
         try:

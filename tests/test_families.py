@@ -38,7 +38,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_budget_base9k_seed1": "nested_msf", "nested_msf_sel_b9k_w03": "nested_msf",
         "nested_msf_sel_b9k_w0": "nested_msf", "nested_msf_sel_b9k_w1": "nested_msf", "nested_msf_sel_b9k_w2": "nested_msf",
         "nested_msf_budget_base9k_w1": "nested_msf", "nested_msf_budget_base9k_w1_seed1": "nested_msf",
-        "L1_matched_base9k": "plain"}
+        "L1_matched_base9k": "plain", "nested_msf_b9k_w1_sem9k": "nested_msf",
+        "nested_msf_b9k_w1_sem9k_seed1": "nested_msf", "L1_matched_sem9k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -55,9 +56,13 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
 def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     from pipeline.costs import matched_steps, train_gflops
 
-    matched, arm = sweep["L1_matched_base9k"], sweep["nested_msf_budget_base9k"]
-    assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
-    assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
+    for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k")]:
+        matched, arm = sweep[matched], sweep[arm]
+        assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
+        assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
+    # sem9k: every level above the pixels trained 9000 steps, level 0 as in every run
+    assert [lv.train.steps for lv in sweep["nested_msf_b9k_w1_sem9k"].levels] == [9000, 9000, 9000]
+    assert sweep["nested_msf_b9k_w1_sem9k"].level0.train.steps == 3000
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
@@ -121,3 +126,19 @@ def test_an_arm_is_weighed_against_plain_diffusion_trained_with_its_flops():
     assert list(v["vs_compute_matched"]) == ["nm vs L1_m"]
     m = v["vs_compute_matched"]["nm vs L1_m"]
     assert m["fid_a"] == pytest.approx(62.0) and m["fid_b"] == pytest.approx(95.0) and m["training_seeds"] == 2
+
+
+def test_a_recorded_run_outlives_the_artifact_cache_while_its_config_is_unchanged(sweep, tmp_path):
+    """An empty artifact home (a new machine) keeps what families.json recorded for an unchanged config, drops a
+    record whose config has changed since, and still refuses a run asked for that has no evaluation."""
+    fam = families()
+    runs_of = {v: (sweep[v], None) for v in ("msf", "cascade")}
+    earlier = [dict(run("msf", "msf", [90.0, 91.0, 92.0], 3.4), config_fingerprint=config_fingerprint(sweep["msf"]),
+                    profile="cpu", recorded_in="families.json"),
+               dict(run("cascade", "cascade", [95.0, 96.0, 97.0], 7.4), config_fingerprint="0" * 16, profile="cpu",
+                    recorded_in="families.json")]
+    got = fam.gather(sweep["base"], tmp_path, "cpu", [], runs_of, earlier)
+    assert [(r["variant"], r["fid_seeds"], r["family"]) for r in got] == [("msf", [90.0, 91.0, 92.0], "msf")]
+    assert fam.gather(sweep["base"], tmp_path, "cpu", [], runs_of, []) == []
+    with pytest.raises(SystemExit, match="'msf' has no evaluation"):
+        fam.gather(sweep["base"], tmp_path, "cpu", ["msf"], runs_of, earlier)

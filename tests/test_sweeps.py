@@ -42,6 +42,16 @@ def test_a_dotted_key_edits_only_its_own_variant_when_yaml_anchors_share_a_value
     assert cfg.variants["short"]["levels"][0]["sigma"] == 0.5  # the parsed config itself is untouched
 
 
+def test_a_dotted_key_edits_one_level_when_yaml_aliases_make_two_levels_share_their_train_mapping():
+    """`levels: [{train: *t}, {train: *t}]` is one mapping in two places; `levels.0.train.steps` sets one level."""
+    import yaml
+
+    shared = yaml.safe_load("t: &t {steps: 10}\nv: {levels: [{train: *t}, {train: *t}], levels.0.train.steps: 30}")
+    out = apply_overrides({"levels": []}, shared["v"])
+    assert [lv["train"]["steps"] for lv in out["levels"]] == [30, 10]
+    assert shared["t"]["steps"] == 10
+
+
 def test_bad_variants_are_refused_with_their_name(tiny_cfg):
     with pytest.raises(ConfigError, match=r"variants\.neg: .*levels\[1\]\.sigma"):
         with_variants(tiny_cfg, {"neg": {"levels.1.sigma": -1.0}})
