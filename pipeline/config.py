@@ -228,6 +228,8 @@ class K8sComputeConfig(_Strict):
 class ComputeConfig(_Strict):
     """Where the heavy stages run. It changes no result, so no fingerprint: `local` and `ray` share artifacts."""
     engine: Literal["local", "ray", "k8s"] = "local"
+    # torch.compile of the training step: 'auto' compiles on a GPU only (pipeline.train.use_compile)
+    compile: bool | Literal["auto"] = "auto"
     ray: RayComputeConfig = RayComputeConfig()
     k8s: K8sComputeConfig = K8sComputeConfig()
 

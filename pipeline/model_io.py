@@ -72,11 +72,12 @@ def read_spec(model_dir: Path) -> dict:
     return json.loads((Path(model_dir) / MODEL_JSON).read_text())
 
 
-def load_level_model(model_dir: Path, use_ema: bool = True) -> tuple[torch.nn.Module, dict]:
-    """A trained level's denoiser (EMA weights by default) and its spec, from safetensors only."""
+def load_level_model(model_dir: Path, use_ema: bool = True,
+                     device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A trained level's denoiser (EMA weights by default) on `device`, and its spec, from safetensors only."""
     from safetensors.torch import load_file
 
     spec = read_spec(model_dir)
     model = build_model(spec)
     model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS[use_ema])))
-    return model.eval(), spec
+    return model.to(device).eval(), spec

@@ -34,6 +34,11 @@ def device_for(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def sampling_device() -> torch.device:
+    """Where sampling runs: the process's GPU if it has one (a Ray actor's or torchrun's), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:
     """Whether this CPU does bfloat16 in hardware (AVX512-BF16 or AMX); None where /proc/cpuinfo is absent.
     Without it oneDNN emulates bf16: measured here on an AVX2 EPYC, a unet-tiny step took 10.0 s in bf16

@@ -21,6 +21,7 @@ from .guidance import guide, runs_unconditional
 from .model_io import load_level_model, make_scheduler, spec_scheduler
 from .pixel_levels import add_base
 from .plan import Stage
+from .runtime import sampling_device
 from .sample_shards import PATTERN as SHARD_PATTERN
 from .stats import ChannelStats
 
@@ -33,18 +34,22 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
     sched.set_timesteps(steps)
     nested = spec.get("matryoshka")
     shape = state_shape(spec["in_shape"], nested["nest"]) if nested else spec["in_shape"]
-    x = torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma
+    # The noise comes from the CPU generator wherever the model runs: a seed gives the same draws on a GPU.
+    device = next(model.parameters()).device
+    x = (torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma).to(device)
+    conds = [c.to(device) for c in conds]
+    labels = labels.to(device) if labels is not None else None
     guided = runs_unconditional(guidance, bool(conds), labels is not None)
     for t in sched.timesteps:
-        tt = torch.full((n,), int(t), dtype=torch.long)
+        tt = torch.full((n,), int(t), dtype=torch.long, device=device)
         xin = sched.scale_model_input(x, t)
         out = model(xin, tt, conds, labels)
         if guided:
             null = torch.full_like(labels, spec["num_classes"]) if labels is not None else None
-            out_u = model(xin, tt, conds, null, torch.ones(n, dtype=torch.bool))
+            out_u = model(xin, tt, conds, null, torch.ones(n, dtype=torch.bool, device=device))
             out = guide(out, out_u, guidance)
         x = sched.step(out, t, x, generator=generator).prev_sample
-    return x
+    return x.cpu()
 
 
 def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
@@ -107,7 +112,8 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
 
 
 def load_models(cfg: Config, plan: dict[str, Stage], use_ema: bool = True, skip=()) -> dict:
-    return {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema)
+    """Each level's (model, spec), on the GPU where there is one (sampling's draws stay on the CPU)."""
+    return {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema, sampling_device())
             for level in range(cfg.num_levels) if level not in skip}
 
 

@@ -12,6 +12,7 @@ samples (two independent masks would train it on p_uncond^2: 1% at 0.1).
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import time
 from pathlib import Path
@@ -90,8 +91,10 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
         spec["residual"] = data.residual  # sampling adds the base back (pipeline.pixel_levels.add_base)
     torch.manual_seed(cfg.training_seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(tc.ema_decay), use_buffers=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    ema = AveragedModel(model, use_buffers=True)  # the store of the average; update_ema() updates it
+    # fused: one kernel for the whole update on a GPU; the CPU keeps the default path (and its recorded results)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay,
+                            fused=device.type == "cuda")
     sched = make_scheduler(spec["scheduler"])
     sigmas = spec["condition_sigmas"]
 
@@ -105,27 +108,38 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
         log(f"resuming level {level} from {ckpt.name} (step {start})")
     # find_unused_parameters: the null-condition tokens get no gradient in a batch where nothing was dropped
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+    compiled = use_compile(cfg.compute.compile, device)
+    if compiled:
+        # static shapes: a level's batch never changes, and inductor's dynamic-shape kernels for this model failed
+        # on torch 2.11 (H200) after one process had compiled another level's shapes
+        net = torch.compile(net, dynamic=False)  # checkpoints and the published weights come from `model`
 
     params, gflops = model_cost(tc, tuple(spec["in_shape"]), [tuple(s) for s in spec["cond_shapes"]], num_classes)
     log(f"level {level}: {spec['backbone']}-{spec['size']} {params / 1e6:.2f}M params, {gflops:.3f} "
-        f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}, {precision}")
+        f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}, {precision}"
+        f"{', compiled' if compiled else ''}")
 
     # -- train
     per_rank = max(1, tc.batch_size // world)
     x_all, conds_all, labels_all = data.x.to(device), [c.to(device) for c in data.conds], data.labels.to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     model.train()
-    t0, timed_steps, window = None, 0, []
+    # On a GPU nothing in a step waits for the GPU: the step's random draws are made there, and the losses are read
+    # back (and checked for inf/NaN) only every log_every steps and before a checkpoint. On the CPU, where waiting
+    # costs nothing, every step is checked, so a divergence stops before its own optimizer step.
+    check_every = 1 if device.type == "cpu" else tc.log_every
+    t0, timed_steps, window, unchecked = None, 0, [], []
     for step in range(start, tc.steps):
         # The step's batch, noise, timesteps, condition noise and dropout, all drawn from the step's own generator.
-        g = step_generator(cfg.training_seed, level, rank, step)
-        idx = torch.randint(0, len(data), (per_rank,), generator=g).to(device)
+        g = step_generator(cfg.training_seed, level, rank, step, device)
+        idx = torch.randint(0, len(data), (per_rank,), generator=g, device=g.device).to(device)
         x0 = x_all[idx]
-        noise = torch.randn(x0.shape, generator=g).to(device)
-        t = torch.randint(0, tc.num_train_timesteps, (per_rank,), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g, device=g.device).to(device)
+        t = torch.randint(0, tc.num_train_timesteps, (per_rank,), generator=g, device=g.device).to(device)
         xt = sched.add_noise(x0, noise, t)
         target = noise if tc.prediction == "epsilon" else sched.get_velocity(x0, noise, t)
-        conds = [c[idx] + s * torch.randn(c[idx].shape, generator=g).to(device) for c, s in zip(conds_all, sigmas)]
+        conds = [c[idx] + s * torch.randn(c[idx].shape, generator=g, device=g.device).to(device)
+                 for c, s in zip(conds_all, sigmas)]
         drop = drop_mask(per_rank, tc.p_uncond, g).to(device)  # conditions and label together
         labels = torch.where(drop, num_classes, labels_all[idx]) if num_classes else None
 
@@ -134,29 +148,35 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
         with autocast:
             pred = net(xt, t, conds, labels, drop)
         loss = torch.nn.functional.mse_loss(pred.float(), target)
-        # One non-finite loss poisons the weights and the EMA for good: stop before opt.step(), with nothing
-        # published. Under DDP every rank decides on the same summed value, so none is left waiting.
-        seen = loss.detach().clone()
-        if world > 1:
-            dist.all_reduce(seen)
-        if not torch.isfinite(seen):
-            raise FloatingPointError(
-                f"level {level} diverged: loss is {seen.item()} at step {step + 1}/{tc.steps} (nothing was published). "
-                f"Try a lower lr (now {tc.lr}) or more warmup_steps, check the level's data and conditions for "
-                f"NaN/inf, or train in precision: float32 (now {precision}).")
+        done = step + 1
+        unchecked.append(loss.detach())
+        # One non-finite loss poisons the weights and the EMA for good: stop with nothing published (checks come
+        # before every checkpoint and the end). Under DDP every rank decides on the same summed values.
+        if done % check_every == 0 or done % tc.log_every == 0 or done % tc.checkpoint_every == 0 or done == tc.steps:
+            losses = torch.stack(unchecked)
+            seen = losses.clone()
+            if world > 1:
+                dist.all_reduce(seen)
+            seen = seen.tolist()
+            if not np.all(np.isfinite(seen)):
+                bad = next(i for i, v in enumerate(seen) if not np.isfinite(v))
+                raise FloatingPointError(
+                    f"level {level} diverged: loss is {seen[bad]} at step {done - len(seen) + bad + 1}/{tc.steps} "
+                    f"(nothing was published). Try a lower lr (now {tc.lr}) or more warmup_steps, check the level's "
+                    f"data and conditions for NaN/inf, or train in precision: float32 (now {precision}).")
+            window += losses.tolist()  # this rank's, as logged before
+            unchecked = []
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-        ema.update_parameters(model)
+        update_ema(ema, model, tc.ema_decay)
 
         # Bookkeeping: speed (after the first steps, which pay for allocation and warm-up), log, checkpoint.
-        window.append(loss.item())
         if step == start + 2:
             t0, timed_steps = time.perf_counter(), 0
         elif t0 is not None:
             timed_steps += 1
-        done = step + 1
         if done % tc.log_every == 0 or done == tc.steps:
             curve.append((done, float(np.mean(window))))
             window = []
@@ -164,6 +184,8 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
                 log(f"level {level} step {done}/{tc.steps} loss {curve[-1][1]:.4f}")
         if rank == 0 and (done % tc.checkpoint_every == 0 and done < tc.steps):
             save_checkpoint(work, done, model, ema, opt, {"curve": curve})
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the last steps' kernels belong to the timing
     sec_per_step = (time.perf_counter() - t0) / timed_steps if t0 is not None and timed_steps else None
 
     # -- publish (rank 0): the weights, the EMA weights, the spec and the loss curve
@@ -177,7 +199,7 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
                 gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                 samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
                 loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=len(data),
-                condition_levels=cfg.conditions_of(level), device=str(device), precision=precision,
+                condition_levels=cfg.conditions_of(level), device=str(device), precision=precision, compiled=compiled,
                 seconds=round(time.perf_counter() - began, 1))
 
 
@@ -186,25 +208,44 @@ def work_dir(stage: Stage) -> Path:
     return stage.path.parent / f"{stage.fingerprint}.work"
 
 
-def step_generator(seed: int, level: int, rank: int, step: int) -> torch.Generator:
-    """Randomness of one step derived from its coordinates: a resumed run draws what the killed one would have."""
+def step_generator(seed: int, level: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """Randomness of one step derived from its coordinates: a resumed run draws what the killed one would have.
+    On a GPU the generator lives there (the draws need no copy from host memory, which would wait for the GPU);
+    a GPU's stream of numbers is not the CPU's, so a run resumes on the kind of device it started on."""
     state = np.random.SeedSequence([seed, level, rank, step]).generate_state(1)[0]
-    return torch.Generator().manual_seed(int(state))
+    device = torch.device(device)
+    return torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(int(state))
 
 
-def ema_with_warmup(decay: float):
-    """EMA update with diffusers' warm-up, decay_n = min(decay, (1 + n) / (10 + n)): a short run's average is
-    not dominated by its first, untrained weights (with a fixed 0.999, 22% of a 1,500-step EMA is step 0)."""
+def update_ema(ema: AveragedModel, model: torch.nn.Module, decay: float) -> None:
+    """One EMA step with diffusers' warm-up, decay_n = min(decay, (1 + n) / (10 + n)): a short run's average is
+    not dominated by its first, untrained weights (with a fixed 0.999, 22% of a 1,500-step EMA is step 0).
+    The first update copies. AveragedModel.update_parameters would do the same but reads n from the GPU every
+    step; n_averaged is a CPU buffer here, so nothing waits."""
+    n = int(ema.n_averaged)
+    pairs = zip(itertools.chain(ema.module.parameters(), ema.module.buffers()),
+                itertools.chain(model.parameters(), model.buffers()))
+    averaged, current = [], []
+    with torch.no_grad():
+        for a, c in pairs:
+            if a.is_floating_point():
+                averaged.append(a.detach())
+                current.append(c.detach())
+            else:
+                a.copy_(c)  # a counter (BatchNorm's num_batches_tracked) has no average: it is copied
+        # weight 1.0 copies exactly: lerp computes end - (end - start) * (1 - weight) for weights >= 0.5
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)) if n else 1.0)
+    ema.n_averaged += 1
 
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
 
-    return update
+def use_compile(setting: bool | str, device: torch.device) -> bool:
+    """compute.compile: 'auto' compiles on a GPU (inductor's CPU code gains little on these small models and
+    its first compile takes minutes on two cores); true or false force it."""
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def drop_mask(batch: int, p: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(batch, generator=g) < p
+    return torch.rand(batch, generator=g, device=g.device) < p
 
 
 def write_run_file(cfg: Config, plan: dict[str, Stage], home: Path) -> Path:

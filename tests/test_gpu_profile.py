@@ -97,3 +97,40 @@ def test_gpu_profile_dry_run(tmp_path):
             ("tiny", "cpu", [3, 32, 32])
     assert result["settings"]["cond_shapes"] == [[32, 4, 4], [16, 2, 2]]
     assert str(tmp_path / "results" / "gpu_throughput_dryrun.json") in proc.stdout
+
+
+def gpu_check_module():
+    spec = importlib.util.spec_from_file_location("gpu_pipeline_check", ROOT / "benchmarks" / "gpu_pipeline_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_pipeline_check_prepares_a_home_that_trains_elsewhere(tmp_path):
+    """`prepare` builds the upstream artifacts and a run file; copied to another path (another machine's), the
+    run file is re-rooted there and pipeline.train trains from it without the dataset or a rebuilt plan."""
+    import shutil
+
+    from pipeline.train import train_level
+
+    check = gpu_check_module()
+    home = tmp_path / "here"
+    check.main(["prepare", "--config", str(ROOT / "configs" / "tiny.yaml"), "--steps", "12", "--home", str(home)])
+    moved = tmp_path / "there"
+    shutil.copytree(home, moved)
+    cfg, plan = check.load_run(moved)
+    assert {cfg.train_config(level).steps for level in range(cfg.num_levels)} == {12}
+    assert all(stage.path.is_relative_to(moved) for stage in plan.values())
+    assert plan["level_1_latents"].artifact.is_complete() and not plan["level_2_model"].artifact.is_complete()
+    meta = train_level(cfg, plan, 2)
+    assert meta["cache"] == "miss" and meta["steps"] == 12 and plan["level_2_model"].artifact.is_complete()
+    assert not (home / "models").exists() or not any((home / "models").iterdir())  # the copy trained, not home
+
+
+def test_gpu_pipeline_check_run_refuses_a_machine_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_check_module().main(["run", "--home", str(tmp_path)])

@@ -181,21 +181,99 @@ def test_ema_warms_up_and_survives_a_checkpoint(tmp_path):
     from torch.optim.swa_utils import AveragedModel
 
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.train import ema_with_warmup
+    from pipeline.train import update_ema
 
     model = torch.nn.Linear(1, 1, bias=False)
-    ema = AveragedModel(model, multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    ema = AveragedModel(model, use_buffers=True)
     with torch.no_grad():
         model.weight.fill_(0.0)
-        ema.update_parameters(model)  # the first update copies
+        update_ema(ema, model, 0.999)  # the first update copies
         model.weight.fill_(1.0)
-        ema.update_parameters(model)  # n = 1: decay min(0.999, 2/11) -> moves 9/11 of the way
+        update_ema(ema, model, 0.999)  # n = 1: decay min(0.999, 2/11) -> moves 9/11 of the way
     assert ema.module.weight.item() == pytest.approx(9 / 11)
     opt = torch.optim.AdamW(model.parameters())
     ckpt = save_checkpoint(tmp_path, 2, model, ema, opt, {"curve": []})
-    restored = AveragedModel(torch.nn.Linear(1, 1, bias=False), multi_avg_fn=ema_with_warmup(0.999), use_buffers=True)
+    restored = AveragedModel(torch.nn.Linear(1, 1, bias=False), use_buffers=True)
     load_checkpoint(ckpt, torch.nn.Linear(1, 1, bias=False), restored, torch.optim.AdamW(model.parameters()))
     assert int(restored.n_averaged) == 2 and restored.module.weight.item() == pytest.approx(9 / 11)
+    assert restored.n_averaged.device.type == "cpu"  # read every step: on a GPU it must not wait for the device
+
+
+def test_ema_update_equals_averaged_models_own_update_with_the_warm_up():
+    """update_ema is AveragedModel.update_parameters with the warm-up decay, minus its per-step device read:
+    the same values, bit for bit, over parameters and buffers."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from pipeline.train import update_ema
+
+    def warm_up(averaged, current, n):
+        n = float(n)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(0.99, (1.0 + n) / (10.0 + n)))
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 4)
+    model.register_buffer("running", torch.zeros(4))  # a float buffer is averaged like a weight
+    ours, theirs = AveragedModel(model, use_buffers=True), AveragedModel(model, multi_avg_fn=warm_up, use_buffers=True)
+    for _ in range(30):
+        with torch.no_grad():
+            for t in (*model.parameters(), model.running):
+                t.add_(torch.randn_like(t))
+        update_ema(ours, model, 0.99)
+        theirs.update_parameters(model)
+    assert int(ours.n_averaged) == int(theirs.n_averaged) == 30
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.equal(ours.module.running, model.running)  # an average, not a copy
+
+    # an integer buffer (BatchNorm's step counter) cannot be averaged, and AveragedModel's update fails on it
+    bn = torch.nn.BatchNorm1d(4)
+    ema = AveragedModel(bn, use_buffers=True)
+    for _ in range(3):
+        bn(torch.randn(8, 4))
+        update_ema(ema, bn, 0.99)
+    assert int(ema.module.num_batches_tracked) == 3 and ema.module.running_mean.abs().sum() > 0
+
+
+def test_compile_is_a_compute_setting_gpu_only_by_default(tiny_cfg):
+    from pipeline.config import config_fingerprint
+    from pipeline.train import use_compile
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert use_compile("auto", gpu) and not use_compile("auto", cpu)
+    assert use_compile(True, cpu) and not use_compile(False, gpu)
+    forced = tiny_cfg.model_copy(update={"compute": tiny_cfg.compute.model_copy(update={"compile": True})})
+    assert config_fingerprint(forced) == config_fingerprint(tiny_cfg)  # how it runs, not what it computes
+    with pytest.raises(ValueError, match="compile"):
+        parse_config({**tiny_cfg.model_dump(mode="json"), "compute": {"compile": "sometimes"}})
+
+
+def test_compiled_training_publishes_the_same_kind_of_model(tiny_run, tmp_path, monkeypatch):
+    """compute.compile: true wraps the training step in torch.compile (dynamo's eager backend here, to keep the
+    test fast); the checkpoint and the published weights are the plain module's, and they load and run."""
+    import shutil
+
+    calls = []
+    real_compile = torch.compile
+
+    def compile_eagerly(net, **kwargs):
+        calls.append(type(net).__name__)
+        return real_compile(net, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    cfg = with_level_train(tiny_run["cfg"], 2, steps=12, log_every=4, checkpoint_every=6)
+    cfg = cfg.model_copy(update={"compute": cfg.compute.model_copy(update={"compile": True})})
+    home = tmp_path / "home"
+    shutil.copytree(tiny_run["home"], home)
+    plan = build_plan(cfg, home)
+    stage = plan["level_2_model"]
+    shutil.rmtree(stage.path, ignore_errors=True)
+    meta = train_level(cfg, plan, 2)
+    assert calls and meta["compiled"] and meta["cache"] == "miss" and meta["steps"] == 12
+    assert [s for s, _ in meta["loss_curve"]] == [4, 8, 12]
+    model, _ = load_level_model(stage.path)
+    assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+    out = model(torch.randn(2, 8, 2, 2), torch.tensor([3, 700]))
+    assert out.shape == (2, 8, 2, 2) and torch.isfinite(out).all()
 
 
 def test_sampling_cost_counts_the_unconditional_pass_where_guidance_runs_it(tiny_cfg):
