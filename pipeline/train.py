@@ -211,7 +211,7 @@ def work_dir(stage: Stage) -> Path:
 def step_generator(seed: int, level: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """Randomness of one step derived from its coordinates: a resumed run draws what the killed one would have.
     On a GPU the generator lives there (the draws need no copy from host memory, which would wait for the GPU);
-    a GPU's stream of numbers is not the CPU's, so a run resumes on the kind of device it started on."""
+    a GPU's stream of numbers is not the CPU's, so a run resumed on the other kind of device draws others."""
     state = np.random.SeedSequence([seed, level, rank, step]).generate_state(1)[0]
     device = torch.device(device)
     return torch.Generator(device if device.type == "cuda" else "cpu").manual_seed(int(state))
