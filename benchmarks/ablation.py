@@ -2,7 +2,9 @@
 
 Materializes the config and all its variants through the Dagster definitions (what they share is one cached
 artifact), reads each run's evaluation row, and writes ``benchmarks/results/ablation.json`` (runs of other
-profiles already there are kept) and two plots. Run it in the background; it prints the verdicts at the end:
+profiles already there are kept, and so are this profile's runs not built again whose config fingerprint is
+unchanged; ``machine_*`` and ``wall_seconds_*`` describe the newest collection) and two plots. Run it in the
+background; it prints the verdicts at the end:
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_cpu.yaml --profile cpu > ablation.log 2>&1 &
 
@@ -49,6 +51,18 @@ def collect(cfg, home: Path, profile: str, required: list[str] = ()) -> list[dic
             "evaluation_fingerprint": plan["evaluation"].fingerprint,
         }, vcfg))
     return runs
+
+
+def keep_recorded(recorded: list[dict], built: list[dict], cfg, profile: str) -> list[dict]:
+    """The runs built here, and beside them every run of `profile` recorded earlier that was not built again and
+    whose variant still has the config fingerprint it was measured with: a result outlives the artifact cache it
+    came from (another machine, a cleared NESTED_HOME), so one variant can be added to a finished sweep."""
+    from pipeline.config import config_fingerprint
+
+    configs, fresh = sweep_configs(cfg), {r["variant"]: r for r in built}
+    old = {r["variant"]: r for r in recorded if r["profile"] == profile and r["variant"] not in fresh
+           and r["variant"] in configs and config_fingerprint(configs[r["variant"]]) == r["config_fingerprint"]}
+    return [fresh.get(v) or with_costs(old[v], configs[v]) for v in configs if v in fresh or v in old]
 
 
 def sweep_configs(cfg) -> dict:
@@ -286,7 +300,7 @@ def main() -> None:
         if not args.collect_only:
             materialize_sweep(cfg, home, args.variants)
         required = [] if args.collect_only else args.variants or list(sweep_configs(cfg))
-        runs = collect(cfg, home, args.profile, required)
+        runs = keep_recorded(recorded["runs"], collect(cfg, home, args.profile, required), cfg, args.profile)
         result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
         result.update({
             "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}"

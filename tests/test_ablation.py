@@ -100,3 +100,25 @@ def test_a_gap_between_one_and_two_stds_is_weak_and_a_loss_is_missed():
     assert weak["verdict"] == "weak" and not weak["beyond_two_std"]  # gap 3, std 2
     worse = ab.compare(ab.pooled([run("a", 3, [90, 91, 92])]), ab.pooled([run("b", 3, [80, 81, 82])]))
     assert worse["verdict"] == "missed" and worse["gap"] < 0
+
+
+def test_a_collection_keeps_the_recorded_runs_of_unchanged_configs():
+    """Adding one variant to a finished sweep on a fresh machine keeps the runs whose artifacts are gone, as long
+    as their config is unchanged; a run built again replaces its record, a changed config drops it."""
+    from pipeline.config import config_fingerprint
+
+    ab = ablation()
+    cfg = load_config(ROOT / "configs" / "ablation_cpu.yaml", check_files=False)
+    configs = ab.sweep_configs(cfg)
+    first, second = list(configs)[:2]
+    fp = {v: config_fingerprint(c) for v, c in configs.items()}
+    recorded = [{**run(first, 3, [90.0]), "config_fingerprint": fp[first]},
+                {**run(second, 1, [99.0]), "config_fingerprint": fp[second]},
+                {**run("gone", 1, [50.0]), "config_fingerprint": "0" * 16},
+                {**run(first, 3, [70.0]), "profile": "gpu", "config_fingerprint": fp[first]}]
+    fresh = [{**run(second, 1, [95.0]), "config_fingerprint": fp[second]}]
+    runs = ab.keep_recorded(recorded, fresh, cfg, "cpu")
+    assert [(r["variant"], r["fid_seeds"]) for r in runs] == [(first, [90.0]), (second, [95.0])]
+    assert runs[0]["train_gflops"] == pytest.approx(train_gflops(configs[first]))  # costs from the config as it is
+    stale = [{**recorded[0], "config_fingerprint": "f" * 16}]
+    assert ab.keep_recorded(stale, [], cfg, "cpu") == []
