@@ -191,7 +191,8 @@ def verdicts(runs: list[dict]) -> dict:
         v["L3_vs_compute_matched_L1"] = compare(L3, group(1, matched=True))
         v["sigma_beats_zero"] = compare(L3, group(3, top=False))
         v["conditional_L2_beats_L1"] = compare(group(2, cond=True), group(1, cond=True))
-        oracle = [r for r in rs if r.get("oracle_fid") is not None and r["L"] == 3 and not r["conditional"]]
+        # the oracle of the runs the L = 3 target is read from (not of sigma 0's or another guidance's)
+        oracle = [r for r in rs if L3 and r["variant"] in L3["variants"] and r.get("oracle_fid") is not None]
         if oracle and L1:
             o = sum(r["oracle_fid"] for r in oracle) / len(oracle)
             v["oracle_fid_L3"] = round(o, 2)
@@ -301,20 +302,30 @@ def main() -> None:
             materialize_sweep(cfg, home, args.variants)
         required = [] if args.collect_only else args.variants or list(sweep_configs(cfg))
         runs = keep_recorded(recorded["runs"], collect(cfg, home, args.profile, required), cfg, args.profile)
-        result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
-        result.update({
-            "command": f"python benchmarks/ablation.py --config {args.config} --profile {args.profile}"
-                       + ("" if args.out == RESULTS / "ablation.json" else f" --out {args.out}"),
-            f"machine_{args.profile}": {"platform": platform.platform(), "processor": platform.processor(),
-                                        "cpu_native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
-                                        **{p: version(p) for p in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
-            f"wall_seconds_{args.profile}": round(time.perf_counter() - began, 1),
-            "conventions": "FLOPs from torch.utils.flop_counter: 2 per multiply-add. gflops_per_forward: one forward "
-                           "of every level for one image (the paper's). gflops_per_image: sampling one image (steps x "
-                           "forwards, x2 where guidance runs the unconditional pass). train_gflops: all levels, steps x "
-                           "batch x 3 forwards (backward = 2 forwards). fid: mean over the sampling seeds; verdicts "
-                           "pool the training seeds.",
-        })
+        p = args.profile
+        command = (f"python benchmarks/ablation.py --config {args.config} --profile {p}"
+                   + (f" --variants {' '.join(args.variants)}" if args.variants else "")
+                   + (" --collect-only" if args.collect_only else "")
+                   + ("" if args.out == RESULTS / "ablation.json" else f" --out {args.out}"))
+        made = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                            "cpu_native_bf16": cpu_has_native_bf16(), "python": platform.python_version(),
+                            **{k: version(k) for k in ("torch", "dagster", "diffusers", "clean-fid", "timm")}},
+                "wall_seconds": round(time.perf_counter() - began, 1)}
+        if args.variants or args.collect_only:
+            # a part of the sweep: the provenance of the runs made earlier stays; what was built now goes beside it
+            result = {k: v for k, v in recorded.items() if k not in ("verdicts", "runs")}
+            result["commands"] = [*result.get("commands", []), command]
+            for v in [] if args.collect_only else args.variants:
+                result[f"machine_{p}_{v}"], result[f"wall_seconds_{p}_{v}"] = made["machine"], made["wall_seconds"]
+        else:
+            result = {k: v for k, v in recorded.items() if k.endswith(("_cpu", "_gpu"))}  # the other profile's
+            result.update({"command": command, f"machine_{p}": made["machine"],
+                           f"wall_seconds_{p}": made["wall_seconds"]})
+        result["conventions"] = (
+            "FLOPs from torch.utils.flop_counter: 2 per multiply-add. gflops_per_forward: one forward of every level "
+            "for one image (the paper's). gflops_per_image: sampling one image (steps x forwards, x2 where guidance "
+            "runs the unconditional pass). train_gflops: all levels, steps x batch x 3 forwards (backward = 2 "
+            "forwards). fid: mean over the sampling seeds; verdicts pool the training seeds.")
     runs = [r for r in recorded["runs"] if r["profile"] != args.profile] + runs
     result.update({"verdicts": verdicts(runs), "runs": runs})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,14 +53,16 @@ def test_met_needs_the_ratio_and_two_stds():
 
 def test_sigma_matched_and_conditional_comparisons_pick_their_runs():
     ab = ablation()
-    runs = [run("L1", 1, [100, 102]), run("L1_matched", 1, [90, 92], matched=True), run("base", 3, [70, 72]),
-            run("sigma_top_0", 3, [80, 82], sigma_top=0.0), run("cond_L1", 1, [60, 61], conditional=True),
+    runs = [run("L1", 1, [100, 102]), run("L1_matched", 1, [90, 92], matched=True),
+            run("base", 3, [70, 72], oracle=50.0), run("sigma_top_0", 3, [80, 82], sigma_top=0.0, oracle=60.0),
+            run("w0_0", 3, [90, 91], guidance=(0.0, 0.3, 0.5), oracle=65.0), run("cond_L1", 1, [60, 61], conditional=True),
             run("cond_L2", 2, [60.5, 61.5], conditional=True)]
     v = ab.verdicts(runs)["cpu/d"]
     assert v["L3_vs_compute_matched_L1"]["b"] == ["L1_matched"] and v["L3_vs_compute_matched_L1"]["verdict"] == "met"
     assert v["sigma_beats_zero"]["b"] == ["sigma_top_0"] and v["sigma_beats_zero"]["verdict"] == "met"
     assert v["conditional_L2_beats_L1"]["verdict"] == "inconclusive"
     assert v["L3_vs_L1"]["b"] == ["L1"]  # the matched baseline is not pooled with the plain one
+    assert v["oracle_fid_L3"] == 50.0  # the oracle of the target's own runs, not of sigma 0's or w = 0's
 
 
 def test_dry_run_lists_every_run_and_builds_nothing(capsys, tmp_path, monkeypatch):

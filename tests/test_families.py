@@ -41,7 +41,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "L1_matched_base9k": "plain", "nested_msf_b9k_w1_sem9k": "nested_msf",
         "nested_msf_b9k_w1_sem9k_seed1": "nested_msf", "L1_matched_sem9k": "plain",
         "nested_msf_sel_sem9k_w03": "nested_msf", "nested_msf_sel_sem9k_w1": "nested_msf",
-        "nested_msf_sel_sem9k_w2": "nested_msf"}
+        "nested_msf_sel_sem9k_w2": "nested_msf", "nested_msf_sel_sem9k_res_w05": "nested_msf",
+        "nested_msf_sel_sem9k_res_w2": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -53,8 +54,9 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
     # the chosen guidance is the selection run's, reported on both training seeds (one arm)
     assert sweep["nested_msf_budget_base9k_w1"].guidance() == sweep["nested_msf_sel_b9k_w1"].guidance()
     assert fam.arm(sweep["nested_msf_budget_base9k_w1_seed1"]) == fam.arm(sweep["nested_msf_budget_base9k_w1"])
-    # the 4x4x32 level's weight was tried on sem9k's models: their selection runs change the guidance alone
-    for w in ("w03", "w1", "w2"):
+    # the 4x4x32 level's and the residual's weights were tried on sem9k's models: their selection runs change the
+    # guidance alone
+    for w in ("w03", "w1", "w2", "res_w05", "res_w2"):
         sel = sweep[f"nested_msf_sel_sem9k_{w}"]
         assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem9k"].sampling})) == \
             fam.arm(sweep["nested_msf_b9k_w1_sem9k"])
