@@ -89,6 +89,17 @@ def with_precision(path: str, precision: str, keep: list[str] | None):
 PARTS = ("seeds", "oracle", "guidance", "ladder", "latents")
 
 
+def merged(earlier: dict | None, out: dict) -> dict:
+    """This invocation's measurements added to the earlier ones of the same precision: runs not diagnosed now
+    are kept, a run diagnosed again keeps the parts not measured now, and the commands are listed in order
+    (the wall time is the latest invocation's)."""
+    if not earlier or earlier.get("precision") != out["precision"]:
+        return out
+    runs = {**earlier["runs"], **{n: {**earlier["runs"].get(n, {}), **r} for n, r in out["runs"].items()}}
+    commands = [earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]
+    return {**out, "runs": runs, "command": [*commands, out["command"]]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/ablation_cpu.yaml")
@@ -141,7 +152,9 @@ def main() -> None:
         plan = plans[name]
         row = plan["evaluation"].artifact.metadata()["row"]
         rec = {"L": c.num_levels, "sigmas": [lv.sigma for lv in c.levels], "guidance": c.guidance(),
-               "fid_seed0": row["fid"], "precision": row["precision"], "recall": row["recall"],
+               # the run's own FID, at its sampling seed (0 in the ablation's sweep, where the name comes from)
+               "fid_seed0": row["fid"], "run_sampling_seed": c.sampling.seed,
+               "precision": row["precision"], "recall": row["recall"],
                "gflops_per_image": cost_table(c)["sampling_gflops_per_image"],
                "config_fingerprint": row["config_fingerprint"]}
         if "seeds" in args.parts and (c.num_levels == 1 or name == best):
@@ -187,12 +200,7 @@ def main() -> None:
     old = json.loads(path.read_text()) if path.exists() else {}
     # the ablation's runs under the profile's name; another config's (configs/families_cpu.yaml) beside them
     key = args.profile if Path(args.config).name.startswith("ablation") else f"{args.profile}:{cfg.name}"
-    if old.get(key, {}).get("precision") == out["precision"]:  # add these parts to the earlier ones
-        earlier = old[key]
-        out["runs"] = {n: {**earlier["runs"].get(n, {}), **r} for n, r in out["runs"].items()}
-        out["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
-                          out["command"]]
-    old[key] = out
+    old[key] = merged(old.get(key), out)
     path.write_text(json.dumps(old, indent=1) + "\n")
 
 
