@@ -42,7 +42,7 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_b9k_w1_sem9k_seed1": "nested_msf", "L1_matched_sem9k": "plain",
         "nested_msf_sel_sem9k_w03": "nested_msf", "nested_msf_sel_sem9k_w1": "nested_msf",
         "nested_msf_sel_sem9k_w2": "nested_msf", "nested_msf_sel_sem9k_res_w05": "nested_msf",
-        "nested_msf_sel_sem9k_res_w2": "nested_msf"}
+        "nested_msf_sel_sem9k_res_w2": "nested_msf", "nested_msf_b9k_w1_sem27k": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
