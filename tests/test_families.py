@@ -42,7 +42,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_b9k_w1_sem9k_seed1": "nested_msf", "L1_matched_sem9k": "plain",
         "nested_msf_sel_sem9k_w03": "nested_msf", "nested_msf_sel_sem9k_w1": "nested_msf",
         "nested_msf_sel_sem9k_w2": "nested_msf", "nested_msf_sel_sem9k_res_w05": "nested_msf",
-        "nested_msf_sel_sem9k_res_w2": "nested_msf", "nested_msf_b9k_w1_sem27k": "nested_msf"}
+        "nested_msf_sel_sem9k_res_w2": "nested_msf", "nested_msf_b9k_w1_sem27k": "nested_msf",
+        "nested_msf_b9k_w1_sem27k_seed1": "nested_msf", "L1_matched_sem27k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -65,7 +66,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
 def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     from pipeline.costs import matched_steps, train_gflops
 
-    for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k")]:
+    for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k"),
+                         ("L1_matched_sem27k", "nested_msf_b9k_w1_sem27k")]:
         matched, arm = sweep[matched], sweep[arm]
         assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
         assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
