@@ -3,8 +3,8 @@
 Materializes the config and all its variants through the Dagster definitions (what they share is one cached
 artifact), reads each run's evaluation row, and writes ``benchmarks/results/ablation.json`` (runs of other
 profiles already there are kept, and so are this profile's runs not built again whose config fingerprint is
-unchanged; ``machine_*`` and ``wall_seconds_*`` describe the newest collection) and two plots. Run it in the
-background; it prints the verdicts at the end:
+unchanged; a whole sweep writes ``machine_<profile>``, a ``--variants`` run adds ``machine_<profile>_<variant>``
+beside the earlier ones) and two plots. Run it in the background; it prints the verdicts at the end:
 
     .venv/bin/python benchmarks/ablation.py --config configs/ablation_cpu.yaml --profile cpu > ablation.log 2>&1 &
 

@@ -1,12 +1,10 @@
 """benchmarks/ablation_diagnostics.py's results file: a diagnosis of some runs adds to the earlier ones."""
 import importlib.util
-import sys
 
 from pipeline.config import PROJECT_ROOT as ROOT
 
 
 def diagnostics():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("ablation_diagnostics", ROOT / "benchmarks" / "ablation_diagnostics.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
