@@ -43,7 +43,9 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_sem9k_w03": "nested_msf", "nested_msf_sel_sem9k_w1": "nested_msf",
         "nested_msf_sel_sem9k_w2": "nested_msf", "nested_msf_sel_sem9k_res_w05": "nested_msf",
         "nested_msf_sel_sem9k_res_w2": "nested_msf", "nested_msf_b9k_w1_sem27k": "nested_msf",
-        "nested_msf_b9k_w1_sem27k_seed1": "nested_msf", "L1_matched_sem27k": "plain"}
+        "nested_msf_b9k_w1_sem27k_seed1": "nested_msf", "L1_matched_sem27k": "plain",
+        "nested_msf_sel_sem27k": "nested_msf", "nested_msf_b27k_w1_sem27k": "nested_msf",
+        "nested_msf_b27k_w1_sem27k_seed1": "nested_msf", "L1_matched_b27k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -61,19 +63,28 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         sel = sweep[f"nested_msf_sel_sem9k_{w}"]
         assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem9k"].sampling})) == \
             fam.arm(sweep["nested_msf_b9k_w1_sem9k"])
+    # sem27k's ladder reads its seed-0 FID from a selection run of the same models
+    sel = sweep["nested_msf_sel_sem27k"]
+    assert sel.sampling.seed == 0 and sel.sampling.eval_seeds == 1
+    assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem27k"].sampling})) == \
+        fam.arm(sweep["nested_msf_b9k_w1_sem27k"])
 
 
 def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     from pipeline.costs import matched_steps, train_gflops
 
     for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k"),
-                         ("L1_matched_sem27k", "nested_msf_b9k_w1_sem27k")]:
+                         ("L1_matched_sem27k", "nested_msf_b9k_w1_sem27k"),
+                         ("L1_matched_b27k", "nested_msf_b27k_w1_sem27k")]:
         matched, arm = sweep[matched], sweep[arm]
         assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
         assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
     # sem9k: every level above the pixels trained 9000 steps, level 0 as in every run
     assert [lv.train.steps for lv in sweep["nested_msf_b9k_w1_sem9k"].levels] == [9000, 9000, 9000]
     assert sweep["nested_msf_b9k_w1_sem9k"].level0.train.steps == 3000
+    # b27k: the 8x8 base trained 27000 steps too, over sem27k's semantic levels
+    assert [lv.train.steps for lv in sweep["nested_msf_b27k_w1_sem27k"].levels] == [27000, 27000, 27000]
+    assert sweep["nested_msf_b27k_w1_sem27k"].level0.train.steps == 3000
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
