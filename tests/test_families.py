@@ -45,7 +45,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_sem9k_res_w2": "nested_msf", "nested_msf_b9k_w1_sem27k": "nested_msf",
         "nested_msf_b9k_w1_sem27k_seed1": "nested_msf", "L1_matched_sem27k": "plain",
         "nested_msf_sel_sem27k": "nested_msf", "nested_msf_b27k_w1_sem27k": "nested_msf",
-        "nested_msf_b27k_w1_sem27k_seed1": "nested_msf", "L1_matched_b27k": "plain"}
+        "nested_msf_b27k_w1_sem27k_seed1": "nested_msf", "L1_matched_b27k": "plain",
+        "nested_msf_sel_b27k": "nested_msf", "nested_msf_b27k_res9k": "nested_msf", "L1_matched_res9k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -63,11 +64,11 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         sel = sweep[f"nested_msf_sel_sem9k_{w}"]
         assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem9k"].sampling})) == \
             fam.arm(sweep["nested_msf_b9k_w1_sem9k"])
-    # sem27k's ladder reads its seed-0 FID from a selection run of the same models
-    sel = sweep["nested_msf_sel_sem27k"]
-    assert sel.sampling.seed == 0 and sel.sampling.eval_seeds == 1
-    assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem27k"].sampling})) == \
-        fam.arm(sweep["nested_msf_b9k_w1_sem27k"])
+    # sem27k's and b27k's ladders read their seed-0 FIDs from selection runs of the same models
+    for sel, arm in [("nested_msf_sel_sem27k", "nested_msf_b9k_w1_sem27k"), ("nested_msf_sel_b27k", "nested_msf_b27k_w1_sem27k")]:
+        sel, arm = sweep[sel], sweep[arm]
+        assert sel.sampling.seed == 0 and sel.sampling.eval_seeds == 1
+        assert fam.arm(sel.model_copy(update={"sampling": arm.sampling})) == fam.arm(arm)
 
 
 def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
@@ -75,7 +76,7 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
 
     for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k"),
                          ("L1_matched_sem27k", "nested_msf_b9k_w1_sem27k"),
-                         ("L1_matched_b27k", "nested_msf_b27k_w1_sem27k")]:
+                         ("L1_matched_b27k", "nested_msf_b27k_w1_sem27k"), ("L1_matched_res9k", "nested_msf_b27k_res9k")]:
         matched, arm = sweep[matched], sweep[arm]
         assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
         assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
@@ -85,6 +86,10 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     # b27k: the 8x8 base trained 27000 steps too, over sem27k's semantic levels
     assert [lv.train.steps for lv in sweep["nested_msf_b27k_w1_sem27k"].levels] == [27000, 27000, 27000]
     assert sweep["nested_msf_b27k_w1_sem27k"].level0.train.steps == 3000
+    # res9k: b27k's levels, the residual (level 0) trained 9000 steps, its oracle sampled again
+    res9k = sweep["nested_msf_b27k_res9k"]
+    assert res9k.level0.train.steps == 9000 and res9k.levels == sweep["nested_msf_b27k_w1_sem27k"].levels
+    assert res9k.sampling.oracle
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
