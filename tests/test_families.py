@@ -47,7 +47,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_sem27k": "nested_msf", "nested_msf_b27k_w1_sem27k": "nested_msf",
         "nested_msf_b27k_w1_sem27k_seed1": "nested_msf", "L1_matched_b27k": "plain",
         "nested_msf_sel_b27k": "nested_msf", "nested_msf_b27k_res9k": "nested_msf", "L1_matched_res9k": "plain",
-        "nested_msf_sel_res9k": "nested_msf"}
+        "nested_msf_sel_res9k": "nested_msf", "nested_msf_b27k_res9k_seed1": "nested_msf",
+        "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -78,7 +79,8 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
 
     for matched, arm in [("L1_matched_base9k", "nested_msf_budget_base9k"), ("L1_matched_sem9k", "nested_msf_b9k_w1_sem9k"),
                          ("L1_matched_sem27k", "nested_msf_b9k_w1_sem27k"),
-                         ("L1_matched_b27k", "nested_msf_b27k_w1_sem27k"), ("L1_matched_res9k", "nested_msf_b27k_res9k")]:
+                         ("L1_matched_b27k", "nested_msf_b27k_w1_sem27k"), ("L1_matched_res9k", "nested_msf_b27k_res9k"),
+                         ("L1_matched_f81k", "nested_msf_res9k_f81k")]:
         matched, arm = sweep[matched], sweep[arm]
         assert matched.num_levels == 1 and matched.level0.train.steps == matched_steps(arm)
         assert train_gflops(matched) == pytest.approx(train_gflops(arm), rel=1e-3)
@@ -92,6 +94,12 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     res9k = sweep["nested_msf_b27k_res9k"]
     assert res9k.level0.train.steps == 9000 and res9k.levels == sweep["nested_msf_b27k_w1_sem27k"].levels
     assert res9k.sampling.oracle
+    assert families().arm(sweep["nested_msf_b27k_res9k_seed1"]) == families().arm(res9k)
+    # f81k: res9k with the 4x4x32 level (levels[1]) trained 81000 steps; the others and level 0 are res9k's
+    f81k = sweep["nested_msf_res9k_f81k"]
+    assert [lv.train.steps for lv in f81k.levels] == [27000, 81000, 27000]
+    assert f81k.level0 == res9k.level0 and [lv.pool for lv in f81k.levels] == [lv.pool for lv in res9k.levels]
+    assert f81k.sampling_steps() == res9k.sampling_steps() and f81k.guidance() == res9k.guidance()
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
