@@ -48,7 +48,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_b27k_w1_sem27k_seed1": "nested_msf", "L1_matched_b27k": "plain",
         "nested_msf_sel_b27k": "nested_msf", "nested_msf_b27k_res9k": "nested_msf", "L1_matched_res9k": "plain",
         "nested_msf_sel_res9k": "nested_msf", "nested_msf_b27k_res9k_seed1": "nested_msf",
-        "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain"}
+        "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain",
+        "nested_msf_sel_f81k": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -66,9 +67,9 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         sel = sweep[f"nested_msf_sel_sem9k_{w}"]
         assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem9k"].sampling})) == \
             fam.arm(sweep["nested_msf_b9k_w1_sem9k"])
-    # the ladders of sem27k, b27k and res9k read their seed-0 FIDs from selection runs of the same models
+    # the ladders of sem27k, b27k, res9k and f81k read their seed-0 FIDs from selection runs of the same models
     for sel, arm in [("nested_msf_sel_sem27k", "nested_msf_b9k_w1_sem27k"), ("nested_msf_sel_b27k", "nested_msf_b27k_w1_sem27k"),
-                     ("nested_msf_sel_res9k", "nested_msf_b27k_res9k")]:
+                     ("nested_msf_sel_res9k", "nested_msf_b27k_res9k"), ("nested_msf_sel_f81k", "nested_msf_res9k_f81k")]:
         sel, arm = sweep[sel], sweep[arm]
         assert sel.sampling.seed == 0 and sel.sampling.eval_seeds == 1
         assert fam.arm(sel.model_copy(update={"sampling": arm.sampling})) == fam.arm(arm)
