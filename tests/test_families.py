@@ -49,7 +49,7 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_b27k": "nested_msf", "nested_msf_b27k_res9k": "nested_msf", "L1_matched_res9k": "plain",
         "nested_msf_sel_res9k": "nested_msf", "nested_msf_b27k_res9k_seed1": "nested_msf",
         "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain",
-        "nested_msf_sel_f81k": "nested_msf"}
+        "nested_msf_sel_f81k": "nested_msf", "nested_msf_res9k_f81k_seed1": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -101,6 +101,7 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     assert [lv.train.steps for lv in f81k.levels] == [27000, 81000, 27000]
     assert f81k.level0 == res9k.level0 and [lv.pool for lv in f81k.levels] == [lv.pool for lv in res9k.levels]
     assert f81k.sampling_steps() == res9k.sampling_steps() and f81k.guidance() == res9k.guidance()
+    assert families().arm(sweep["nested_msf_res9k_f81k_seed1"]) == families().arm(f81k)
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
