@@ -49,7 +49,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_b27k": "nested_msf", "nested_msf_b27k_res9k": "nested_msf", "L1_matched_res9k": "plain",
         "nested_msf_sel_res9k": "nested_msf", "nested_msf_b27k_res9k_seed1": "nested_msf",
         "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain",
-        "nested_msf_sel_f81k": "nested_msf", "nested_msf_res9k_f81k_seed1": "nested_msf"}
+        "nested_msf_sel_f81k": "nested_msf", "nested_msf_res9k_f81k_seed1": "nested_msf",
+        "nested_msf_f81k_c81k": "nested_msf", "nested_msf_f81k_c81k_seed1": "nested_msf", "nested_msf_sel_c81k": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -67,9 +68,10 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         sel = sweep[f"nested_msf_sel_sem9k_{w}"]
         assert fam.arm(sel.model_copy(update={"sampling": sweep["nested_msf_b9k_w1_sem9k"].sampling})) == \
             fam.arm(sweep["nested_msf_b9k_w1_sem9k"])
-    # the ladders of sem27k, b27k, res9k and f81k read their seed-0 FIDs from selection runs of the same models
+    # the ladders of sem27k, b27k, res9k, f81k and c81k read their seed-0 FIDs from selection runs of the same models
     for sel, arm in [("nested_msf_sel_sem27k", "nested_msf_b9k_w1_sem27k"), ("nested_msf_sel_b27k", "nested_msf_b27k_w1_sem27k"),
-                     ("nested_msf_sel_res9k", "nested_msf_b27k_res9k"), ("nested_msf_sel_f81k", "nested_msf_res9k_f81k")]:
+                     ("nested_msf_sel_res9k", "nested_msf_b27k_res9k"), ("nested_msf_sel_f81k", "nested_msf_res9k_f81k"),
+                     ("nested_msf_sel_c81k", "nested_msf_f81k_c81k")]:
         sel, arm = sweep[sel], sweep[arm]
         assert sel.sampling.seed == 0 and sel.sampling.eval_seeds == 1
         assert fam.arm(sel.model_copy(update={"sampling": arm.sampling})) == fam.arm(arm)
@@ -102,6 +104,11 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     assert f81k.level0 == res9k.level0 and [lv.pool for lv in f81k.levels] == [lv.pool for lv in res9k.levels]
     assert f81k.sampling_steps() == res9k.sampling_steps() and f81k.guidance() == res9k.guidance()
     assert families().arm(sweep["nested_msf_res9k_f81k_seed1"]) == families().arm(f81k)
+    # c81k: f81k with the 2x2x16 level (levels[2]) trained 81000 steps too
+    c81k = sweep["nested_msf_f81k_c81k"]
+    assert [lv.train.steps for lv in c81k.levels] == [27000, 81000, 81000] and c81k.level0 == res9k.level0
+    assert c81k.sampling == f81k.sampling
+    assert families().arm(sweep["nested_msf_f81k_c81k_seed1"]) == families().arm(c81k)
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
