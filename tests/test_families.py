@@ -97,18 +97,19 @@ def test_compute_matched_plain_run_has_the_training_flops_of_its_arm(sweep):
     res9k = sweep["nested_msf_b27k_res9k"]
     assert res9k.level0.train.steps == 9000 and res9k.levels == sweep["nested_msf_b27k_w1_sem27k"].levels
     assert res9k.sampling.oracle
-    assert families().arm(sweep["nested_msf_b27k_res9k_seed1"]) == families().arm(res9k)
+    fam = families()
+    assert fam.arm(sweep["nested_msf_b27k_res9k_seed1"]) == fam.arm(res9k)
     # f81k: res9k with the 4x4x32 level (levels[1]) trained 81000 steps; the others and level 0 are res9k's
     f81k = sweep["nested_msf_res9k_f81k"]
     assert [lv.train.steps for lv in f81k.levels] == [27000, 81000, 27000]
     assert f81k.level0 == res9k.level0 and [lv.pool for lv in f81k.levels] == [lv.pool for lv in res9k.levels]
     assert f81k.sampling_steps() == res9k.sampling_steps() and f81k.guidance() == res9k.guidance()
-    assert families().arm(sweep["nested_msf_res9k_f81k_seed1"]) == families().arm(f81k)
+    assert fam.arm(sweep["nested_msf_res9k_f81k_seed1"]) == fam.arm(f81k)
     # c81k: f81k with the 2x2x16 level (levels[2]) trained 81000 steps too
     c81k = sweep["nested_msf_f81k_c81k"]
     assert [lv.train.steps for lv in c81k.levels] == [27000, 81000, 81000] and c81k.level0 == res9k.level0
     assert c81k.sampling == f81k.sampling
-    assert families().arm(sweep["nested_msf_f81k_c81k_seed1"]) == families().arm(c81k)
+    assert fam.arm(sweep["nested_msf_f81k_c81k_seed1"]) == fam.arm(c81k)
 
 
 def test_nested_and_plain_runs_are_the_level_ablations_own(sweep):
