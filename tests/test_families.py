@@ -51,7 +51,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_res9k_f81k": "nested_msf", "L1_matched_f81k": "plain",
         "nested_msf_sel_f81k": "nested_msf", "nested_msf_res9k_f81k_seed1": "nested_msf",
         "nested_msf_f81k_c81k": "nested_msf", "nested_msf_f81k_c81k_seed1": "nested_msf", "nested_msf_sel_c81k": "nested_msf",
-        "nested_msf_sel_c81k_fw0": "nested_msf"}
+        "nested_msf_sel_c81k_fw0": "nested_msf",
+        "nested_msf_sel_f81k_cs05": "nested_msf", "nested_msf_sel_f81k_cs15": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -73,6 +74,14 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
     fw0, sel = sweep["nested_msf_sel_c81k_fw0"], sweep["nested_msf_sel_c81k"]
     assert fw0.guidance() == [1.0, 1.0, 0.0, 0.5] and fam.arm(fw0.model_copy(update={"sampling": sel.sampling})) == fam.arm(sel)
     assert fw0.sampling.seed == sel.sampling.seed == 0
+    # the coarse sigma's selection runs: f81k's models but for the sigma of the 2x2x16 condition
+    f81k = sweep["nested_msf_sel_f81k"]
+    for name, sigma in [("nested_msf_sel_f81k_cs05", 0.5), ("nested_msf_sel_f81k_cs15", 1.5)]:
+        cs = sweep[name]
+        assert [lv.sigma for lv in cs.levels] == [lv.sigma for lv in f81k.levels[:2]] + [sigma]
+        assert cs.sampling == f81k.sampling and cs.level0 == f81k.level0
+        assert [lv.model_copy(update={"sigma": 0.0}) for lv in cs.levels] == \
+            [lv.model_copy(update={"sigma": 0.0}) for lv in f81k.levels]
     # the ladders of sem27k, b27k, res9k, f81k and c81k read their seed-0 FIDs from selection runs of the same models
     for sel, arm in [("nested_msf_sel_sem27k", "nested_msf_b9k_w1_sem27k"), ("nested_msf_sel_b27k", "nested_msf_b27k_w1_sem27k"),
                      ("nested_msf_sel_res9k", "nested_msf_b27k_res9k"), ("nested_msf_sel_f81k", "nested_msf_res9k_f81k"),
