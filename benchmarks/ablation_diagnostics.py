@@ -12,7 +12,10 @@
    down, the rest generated: where the gap between the full oracle and the run's own FID comes from, level by
    level (k = 1 is the full oracle; none given is the run itself).
 5. **Latent quality.** Frechet distance of each generated latent level to the training latents, next to the
-   held-out latents' distance (the floor at the same N), and the generated latents' channel std (data: 1).
+   held-out latents' distance (the floor at the same N), the k-NN precision and recall in latent space (FD
+   matches two moments only), and the generated latents' channel std (data: 1). A level with conditions is also
+   sampled from the held-out images' real coarser latents (the latent-space rung of the ladder): what the level
+   costs by itself, apart from the errors of the levels above it.
 
 Parts 1 and 2 are now columns of every evaluation row (`sampling.eval_seeds`, `sampling.oracle`, through the same
 helpers of pipeline/evaluate.py); parts 3 to 5 are this script's. Reads the cached models of the sweep and trains nothing, unless ``--precision`` asks for the runs in another
@@ -59,6 +62,29 @@ def latent_fd(generated: np.ndarray, train: np.ndarray) -> float:
 
     return fid_from_features(generated.reshape(len(generated), -1).astype(np.float64),
                              train.reshape(len(train), -1).astype(np.float64))
+
+
+def latent_pr(train: np.ndarray, z: np.ndarray, name: str) -> dict:
+    """k-NN precision and recall of latents `z` against the training latents, flattened (k = 3, as for images)."""
+    from pipeline.metrics import precision_recall
+
+    pr = precision_recall(train.reshape(len(train), -1), z.reshape(len(z), -1), k=3)
+    return {f"precision_{name}": pr["precision"], f"recall_{name}": pr["recall"]}
+
+
+def level_given_real(cfg, plan, level: int, real: dict) -> np.ndarray:
+    """Level `level` sampled from the held-out images' real coarser latents (with their sigma noise, as in training),
+    at the run's steps and guidance, sampling seed 0."""
+    from pipeline.model_io import load_level_model
+    from pipeline.runtime import sampling_device
+    from pipeline.sample import sample_level
+
+    model, spec = load_level_model(plan[f"level_{level}_model"].artifact.require(), True, sampling_device())
+    g = torch.Generator().manual_seed(0)
+    conds = [real[k] + cfg.level(k).sigma * torch.randn(real[k].shape, generator=g) for k in cfg.conditions_of(level)]
+    n = len(conds[0])
+    return sample_level(model, spec, conds, n, cfg.sampling_steps()[level], cfg.guidance()[level], g,
+                        cfg.sampling.sampler).numpy()
 
 
 def with_precision(path: str, precision: str, keep: list[str] | None):
@@ -187,11 +213,16 @@ def main() -> None:
             rec["latents"] = {}
             for level in range(1, c.num_levels):
                 _, train, _ = read_latents(plan[f"level_{level}_latents"].artifact.require(), "train")
-                gen = generated[level]
+                gen, held = generated[level], real[level].numpy()
                 rec["latents"][str(level)] = {
-                    "fd_generated": latent_fd(gen, train), "fd_holdout_floor": latent_fd(real[level].numpy(), train),
+                    "fd_generated": latent_fd(gen, train), "fd_holdout_floor": latent_fd(held, train),
+                    **latent_pr(train, gen, "generated"), **latent_pr(train, held, "holdout_floor"),
                     "generated_channel_std": channel_std_mean(gen),
                     "dims": int(np.prod(gen.shape[1:]))}
+                if c.conditions_of(level):
+                    given = level_given_real(c, plan, level, real)
+                    rec["latents"][str(level)].update(
+                        {"fd_given_real": latent_fd(given, train), **latent_pr(train, given, "given_real")})
         out["runs"][name] = rec
         print(name, json.dumps(rec), flush=True)
     out["wall_seconds_with_training"] = round(time.perf_counter() - began, 1)
