@@ -77,11 +77,11 @@ def level_given_real(cfg, plan, level: int, real: dict) -> np.ndarray:
     at the run's steps and guidance, sampling seed 0."""
     from pipeline.model_io import load_level_model
     from pipeline.runtime import sampling_device
-    from pipeline.sample import sample_level
+    from pipeline.sample import noisy_conditions, sample_level
 
     model, spec = load_level_model(plan[f"level_{level}_model"].artifact.require(), True, sampling_device())
     g = torch.Generator().manual_seed(0)
-    conds = [real[k] + cfg.level(k).sigma * torch.randn(real[k].shape, generator=g) for k in cfg.conditions_of(level)]
+    conds = noisy_conditions(cfg, level, real, g)
     n = len(conds[0])
     return sample_level(model, spec, conds, n, cfg.sampling_steps()[level], cfg.guidance()[level], g,
                         cfg.sampling.sampler).numpy()

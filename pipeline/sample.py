@@ -98,8 +98,7 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             if level in gen:
                 continue
             model, spec = models[level]
-            conds = [gen[k] + cfg.level(k).sigma * torch.randn(gen[k].shape, generator=g)
-                     for k in cfg.conditions_of(level)]
+            conds = noisy_conditions(cfg, level, gen, g)
             residual = spec.get("residual")
             # Thresholding keeps x0 estimates in [-1, 1]: pixels, not a residual's scaled high frequencies.
             thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels" and residual is None
@@ -109,6 +108,13 @@ def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, s
             if residual is not None:
                 gen[level] = add_base(gen[level], gen[residual["level"]], residual)
         yield gen
+
+
+def noisy_conditions(cfg: Config, level: int, latents: dict[int, torch.Tensor],
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """The conditions of `level`: each coarser latent z_k with its own sigma_k noise (z_hat_k, as in training)."""
+    return [latents[k] + cfg.level(k).sigma * torch.randn(latents[k].shape, generator=generator)
+            for k in cfg.conditions_of(level)]
 
 
 def load_models(cfg: Config, plan: dict[str, Stage], use_ema: bool = True, skip=()) -> dict:
