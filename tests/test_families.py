@@ -52,7 +52,8 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         "nested_msf_sel_f81k": "nested_msf", "nested_msf_res9k_f81k_seed1": "nested_msf",
         "nested_msf_f81k_c81k": "nested_msf", "nested_msf_f81k_c81k_seed1": "nested_msf", "nested_msf_sel_c81k": "nested_msf",
         "nested_msf_sel_c81k_fw0": "nested_msf",
-        "nested_msf_sel_f81k_cs05": "nested_msf", "nested_msf_sel_f81k_cs15": "nested_msf"}
+        "nested_msf_sel_f81k_cs05": "nested_msf", "nested_msf_sel_f81k_cs15": "nested_msf",
+        "nested_msf_f81k_cs15": "nested_msf", "nested_msf_f81k_cs15_seed1": "nested_msf"}
     assert fam.arm(sweep["seed1"]) == fam.arm(sweep["base"]) and fam.arm(sweep["L1_seed1"]) == fam.arm(sweep["L1"])
     assert fam.arm(sweep["nested_msf_seed1"]) == fam.arm(sweep["nested_msf"]) != fam.arm(sweep["msf_unet_base"])
     assert sweep["nested_msf"].sampling_steps() == [10, 25, 25, 25]
@@ -82,6 +83,11 @@ def test_every_family_of_the_seeds_is_in_the_sweep(sweep):
         assert cs.sampling == f81k.sampling and cs.level0 == f81k.level0
         assert [lv.model_copy(update={"sigma": 0.0}) for lv in cs.levels] == \
             [lv.model_copy(update={"sigma": 0.0}) for lv in f81k.levels]
+    # the chosen sigma, reported: the selection run's models and config but for the sampling seeds, both training seeds
+    cs15, sel15 = sweep["nested_msf_f81k_cs15"], sweep["nested_msf_sel_f81k_cs15"]
+    assert fam.arm(sel15.model_copy(update={"sampling": cs15.sampling})) == fam.arm(cs15)
+    assert cs15.sampling == sweep["nested_msf_res9k_f81k"].sampling
+    assert fam.arm(sweep["nested_msf_f81k_cs15_seed1"]) == fam.arm(cs15) and sweep["nested_msf_f81k_cs15_seed1"].train_seed == 1
     # the ladders of sem27k, b27k, res9k, f81k and c81k read their seed-0 FIDs from selection runs of the same models
     for sel, arm in [("nested_msf_sel_sem27k", "nested_msf_b9k_w1_sem27k"), ("nested_msf_sel_b27k", "nested_msf_b27k_w1_sem27k"),
                      ("nested_msf_sel_res9k", "nested_msf_b27k_res9k"), ("nested_msf_sel_f81k", "nested_msf_res9k_f81k"),
