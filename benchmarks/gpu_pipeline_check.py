@@ -55,13 +55,13 @@ def prepare(args) -> None:
 
 def load_run(home: Path):
     """The run file's config and plan, its artifacts re-rooted at `home` (it was written on another machine)."""
-    from pipeline.config import Config
+    from pipeline.config import config_from_json
     from pipeline.plan import plan_from_json
 
     run = json.loads((home / "gpu_check_run.json").read_text())
     for stage in run["plan"].values():
         stage["home"] = str(home)
-    return Config.model_validate_json(json.dumps(run["config"])), plan_from_json(run["plan"])
+    return config_from_json(json.dumps(run["config"])), plan_from_json(run["plan"])
 
 
 def run(args) -> dict:

@@ -6,10 +6,18 @@ and the directory is renamed into place: a reader that sees the final directory 
 a killed build leaves only a ``.tmp-*`` directory that nothing trusts and the next build removes.
 
 A marker proves only that a build finished. What happened to the files since (a deleted chunk, a truncated
-file, a flipped byte) is caught by comparing them with the marker's record: sizes on every use, hashes of the
-small files on every use and of all files on request (``NESTED_VERIFY=full`` or ``python -m pipeline.plan
---verify``). A damaged artifact is never read: a cache hit on it moves it aside (``<fingerprint>.damaged-*``,
-kept for inspection) and rebuilds it; a downstream stage asking for it gets an error naming the asset.
+file, a flipped byte, a file added beside the others) is caught by comparing them with the marker's record.
+A reader (`require`) hashes every file on its first use in a process, and again only if the file changed since
+(its size, mtime, ctime or inode moved: an edit moves the ctime, which nobody can set back); a cache hit that
+reads nothing (`reusable`) compares sizes, hashes the small files and looks for files the marker does not list.
+Readers list files from the marker (`listed`), never by globbing the directory. A damaged artifact is never
+read: it is moved aside (``<fingerprint>.damaged-*``, kept for inspection) and rebuilt; a downstream stage
+asking for it gets an error naming the asset.
+
+A build records in its marker the content digest of every artifact it read (``inputs``), and it is not
+published if one of them changed or was set aside while it ran. A published artifact whose input has since
+been rebuilt with other bytes counts as damaged: it was computed from bytes that are no longer there.
+What a marker cannot guard against is someone who rewrites the marker too.
 
 Builds of one fingerprint are serialized by a lock (``<home>/.locks/``): a second process materializing the
 same artifact waits, then reads it as a cache hit, instead of building it twice in a shared work directory.
@@ -18,23 +26,31 @@ same artifact waits, then reads it as a cache hit, instead of building it twice 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
 import socket
+import stat
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 MARKER = "_COMPLETE.json"
-# Files up to this size are hashed on every use of the artifact (the bases, statistics, reference features,
-# checkpoints of the small models); larger ones only when verifying in full. Sizes are always compared.
+# A cache hit that reads nothing hashes the files up to this size (bases, statistics, small checkpoints) and
+# compares the sizes of the others; a reader hashes every file it has not verified in this process yet.
 HASH_ON_USE_BYTES = 16 * 2**20
+
+# path -> (size, mtime_ns, ctime_ns, inode, device) when its SHA-256 last matched the marker in this process.
+_verified: dict[str, tuple[int, int, int, int, int]] = {}
+# The artifacts the build running in this context has read (require): "<stage>/<fingerprint>" -> Artifact.
+_reads: ContextVar[dict | None] = ContextVar("nested_build_reads", default=None)
 
 
 class ArtifactDamaged(RuntimeError):
@@ -56,9 +72,44 @@ def file_record(root: Path) -> dict[str, list]:
     """{relative path: [size, sha256]} of every file under `root` except the marker."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MARKER:
+        if p.is_file() and p != root / MARKER:
             out[p.relative_to(root).as_posix()] = [p.stat().st_size, file_sha256(p)]
     return out
+
+
+def listed_files(directory: Path, pattern: str) -> list[Path]:
+    """The files of an artifact directory whose relative paths match `pattern` (fnmatch), sorted, from its marker's
+    record: what a reader reads, so a file planted beside them is never read. A directory without a marker (a
+    build reading its own output) or with an old marker that records no files is listed from the disk."""
+    directory = Path(directory)
+    marker = directory / MARKER
+    recorded = json.loads(marker.read_text()).get("files") if marker.is_file() else None
+    if recorded is None:
+        return sorted(p for p in directory.glob(pattern) if p.is_file())
+    return [directory / rel for rel in sorted(recorded) if fnmatch.fnmatchcase(rel, pattern)]
+
+
+def content_digest(meta: dict) -> str | None:
+    """What an artifact's files are, from its marker: the hash of its record (None for a marker without one)."""
+    files = meta.get("files")
+    return stable_hash(files) if isinstance(files, dict) else None
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def _hash_matches(path: Path, st: os.stat_result, digest: str) -> bool:
+    """Whether the file's SHA-256 is `digest`; a file verified in this process and unchanged since is not read."""
+    key = _stat_key(st)
+    if _verified.get(str(path)) == key:
+        return True
+    if file_sha256(path) != digest:
+        _verified.pop(str(path), None)
+        return False
+    if _stat_key(os.stat(path)) == key:  # unchanged while it was read
+        _verified[str(path)] = key
+    return True
 
 
 def tree_bytes(path: Path) -> int:
@@ -98,10 +149,17 @@ class Artifact:
     home: Path
     stage: str
     fingerprint: str
+    # The asset that builds it (e.g. level_2_latents for a latents artifact), for messages; not part of its identity.
+    asset: str | None = field(default=None, compare=False)
 
     @property
     def path(self) -> Path:
         return self.home / self.stage / self.fingerprint
+
+    @property
+    def name(self) -> str:
+        """The asset to materialize for it: its own name when known, else its stage kind."""
+        return self.asset or self.stage
 
     @property
     def lock_path(self) -> Path:
@@ -126,42 +184,91 @@ class Artifact:
         return sum(int(size) for size, _ in meta["files"].values()) + (marker.stat().st_size if marker.is_file() else 0)
 
     def damage(self, full: bool | None = None) -> list[str]:
-        """What no longer matches the marker's record (empty: intact). `full` hashes every file."""
+        """What no longer matches the marker's record (empty: intact): missing, resized, changed or unlisted files,
+        and inputs rebuilt with other bytes since. `full` hashes every file (once per process while unchanged)."""
         full = verify_mode() == "full" if full is None else full
         try:
-            recorded = self.metadata().get("files")
+            meta = self.metadata()
         except (OSError, ValueError) as e:
             return [f"{MARKER} is unreadable ({type(e).__name__}: {e})"]
+        recorded = meta.get("files")
         if recorded is None:
             return []  # built before markers recorded their files: only the marker vouches for it
         problems = []
         for rel, (size, digest) in recorded.items():
             p = self.path / rel
-            if not p.is_file():
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
                 problems.append(f"{rel} is missing")
-            elif (actual := p.stat().st_size) != size:
-                problems.append(f"{rel} is {actual} bytes, {size} when built")
-            elif (full or size <= HASH_ON_USE_BYTES) and file_sha256(p) != digest:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{rel} is no longer a regular file")
+            elif st.st_size != size:
+                problems.append(f"{rel} is {st.st_size} bytes, {size} when built")
+            elif (full or size <= HASH_ON_USE_BYTES) and not _hash_matches(p, st, digest):
                 problems.append(f"{rel} has changed since it was built (SHA-256 differs)")
+        problems += [f"{rel} is not one of the files its marker lists" for rel in self._unlisted(recorded)]
+        problems += self._stale_inputs(meta)
         return problems
 
+    def _unlisted(self, recorded: dict) -> list[str]:
+        """Files (and links) under the artifact that its marker does not list: a copy or a plant is damage too."""
+        out = []
+        for dirpath, dirs, files in os.walk(self.path):  # does not follow links: a linked folder is listed, not entered
+            rel_dir = Path(dirpath).relative_to(self.path)
+            for name in files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]:
+                rel = (rel_dir / name).as_posix()
+                if rel != MARKER and rel not in recorded:
+                    out.append(rel)
+        return sorted(out)
+
+    def _stale_inputs(self, meta: dict) -> list[str]:
+        out = []
+        for name, digest in (meta.get("inputs") or {}).items():
+            stage, _, fp = name.partition("/")
+            upstream = Artifact(self.home, stage, fp)
+            try:
+                now = content_digest(upstream.metadata()) if upstream.is_complete() else None
+            except (OSError, ValueError):
+                continue  # its own marker is damaged: that artifact says so itself
+            if now is not None and now != digest:
+                out.append(f"it was built from {name}, which has been rebuilt with other files since")
+        return out
+
     def require(self) -> Path:
-        """The directory of a finished, intact artifact, or a clear error saying which asset to materialize."""
+        """The directory of a finished artifact whose every file matches its marker, or a clear error saying which
+        asset to materialize. A damaged one is set aside, so that materializing its asset rebuilds it. A build in
+        progress in this context records what it read (its marker's ``inputs``)."""
         if not self.is_complete():
             raise FileNotFoundError(
-                f"upstream artifact {self.stage}/{self.fingerprint} is missing; materialize the '{self.stage}' asset first")
-        if problems := self.damage():
+                f"upstream artifact {self.stage}/{self.fingerprint} is missing; materialize the '{self.name}' asset first")
+        if problems := self.damage(full=True):
+            aside = self.set_aside()
+            where = f"set aside as {aside.name}; " if aside else ""
             raise ArtifactDamaged(
-                f"upstream artifact {self.stage}/{self.fingerprint} is damaged ({'; '.join(problems[:5])}); "
-                f"rematerialize the '{self.stage}' asset: it sets the damaged copy aside and rebuilds it")
+                f"upstream artifact {self.stage}/{self.fingerprint} is damaged ({'; '.join(problems[:5])}); {where}"
+                f"rematerialize the '{self.name}' asset: it rebuilds it")
+        if (reads := _reads.get()) is not None:
+            reads[f"{self.stage}/{self.fingerprint}"] = self
         return self.path
+
+    def set_aside(self) -> Path | None:
+        """Move this artifact to ``<fingerprint>.damaged-<time>`` (kept for inspection) unless a build of it holds
+        its lock; the new path, or None if it stayed."""
+        with self.try_lock("setting aside a damaged copy") as taken:
+            if not taken or not self.path.is_dir():
+                return None
+            aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
+            self.path.rename(aside)
+            return aside
 
     def reusable(self, log: Callable[[str], None] = print) -> bool:
         """True for a complete, intact artifact (a cache hit). A damaged one is moved aside, so it is rebuilt."""
         if not self.is_complete():
             return False
         if problems := self.damage():
-            aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+            aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
             self.path.rename(aside)
             log(f"warning: {self.stage}/{self.fingerprint} is damaged ({'; '.join(problems[:5])}); "
                 f"moved to {aside} and rebuilding")
@@ -268,17 +375,26 @@ class Artifact:
         """
         parent = self.path.parent
         parent.mkdir(parents=True, exist_ok=True)
+        # Holding the lock, no other build of this fingerprint can be running: every temporary build is a
+        # leftover, whatever its pid says (a killed builder on another host, or one not yet reaped).
+        holding = self.lock_path in _held
         for stale in parent.glob(f"{self.fingerprint}.tmp-*"):
-            if build_abandoned(stale):
+            if holding or build_abandoned(stale):
                 shutil.rmtree(stale, ignore_errors=True)
         tmp = parent / f"{self.fingerprint}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         meta: dict = {}
+        reads: dict[str, Artifact] = {}
+        token = _reads.set(reads)
         try:
-            start = time.perf_counter()
-            yield tmp, meta
+            try:
+                start = time.perf_counter()
+                yield tmp, meta
+            finally:
+                _reads.reset(token)
             meta.setdefault("seconds", round(time.perf_counter() - start, 3))
-            meta.update(stage=self.stage, fingerprint=self.fingerprint, files=file_record(tmp))
+            meta.update(stage=self.stage, fingerprint=self.fingerprint, files=file_record(tmp),
+                        inputs=_still_as_read(self, reads))
             marker = tmp / MARKER
             marker.with_suffix(".part").write_text(json.dumps(meta, indent=1, default=str))
             marker.with_suffix(".part").rename(marker)
@@ -304,14 +420,54 @@ class Artifact:
             return self.metadata(), False
 
 
+def _still_as_read(built: Artifact, reads: dict[str, Artifact]) -> dict[str, str | None]:
+    """The content digest of each artifact a build read, after checking that none was changed or set aside while
+    it ran: a result computed from bytes that were since replaced is refused, not published."""
+    out = {}
+    for name, art in sorted(reads.items()):
+        changed = []
+        try:
+            meta = art.metadata()
+        except (OSError, ValueError):
+            meta = None
+        if meta is None:
+            changed.append("it was set aside or removed")
+        else:
+            for rel in meta.get("files") or {}:
+                p = art.path / rel
+                if (key := _verified.get(str(p))) is None:
+                    continue  # not read through this process's verification (e.g. by another rank)
+                try:
+                    now = _stat_key(os.stat(p))
+                except FileNotFoundError:
+                    now = None
+                if now != key:
+                    changed.append(f"{rel} was modified")
+        if changed:
+            raise ArtifactDamaged(f"{built.stage}/{built.fingerprint} was not published: its input {name} changed "
+                                  f"while it was being built ({'; '.join(changed[:3])}); rematerialize '{art.name}' "
+                                  f"and then '{built.name}'")
+        out[name] = content_digest(meta)
+    return out
+
+
 def build_abandoned(tmp: Path, mine_abandoned: bool = True) -> bool:
     """Whether the process that made a ``<fingerprint>.tmp-<pid>-*`` build directory is gone, or is this one and
     `mine_abandoned` (a builder's own leftover of an earlier failed attempt). A pid another user owns is alive."""
     try:
         pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
         os.kill(pid, 0)
+        if _is_zombie(pid):  # killed, not yet reaped by its parent: it builds nothing any more
+            return True
         return mine_abandoned and pid == os.getpid()  # our own leftovers from an earlier failed attempt
     except (ValueError, IndexError, ProcessLookupError):
         return True
     except PermissionError:
+        return False
+
+
+def _is_zombie(pid: int) -> bool:
+    try:  # /proc/<pid>/stat: "pid (comm) state ...", comm may hold spaces and parentheses
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
         return False

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from models.weights import is_local_file
 
@@ -22,6 +22,11 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "emoji.yaml"
 EVAL_K = 3
 MAX_SAMPLES = 1_000_000  # sampling.num_samples cap: the paper evaluates 50k; 1e12 is a typo, not a run
 MAX_SEED = 2**63 - 1  # torch and numpy take 64-bit seeds
+FLOAT32_MAX = 3.4028234663852886e38  # every float setting ends up in a float32 tensor or parameter
+MAX_SIGMA = 100.0  # latents are standardized to unit variance: sigma 100 leaves 1e-4 of the signal's variance
+# Values a config may expand to once its YAML aliases are copied out (variants edit copies): a real config has
+# a few hundred; nested aliases (a "billion laughs") would otherwise take the machine's memory before validation.
+MAX_CONFIG_VALUES = 100_000
 # The experiment name becomes part of file names under $NESTED_HOME: each '/'-separated part a safe file name.
 _NAME_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
@@ -33,6 +38,15 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     # allow_inf_nan=False: an inf sigma or a NaN lr would train NaN and publish a NaN model.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _fits_float32(cls, v):
+        # Finite in float64 is not enough: 1e300 becomes inf in the float32 tensors it is multiplied into.
+        for x in v if isinstance(v, tuple) else (v,):
+            if isinstance(x, float) and abs(x) > FLOAT32_MAX:
+                raise ValueError(f"{x:g} is outside float32's range (|x| <= {FLOAT32_MAX:.3g}), where the models compute")
+        return v
 
 
 class DatasetConfig(_Strict):
@@ -135,7 +149,8 @@ class LevelConfig(_Strict):
     kind: Literal["semantic", "pixel_base", "cascade"] = "semantic"
     pool: int = Field(ge=1, description="s_l: the feature map (or level 0, for a pixel kind) is average-pooled to s_l x s_l")
     channels: int = Field(ge=1, description="c_l: leading SVD channels kept (a pixel kind: level 0's channels)")
-    sigma: float = Field(ge=0.0, description="sigma_l: std of the noise added when z_l conditions a finer level")
+    sigma: float = Field(ge=0.0, le=MAX_SIGMA, description="sigma_l: std of the noise added when z_l conditions a "
+                         "finer level (the latents have unit variance)")
     train: TrainConfig = TrainConfig()
 
 
@@ -295,7 +310,7 @@ class Config(_Strict):
         return levels
 
     @model_validator(mode="after")
-    def _fits_the_models(self):
+    def _fits_the_models(self, info: ValidationInfo):
         # Refused here rather than when a level's training (or sampling) process starts.
         from models.denoiser import default_patch_size, get_backbone  # torch import: only when validating
 
@@ -322,8 +337,13 @@ class Config(_Strict):
                     resolutions(self.dataset.resolution, nest)
                 except ValueError as e:
                     raise ValueError(f"level0.train.size: {e}") from None
-        if len(self.sampling.level_steps) > self.num_levels:
-            raise ValueError(f"sampling.level_steps: {len(self.sampling.level_steps)} entries for {self.num_levels} levels")
+        # One entry per level at most: an extra one would be dropped. A sweep variant with fewer levels than its base
+        # that does not set guidance keeps the base's weights of its own levels (the L = 1 baseline: level 0's).
+        inherited = (info.context or {}).get("guidance_inherited", False)
+        for name in ("level_steps",) + (() if inherited else ("guidance",)):
+            if (n := len(getattr(self.sampling, name))) > self.num_levels:
+                raise ValueError(f"sampling.{name}: {n} entries for {self.num_levels} levels (one per level, from "
+                                 f"level 0 up)")
         trains = [("level0.train", self.level0.train)] + [(f"levels[{i}].train", lv.train) for i, lv in enumerate(self.levels)]
         for level, ((name, tc), steps) in enumerate(zip(trains, self.sampling_steps())):
             if steps > tc.num_train_timesteps:
@@ -459,35 +479,45 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
                               f"({enc.name} {enc.layer})")
 
 
-def unshared(value):
+def unshared(value, budget: list[int] | None = None):
     """A copy in which no two places are one object. YAML aliases make them one (two levels' `train: *t`, or
-    variants sharing an anchor), and copy.deepcopy keeps them one: a dotted key would edit all of them."""
+    variants sharing an anchor), and copy.deepcopy keeps them one: a dotted key would edit all of them.
+    Refused past MAX_CONFIG_VALUES values: aliases nested in aliases expand exponentially."""
+    budget = [MAX_CONFIG_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError(f"expands to more than {MAX_CONFIG_VALUES:,} values once its YAML aliases are copied out "
+                          f"(aliases nested in aliases?)")
     if isinstance(value, dict):
-        return {k: unshared(v) for k, v in value.items()}
+        return {k: unshared(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [unshared(v) for v in value]
+        return [unshared(v, budget) for v in value]
     return value
 
 
-def apply_overrides(data: dict, overrides: dict) -> dict:
+def apply_overrides(data: dict, overrides: dict, budget: list[int] | None = None, where: str = "") -> dict:
     """A copy of `data` with `overrides` applied: a dotted key sets one value (`levels.1.sigma: 0.0`; integers
-    index lists), a mapping merges into a mapping (`sampling: {steps: 50}`), anything else replaces (`levels: [...]`)."""
+    index lists), a mapping merges into a mapping (`sampling: {steps: 50}`), anything else replaces (`levels: [...]`).
+    Every key is checked before its value is copied out, and the copies share one budget (see `unshared`)."""
     out = copy.deepcopy(data)
+    budget = [MAX_CONFIG_VALUES] if budget is None else budget
     for key, value in overrides.items():
-        value = unshared(value)
-        *path, last = key.split(".")
+        *path, last = str(key).split(".")
         node = out
         try:
             for part in path:
                 node = node[int(part)] if isinstance(node, list) else node[part]
-            if isinstance(node, list):
-                node[int(last)] = value
-            elif isinstance(value, dict) and isinstance(node.get(last), dict):
-                node[last] = apply_overrides(node[last], value)
-            else:
-                node[last] = value
-        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
-            raise ConfigError(f"{key}: no such field to override") from None
+            current = node[int(last)] if isinstance(node, list) else node[last]
+        except (KeyError, IndexError, ValueError, TypeError):
+            raise ConfigError(f"{where}{key}: no such field to override") from None
+        if isinstance(value, dict) and isinstance(current, dict):
+            node[last] = apply_overrides(current, value, budget, f"{where}{key}.")
+            continue
+        try:
+            value = unshared(value, budget)
+        except ConfigError as e:
+            raise ConfigError(f"{where}{key}: {e}") from None
+        node[int(last) if isinstance(node, list) else last] = value
     return out
 
 
@@ -533,16 +563,24 @@ def variant_configs(cfg: Config, check_files: bool = True) -> dict[str, Config]:
     out = {}
     for name, overrides in cfg.variants.items():
         try:
-            out[name] = parse_config({**apply_overrides(base, overrides), "name": f"{cfg.name}/{name}"}, "", check_files)
+            out[name] = parse_config({**apply_overrides(base, overrides), "name": f"{cfg.name}/{name}"}, "", check_files,
+                                     guidance_inherited=not _sets_guidance(overrides))
         except ConfigError as e:  # one line per refused field, each under the variant's name
             lines = str(e).removeprefix("invalid config :\n").split("\n")
             raise ConfigError("\n".join(f"variants.{name}: {line.strip()}" for line in lines)) from None
     return out
 
 
-def parse_config(data: dict, source: str = "<dict>", check_files: bool = True) -> Config:
+def _sets_guidance(overrides: dict) -> bool:
+    """Whether a variant's overrides set sampling.guidance (directly, or by replacing `sampling` whole)."""
+    sampling = overrides.get("sampling")
+    return "sampling.guidance" in overrides or (sampling is not None and not (
+        isinstance(sampling, dict) and "guidance" not in sampling))
+
+
+def parse_config(data: dict, source: str = "<dict>", check_files: bool = True, guidance_inherited: bool = False) -> Config:
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context={"guidance_inherited": guidance_inherited})
     except ValidationError as e:
         raise ConfigError(_format(e, source)) from None
     cfg = _resolve_paths(cfg)
@@ -558,17 +596,26 @@ def load_config(path: str | Path | None = None, check_files: bool = True) -> Con
         path = PROJECT_ROOT / path
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:  # a syntax error, or a tag such as !!python/object that safe_load refuses
+        raise ConfigError(f"invalid config {path}: not plain YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {path}: the top level must be a mapping")
     return parse_config(data, str(path), check_files)
+
+
+def config_from_json(text: str) -> Config:
+    """A config that was validated when it was loaded, read back from its JSON dump (a run file). A variant's dump
+    may hold its base's guidance weights for more levels than its own (see Config._fits_the_models)."""
+    return Config.model_validate_json(text, context={"guidance_inherited": True})
 
 
 def load_run_config(path: str | Path | None = None) -> Config:
     """The config a training process is given: the resolved JSON the asset wrote from a config validated when
     the code location loaded (read as it is), or an experiment YAML (loaded and validated as load_config does)."""
     if path is not None and str(path).endswith(".json"):
-        return Config.model_validate_json(Path(path).read_text())
+        return config_from_json(Path(path).read_text())
     return load_config(path)
 
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from .cache import file_sha256
+from .cache import file_sha256, listed_files
 from .config import Config, DatasetConfig
 from .sources import get_source
 
@@ -38,19 +38,21 @@ MANIFEST_SCHEMA = pa.schema([
 
 # ---------------------------------------------------------------- fingerprint
 
-HASH_CACHE = ".source-hashes.json"  # under the artifact home: {realpath: [size, mtime_ns, inode, sha256]}
-# A file modified this recently may be modified again within the same timestamp tick (Linux stamps files with
-# a coarse clock), which its (size, mtime_ns, inode) key could not tell apart: such a file is hashed every time.
+HASH_CACHE = ".source-hashes.json"  # under the artifact home: {realpath: [size, mtime_ns, ctime_ns, inode, sha256]}
+# A file changed this recently may change again within the same timestamp tick (Linux stamps files with a coarse
+# clock), which its stat key could not tell apart: such a file is hashed every time.
 _RACY_NS = 2 * 10**9
-_memo: dict[str, tuple[tuple[int, int, int], str]] = {}  # in-process: realpath -> (stat key, sha256)
+_memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # in-process: realpath -> (stat key, sha256)
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_size, st.st_mtime_ns, st.st_ino
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    # The change time too: an edit that keeps the size and puts the mtime back (touch -d, rsync -t, a restore)
+    # still moves the ctime, which no user can set.
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 class _HashCache:
-    """Content hashes of source files, reused while a file's (realpath, size, mtime_ns, inode) is unchanged.
+    """Content hashes of source files, reused while a file's (realpath, size, mtime_ns, ctime_ns, inode) is unchanged.
 
     Always memoized in-process; with a `cache_dir` also kept in a JSON file there, so a large folder is hashed
     once and not in every process. The file is only a cache: a missing or corrupt one is rebuilt.
@@ -64,7 +66,8 @@ class _HashCache:
             try:
                 data = json.loads(self.path.read_text())
                 if isinstance(data, dict):
-                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 4}
+                    # Records of another length are an older key (without the ctime): hashed again.
+                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 5}
             except (OSError, ValueError):
                 pass  # missing, unreadable or corrupt: hash again
 
@@ -72,13 +75,13 @@ class _HashCache:
         real = os.path.realpath(path)
         st = os.stat(real)
         key = _stat_key(st)
-        racy = time.time_ns() - st.st_mtime_ns < _RACY_NS
+        racy = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
         if not racy:
             if (hit := _memo.get(real)) is not None and hit[0] == key:
                 return hit[1]
-            if (rec := self.disk.get(real)) is not None and tuple(rec[:3]) == key and isinstance(rec[3], str):
-                _memo[real] = (key, rec[3])
-                return rec[3]
+            if (rec := self.disk.get(real)) is not None and tuple(rec[:4]) == key and isinstance(rec[4], str):
+                _memo[real] = (key, rec[4])
+                return rec[4]
         digest = file_sha256(Path(real))
         if not racy and _stat_key(os.stat(real)) == key:  # unchanged while it was read
             _memo[real] = (key, digest)
@@ -105,7 +108,7 @@ def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str
     the source lies, however its path is spelled and whatever its mtime.
 
     What stands for the content is the source's registered identity (pipeline/sources.py: file hashes, or a
-    package version). Hashes are reused while a file's (realpath, size, mtime_ns, inode) is unchanged:
+    package version). Hashes are reused while a file's (realpath, size, mtime_ns, ctime_ns, inode) is unchanged:
     in-process, and across processes in `cache_dir` if given.
     """
     source = get_source(cfg.source)
@@ -247,4 +250,4 @@ def label_names(images_dir: Path) -> list[str]:
 
 
 def image_shards(images_dir: Path) -> list[str]:
-    return sorted(str(p.resolve()) for p in (Path(images_dir) / "shards").glob("images-*.tar"))
+    return [str(p.resolve()) for p in listed_files(images_dir, "shards/images-*.tar")]

@@ -16,6 +16,7 @@ import torch
 import webdataset as wds
 from safetensors.numpy import load_file, save_file
 
+from .cache import listed_files
 from .config import Config
 from .features import iter_rows, open_features
 from .ingest import read_manifest
@@ -159,7 +160,7 @@ def load_stats(latents_dir: Path) -> dict[str, np.ndarray]:
 
 
 def latent_shards(latents_dir: Path, split: str = "train") -> list[str]:
-    return sorted(str(p) for p in Path(latents_dir).glob(f"{split}-*.tar"))
+    return [str(p) for p in listed_files(latents_dir, f"{split}-*.tar")]
 
 
 def every_shard(urls):
@@ -189,10 +190,16 @@ def iter_latent_samples(latents_dir: Path, split: str = "train") -> Iterator[tup
     shards = latent_shards(latents_dir, split)
     if not shards:
         return
+    shape = None
     for s in wds.WebDataset(shards, shardshuffle=False, empty_check=False, nodesplitter=every_shard):
         if "latent.npy" not in s or "cls" not in s:
             raise ValueError(f"{s.get('__url__')}: sample {s['__key__']!r} lacks latent.npy or cls")
-        yield s["__key__"], decode_npy(s["latent.npy"]), decode_cls(s["cls"])
+        z = decode_npy(s["latent.npy"])
+        shape = z.shape if shape is None else shape
+        if z.shape != shape or z.ndim != 3:  # named here, not as np.stack's "all input arrays must have the same shape"
+            raise ValueError(f"{s['__url__']}: sample {s['__key__']!r}: latent.npy has shape {z.shape}; the split's "
+                             f"latents are (c, s, s){f' = {shape}' if z.ndim == 3 else ''}")
+        yield s["__key__"], z, decode_cls(s["cls"])
 
 
 def read_latents(latents_dir: Path, split: str = "train") -> tuple[list[str], np.ndarray, np.ndarray]:

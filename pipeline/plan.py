@@ -45,7 +45,7 @@ def _stage(home: Path, asset: str, kind: str, own: dict, inputs: dict, level: in
     """`inputs` maps names to upstream Stages or to content hashes of outside data (nested dicts allowed)."""
     own = {**own, "code": CODE_VERSION[kind]}
     fp = stable_hash({"kind": kind, "own": own, "inputs": _resolve(inputs, "fingerprint")})
-    return Stage(asset, Artifact(home, kind, fp), stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12),
+    return Stage(asset, Artifact(home, kind, fp, asset), stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12),
                  level)
 
 
@@ -143,7 +143,7 @@ def plan_to_json(plan: dict[str, Stage]) -> dict:
 
 def plan_from_json(data: dict) -> dict[str, Stage]:
     """The inverse of plan_to_json."""
-    return {name: Stage(name, Artifact(Path(v["home"]), v["kind"], v["fingerprint"]), v["code_version"], v["level"])
+    return {name: Stage(name, Artifact(Path(v["home"]), v["kind"], v["fingerprint"], name), v["code_version"], v["level"])
             for name, v in data.items()}
 
 

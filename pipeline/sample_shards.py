@@ -14,6 +14,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from .cache import listed_files
 from .levels import decode_npy
 
 PATTERN = "samples-%06d.tar"  # ShardWriter's pattern
@@ -21,7 +22,7 @@ GLOB = "samples-*.tar"
 
 
 def sample_shards(samples_dir: Path) -> list[str]:
-    return sorted(str(p) for p in Path(samples_dir).glob(GLOB))
+    return [str(p) for p in listed_files(samples_dir, GLOB)]
 
 
 def raw_samples(samples_dir: Path):
@@ -39,5 +40,13 @@ def sample_images(samples_dir: Path) -> Iterator[np.ndarray]:
 def sample_latents(samples_dir: Path, levels) -> dict[int, np.ndarray]:
     """The generated latents of `levels`, each (N, c_l, s_l, s_l), in sample order."""
     rows = list(raw_samples(samples_dir))
-    return {level: np.stack([decode_npy(r[f"level_{level}.npy"], f"level_{level}.npy") for r in rows])
-            for level in levels}
+    out = {}
+    for level in levels:
+        name = f"level_{level}.npy"
+        zs = [decode_npy(r[name], name) for r in rows]
+        for r, z in zip(rows, zs):
+            if z.shape != zs[0].shape:
+                raise ValueError(f"{r['__url__']}: sample {r['__key__']!r}: {name} has shape {z.shape}, the first "
+                                 f"sample's {zs[0].shape}")
+        out[level] = np.stack(zs)
+    return out

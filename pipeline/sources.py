@@ -70,6 +70,22 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+def class_folders(root: Path) -> list[Path]:
+    """The visible subfolders of a folder source, sorted. A link to a folder is not one: it can lead back into the
+    root (a loop that would invent classes and repeat every image) or out of it, so no directory link is followed,
+    at the top or deeper (os.walk's default)."""
+    return sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """The visible files under `folder` at any depth, hidden folders (.ipynb_checkpoints and friends) left out."""
+    found = []
+    for dirpath, dirs, files in os.walk(folder):  # followlinks=False: linked folders are neither entered nor read
+        dirs[:] = [x for x in dirs if _visible(x)]
+        found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
+    return found
+
+
 # ---------------------------------------------------------------- identities
 
 def file_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
@@ -85,13 +101,10 @@ def folder_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
     root = require_path(cfg.path)
     if not root.is_dir():
         raise ValueError(f"folder source: {root} is not a directory")
-    # What _folder reads: the visible files at the top and under each visible subfolder (a symlinked class
-    # folder included), nothing hidden at any depth.
+    # What _folder reads: the visible files at the top and under each class folder, nothing hidden at any depth.
     found = [p for p in root.iterdir() if _visible(p.name) and p.is_file()]
-    for d in sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir()):
-        for dirpath, dirs, files in os.walk(d):
-            dirs[:] = [x for x in dirs if _visible(x)]
-            found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
+    for d in class_folders(root):
+        found += _files_under(d)
     listing = [(p.relative_to(root).as_posix(), p) for p in found]
     return "".join(f"\0{rel}\0{sha256(full)}" for rel, full in sorted(listing))
 
@@ -139,15 +152,12 @@ def _folder(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
         raise ValueError(f"folder source: {root} is not a directory")
 
     def is_image(p: Path) -> bool:
-        return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        return p.is_file() and _visible(p.name) and p.suffix.lower() in IMAGE_SUFFIXES
 
     items = [Item(p.name, UNLABELED, p) for p in sorted(root.iterdir()) if is_image(p)]
     classes = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = []
-        for dirpath, dirs, files in os.walk(d):
-            dirs[:] = [x for x in dirs if not x.startswith(".")]  # .ipynb_checkpoints and friends
-            found += [p for p in (Path(dirpath) / f for f in files) if is_image(p)]
+    for d in class_folders(root):
+        found = [p for p in _files_under(d) if is_image(p)]
         if found:  # an empty subfolder is not a class (it would be a label no image can have)
             classes.append(d.name)
             items += [Item(p.relative_to(root).as_posix(), d.name, p) for p in found]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,17 +20,24 @@ from .cache import MARKER, Artifact
 
 TABLE = "evaluations.parquet"
 KEY = "evaluation_fingerprint"
+FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")  # a published artifact's directory name, nothing after it
 
 
 def evaluation_rows(home: Path) -> list[dict]:
-    """The row of every complete evaluation artifact under `home` (one per fingerprint), oldest first."""
+    """The row of every published evaluation artifact under `home`, one per fingerprint, oldest first.
+
+    Only ``evaluation/<fingerprint>/`` is published: a build in progress (``<fingerprint>.tmp-*``) or a damaged
+    copy set aside (``<fingerprint>.damaged-*``) may hold a marker too, and its row is not another evaluation."""
+    folder = Path(home) / "evaluation"
     rows = []
-    for marker in (Path(home) / "evaluation").glob(f"*/{MARKER}"):
+    for d in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if not FINGERPRINT.fullmatch(d.name) or d.is_symlink():
+            continue
         try:
-            row = json.loads(marker.read_text()).get("row")
+            row = json.loads((d / MARKER).read_text()).get("row")
         except (OSError, ValueError):
-            continue  # a damaged marker: its artifact is rebuilt on the next run, with its row
-        if row:
+            continue  # no marker, or a damaged one: its artifact is rebuilt on the next run, with its row
+        if isinstance(row, dict) and row.get(KEY) == d.name:
             rows.append(row)
     return sorted(rows, key=lambda r: (r.get("evaluated_at") or "", r[KEY]))
 
@@ -45,15 +53,17 @@ def export_table(home: Path) -> Path:
     home = Path(home)
     path = home / TABLE
     with Artifact(home, "evaluation", "table").lock():
+        for leftover in home.glob(f".{TABLE}.*.tmp"):  # an export killed before its rename: only the holder writes one
+            leftover.unlink(missing_ok=True)
         rows = evaluation_rows(home)
         have = {r[KEY] for r in rows}
-        history = []
+        history = {}
         if path.exists():
-            try:
-                history = [r for r in pq.read_table(path).to_pylist() if r.get(KEY) not in have]
+            try:  # one row per removed evaluation (the last one, should an older export have written two)
+                history = {r.get(KEY): r for r in pq.read_table(path).to_pylist() if r.get(KEY) not in have}
             except (OSError, pa.ArrowException):  # unreadable: keep it for inspection, rebuild from the artifacts
                 os.replace(path, path.with_name(f"{TABLE}.unreadable-{os.getpid()}"))
-        table = _table(history + rows)
+        table = _table(list(history.values()) + rows)
         if table is None:
             return path
         tmp = path.with_name(f".{TABLE}.{os.getpid()}.tmp")

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, load_run_config, nested_home
+from .config import Config, config_from_json, load_run_config, nested_home
 from .costs import model_cost
 from .data import load_level_data
 from .model_io import build_model, make_scheduler, model_spec, save_model
@@ -283,7 +283,7 @@ def read_run_file(path: str | Path) -> tuple[Config, dict[str, Stage]]:
 
     run = json.loads(Path(path).read_text())
     # JSON mode, as the file was written: the config was validated when the code location loaded it.
-    return Config.model_validate_json(json.dumps(run["config"])), plan_from_json(run["plan"])
+    return config_from_json(json.dumps(run["config"])), plan_from_json(run["plan"])
 
 
 def main(argv=None) -> None:

@@ -174,3 +174,88 @@ def test_two_concurrent_trainings_of_one_level_train_it_once(home, tmp_path):
     assert race(home["home"], "training", tmp_path) == ["hit", "miss"]
     assert checks.checkpoint_loads(home["cfg"], home["plan"], 2).passed
     assert not list(model.path.parent.glob(f"{model.fingerprint}.*"))  # no work or temporary directory left
+
+
+# ---- no silent wrong results (issue 32): every byte verified before use, every file accounted for, one row each
+
+def flip_low_exponent_bits(path: Path, count: int = 1024) -> None:
+    """Flip the lowest exponent bit of `count` values of each float tensor of a safetensors file: the same size,
+    numbers off by a factor of 2 (the probe's damage, which passed every size check)."""
+    from safetensors.numpy import load_file, save_file
+
+    size = path.stat().st_size
+    tensors = load_file(str(path))
+    for name, t in tensors.items():
+        flat = t.reshape(-1).view({4: "<u4", 8: "<u8"}[t.itemsize])
+        flat[:count] ^= {4: 1 << 23, 8: 1 << 52}[t.itemsize]
+    save_file(tensors, str(path))
+    assert path.stat().st_size == size
+
+
+def test_flipped_bits_in_a_large_reference_are_caught_before_an_evaluation_reads_them(home, monkeypatch):
+    import pipeline.cache
+
+    # The tiny reference stands for the emoji default's 35 MB one: above the size a cache hit hashes.
+    monkeypatch.setattr(pipeline.cache, "HASH_ON_USE_BYTES", 1024)
+    monkeypatch.setattr(pipeline.cache, "_verified", {})
+    cfg, plan = home["cfg"], home["plan"]
+    reference, evaluation = plan["reference_stats"], plan["evaluation"]
+    fid = evaluation.artifact.metadata()["row"]["fid"]
+    flip_low_exponent_bits(reference.path / REFERENCE)
+    assert reference.artifact.damage() == []  # a cache hit that reads nothing compares its size only
+    shutil.rmtree(evaluation.path)  # an evaluation not made yet (another sampling seed, say)
+    run = run_assets(cfg, home["home"], names=["evaluation"], raise_on_error=False)
+    text = failure_text(run)
+    assert not run.success and f"{REFERENCE} has changed since it was built" in text and "'reference_stats'" in text
+    assert not evaluation.artifact.is_complete()  # nothing computed from the damaged bytes was published
+    assert not reference.artifact.is_complete()  # set aside, so that materializing it rebuilds it
+    again = run_assets(cfg, home["home"], names=["reference_stats", "evaluation"])
+    assert cache_flag(again, "reference_stats") == "miss" and cache_flag(again, "evaluation") == "miss"
+    assert evaluation.artifact.metadata()["row"]["fid"] == pytest.approx(fid, rel=1e-6)
+    assert evaluation.artifact.metadata()["inputs"][f"reference/{reference.fingerprint}"]
+
+
+def test_a_copied_sample_shard_is_damage_not_more_samples(home):
+    cfg, plan = home["cfg"], home["plan"]
+    samples, evaluation = plan["samples"], plan["evaluation"]
+    shutil.copy(samples.path / "samples-000000.tar", samples.path / "samples-000001.tar")
+    intact = checks.files_intact(samples.artifact)
+    assert not intact.passed and "samples-000001.tar is not one of the files its marker lists" in intact.description
+    shutil.rmtree(evaluation.path)
+    run = run_assets(cfg, home["home"], names=["evaluation"], raise_on_error=False)
+    assert not run.success and "samples-000001.tar is not one of the files" in failure_text(run)
+    assert not evaluation.artifact.is_complete()
+    again = run_assets(cfg, home["home"], names=["samples", "evaluation"])
+    assert cache_flag(again, "samples") == "miss"
+    assert evaluation.artifact.metadata()["row"]["num_samples"] == cfg.sampling.num_samples
+
+
+def test_an_extra_latent_shard_never_enters_training(home):
+    from pipeline.data import load_level_data
+    from pipeline.levels import latent_shards
+
+    plan = home["plan"]
+    latents = plan["level_2_latents"]
+    shards = latent_shards(latents.path)
+    shutil.copy(shards[0], latents.path / "train-000099.tar")
+    assert latent_shards(latents.path) == shards  # the marker's list, not a glob
+    with pytest.raises(ArtifactDamaged, match=r"train-000099\.tar is not one of the files its marker lists.*"
+                                              r"rematerialize the 'level_2_latents' asset"):
+        load_level_data(home["cfg"], plan, 2)
+
+
+def test_damaged_and_unfinished_copies_of_an_evaluation_add_no_row(home):
+    from pipeline.table import export_table
+
+    plan, root = home["plan"], home["home"]
+    ev = plan["evaluation"]
+    shutil.copytree(ev.path, ev.path.with_name(f"{ev.fingerprint}.damaged-20261206T000000"))
+    shutil.copytree(ev.path, ev.path.with_name(f"{ev.fingerprint}.tmp-1-abcdef"))  # a marker, not yet renamed
+    leftover = root / f".{TABLE}.999999.tmp"  # an export killed before its rename
+    leftover.write_bytes(b"PAR1")
+    assert [r["evaluation_fingerprint"] for r in evaluation_rows(root)] == [ev.fingerprint]
+    export_table(root)
+    rows = pq.read_table(root / TABLE).to_pylist()
+    assert [r["evaluation_fingerprint"] for r in rows].count(ev.fingerprint) == 1
+    assert checks.evaluation_row_present(root, ev.fingerprint).passed
+    assert not leftover.exists()

@@ -57,6 +57,13 @@ HOSTILE = {
                               "levels[0].pool", "dataset.resolution 4"),
     "max_images_no_holdout": ({"dataset.max_images": 5}, "dataset.max_images", "no image"),
     "betas_above_one": ({"levels.0.train.betas": [0.9, 1.5]}, "levels[0].train.betas", "[0, 1)"),
+    # Finite in float64, inf in the float32 tensors they scale: a NaN loss, not a refusal, before.
+    "sigma_huge": ({"levels.0.sigma": 1e300}, "levels[0].sigma", "less than or equal to 100"),
+    "lr_beyond_float32": ({"level0.train.lr": 1e39}, "level0.train.lr", "float32"),
+    "guidance_weight_beyond_float32": ({"sampling.guidance": [0.1, -0.0, 1e39]}, "sampling.guidance", "float32"),
+    # An extra weight would be dropped silently, as an extra level_steps entry is refused.
+    "guidance_too_long": ({"sampling.guidance": [0.1, 0.2, 0.3, 0.4, 0.5]}, "sampling.guidance", "5 entries for 3 levels"),
+    "level_steps_too_long": ({"sampling.level_steps": [5, 5, 5, 5]}, "sampling.level_steps", "4 entries for 3 levels"),
 }
 
 
@@ -95,3 +102,56 @@ def test_run_file_stays_under_home_and_reads_back(tmp_path):
     assert path.is_file() and not list(path.parent.glob("*.tmp"))
     assert write_run_file(variant, plan, tmp_path) == path  # the same file the second time
     assert read_run_file(path) == (variant, plan)  # variants have none of their own
+
+
+def test_a_variant_with_fewer_levels_keeps_its_bases_weights_of_its_own_levels():
+    # The sweeps' L = 1 baseline: level 0's weight of the base; a variant that sets too many itself is refused.
+    cfg = parse_config(changed({"variants": {"L1": {"levels": []}}}), check_files=False)
+    (l1,) = variant_configs(cfg, check_files=False).values()
+    assert l1.num_levels == 1 and l1.guidance() == [0.1]
+    with pytest.raises(ConfigError, match=r"variants\.L1: sampling\.guidance: 2 entries for 1 levels"):
+        parse_config(changed({"variants": {"L1": {"levels": [], "sampling.guidance": [0.1, 0.2]}}}), check_files=False)
+
+
+BOMB = """
+variants:
+  x:
+    sampling:
+      guidance: &a9 [&a8 [&a7 [&a6 [&a5 [&a4 [&a3 [&a2 [&a1 [1, 1, 1, 1, 1, 1, 1, 1, 1], *a1, *a1, *a1, *a1, *a1, *a1,
+        *a1, *a1], *a2, *a2, *a2, *a2, *a2, *a2, *a2, *a2], *a3, *a3, *a3, *a3, *a3, *a3, *a3, *a3], *a4, *a4, *a4, *a4,
+        *a4, *a4, *a4, *a4], *a5, *a5, *a5, *a5, *a5, *a5, *a5, *a5], *a6, *a6, *a6, *a6, *a6, *a6, *a6, *a6], *a7, *a7,
+        *a7, *a7, *a7, *a7, *a7, *a7], *a8, *a8, *a8, *a8, *a8, *a8, *a8, *a8]
+"""
+
+
+def test_a_yaml_alias_bomb_in_a_variant_is_refused_before_it_expands(tmp_path):
+    """Nine nested anchors are 9^9 values once copied out (the probe saw 4 GB in 40 s); refused with the field, and
+    gc, which loads every config, reports that file and goes on."""
+    import tracemalloc
+
+    from pipeline.config import load_config
+    from pipeline.gc import referenced
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + BOMB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=r"variants\.x: sampling\.guidance: expands to more than 100,000 values"):
+            load_config(path, check_files=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 200 * 2**20, peak
+    found = referenced([path, ROOT / "configs" / "tiny.yaml"], tmp_path / "home")
+    assert [u.config for u in found.unplanned] == [path] and "expands to more than" in found.unplanned[0].reason
+    assert str(ROOT / "configs" / "tiny.yaml") in found.planned
+
+
+def test_a_python_tag_is_refused_as_a_config_error_naming_the_file(tmp_path):
+    from pipeline.config import load_config
+
+    path = tmp_path / "tagged.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + "extra: !!python/object/apply:os.system [echo]\n")
+    with pytest.raises(ConfigError, match=rf"invalid config {path}: not plain YAML \(could not determine a "
+                                          r"constructor for the tag 'tag:yaml\.org,2002:python/object/apply:os\.system'"):
+        load_config(path, check_files=False)

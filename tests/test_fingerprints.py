@@ -155,6 +155,8 @@ def test_checkpoint_content_moves_features_not_images(tmp_path):
 
 
 def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch):
+    # Files made a moment ago have a ctime of now, which _age cannot set back: out of the racy window, they are kept.
+    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
     root = tmp_path / "imgs"
     _folder(root)
     _age(root)
@@ -203,3 +205,26 @@ def test_fresh_file_is_not_trusted_to_its_mtime(tmp_path):
         f.write(data)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, same inode, same size
     assert source_fingerprint(cfg, cache_dir=tmp_path / "home") != fp
+
+
+def test_an_edit_that_puts_the_mtime_back_is_hashed_again(tmp_path, monkeypatch):
+    # Same size, same inode, the mtime restored (touch -d, rsync -t, a restore): only the ctime tells. With the racy
+    # window off, the kept hash would be trusted on (size, mtime, inode) alone.
+    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
+    p = tmp_path / "x.npz"
+    _npz(p)
+    _age(p)
+    cfg = DatasetConfig(source="npz", path=p)
+    home = tmp_path / "home"
+    fp = source_fingerprint(cfg, cache_dir=home)
+    st = p.stat()
+    time.sleep(0.05)  # past the coarse clock's tick, so the ctime moves
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        data[-30] ^= 1
+        f.seek(0)
+        f.write(data)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    monkeypatch.setattr(ingest_mod, "_memo", {})  # another process: only the kept cache on disk
+    assert source_fingerprint(cfg, cache_dir=home) != fp

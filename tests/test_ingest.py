@@ -254,3 +254,24 @@ def test_fingerprint(folder: Path, tmp_path: Path):
 def test_to_rgb_white(make):
     img = to_rgb(make())
     assert img.mode == "RGB" and (np.asarray(img) >= 254).all()
+
+
+def test_directory_links_are_not_followed_out_of_or_back_into_the_root(tmp_path: Path):
+    """`self -> root` and `up -> ..` made 72 images in classes c1, c2, self, up of 24 in two; and nothing they lead
+    to enters the fingerprint."""
+    from pipeline.sources import get_source
+
+    root = tmp_path / "data" / "root"
+    for c in ("c1", "c2"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            _noise((8, 8), seed=i + (100 if c == "c2" else 0)).save(root / c / f"{i}.png")
+    cfg = DatasetConfig(source="folder", path=root)
+    before = source_fingerprint(cfg)
+    (root / "self").symlink_to(root, target_is_directory=True)
+    (root / "up").symlink_to("..", target_is_directory=True)
+    (root / "c1" / "loop").symlink_to(root, target_is_directory=True)
+    items, names = get_source("folder").read(cfg)
+    assert names == ["c1", "c2"] and len(items) == 24
+    assert {it.label_name for it in items} == {"c1", "c2"} and not any("loop" in it.name for it in items)
+    assert source_fingerprint(cfg) == before

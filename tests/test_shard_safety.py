@@ -115,3 +115,15 @@ def test_empty_split_reads_as_empty(tmp_path):
     assert list(iter_latents(tmp_path, "holdout")) == []
     keys, z, y = read_latents(tmp_path, "holdout")
     assert keys == [] and len(z) == 0 and len(y) == 0
+
+
+def test_a_latent_of_another_shape_is_refused_naming_its_shard_and_key(tmp_path):
+    from pipeline.levels import write_shards
+
+    rng = np.random.default_rng(0)
+    samples = [("train", f"{i:07d}", rng.standard_normal((3, 2, 2)).astype(np.float32), 0) for i in range(5)]
+    samples[3] = ("train", "0000003", rng.standard_normal((3, 4, 4)).astype(np.float32), 0)  # a valid .npy, wrong shape
+    write_shards(tmp_path, samples, shard_size=2)
+    with pytest.raises(ValueError, match=r"train-000001\.tar: sample '0000003': latent\.npy has shape \(3, 4, 4\); "
+                                         r"the split's latents are \(c, s, s\) = \(3, 2, 2\)"):
+        read_latents(tmp_path, "train")
