@@ -10,7 +10,7 @@ file, a flipped byte, a file added beside the others) is caught by comparing the
 A reader (`require`) hashes every file on its first use in a process, and again only if the file changed since
 (its size, mtime, ctime or inode moved: an edit moves the ctime, which nobody can set back); a cache hit that
 reads nothing (`reusable`) compares sizes, hashes the small files and looks for files the marker does not list.
-Readers list files from the marker (`listed`), never by globbing the directory. A damaged artifact is never
+Readers list files from the marker (`listed_files`), never by globbing the directory. A damaged artifact is never
 read: it is moved aside (``<fingerprint>.damaged-*``, kept for inspection) and rebuilt; a downstream stage
 asking for it gets an error naming the asset.
 
@@ -49,7 +49,8 @@ HASH_ON_USE_BYTES = 16 * 2**20
 
 # path -> (size, mtime_ns, ctime_ns, inode, device) when its SHA-256 last matched the marker in this process.
 _verified: dict[str, tuple[int, int, int, int, int]] = {}
-# The artifacts the build running in this context has read (require): "<stage>/<fingerprint>" -> Artifact.
+# What the build running in this context has read (require): "<stage>/<fingerprint>" -> (Artifact, its content
+# digest when it was verified).
 _reads: ContextVar[dict | None] = ContextVar("nested_build_reads", default=None)
 
 
@@ -250,7 +251,7 @@ class Artifact:
                 f"upstream artifact {self.stage}/{self.fingerprint} is damaged ({'; '.join(problems[:5])}); {where}"
                 f"rematerialize the '{self.name}' asset: it rebuilds it")
         if (reads := _reads.get()) is not None:
-            reads[f"{self.stage}/{self.fingerprint}"] = self
+            reads.setdefault(f"{self.stage}/{self.fingerprint}", (self, content_digest(self.metadata())))
         return self.path
 
     def set_aside(self) -> Path | None:
@@ -384,7 +385,7 @@ class Artifact:
         tmp = parent / f"{self.fingerprint}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         tmp.mkdir()
         meta: dict = {}
-        reads: dict[str, Artifact] = {}
+        reads: dict[str, tuple[Artifact, str | None]] = {}
         token = _reads.set(reads)
         try:
             try:
@@ -420,11 +421,11 @@ class Artifact:
             return self.metadata(), False
 
 
-def _still_as_read(built: Artifact, reads: dict[str, Artifact]) -> dict[str, str | None]:
-    """The content digest of each artifact a build read, after checking that none was changed or set aside while
-    it ran: a result computed from bytes that were since replaced is refused, not published."""
+def _still_as_read(built: Artifact, reads: dict[str, tuple[Artifact, str | None]]) -> dict[str, str | None]:
+    """The content digest of each artifact a build read, after checking that none was changed, rebuilt or set aside
+    while it ran: a result computed from bytes that were since replaced is refused, not published."""
     out = {}
-    for name, art in sorted(reads.items()):
+    for name, (art, digest) in sorted(reads.items()):
         changed = []
         try:
             meta = art.metadata()
@@ -432,6 +433,8 @@ def _still_as_read(built: Artifact, reads: dict[str, Artifact]) -> dict[str, str
             meta = None
         if meta is None:
             changed.append("it was set aside or removed")
+        elif content_digest(meta) != digest:
+            changed.append("it was rebuilt with other files")
         else:
             for rel in meta.get("files") or {}:
                 p = art.path / rel
@@ -447,7 +450,7 @@ def _still_as_read(built: Artifact, reads: dict[str, Artifact]) -> dict[str, str
             raise ArtifactDamaged(f"{built.stage}/{built.fingerprint} was not published: its input {name} changed "
                                   f"while it was being built ({'; '.join(changed[:3])}); rematerialize '{art.name}' "
                                   f"and then '{built.name}'")
-        out[name] = content_digest(meta)
+        out[name] = digest
     return out
 
 

@@ -191,19 +191,24 @@ def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch
     assert source_fingerprint(cfg, cache_dir=home) != fp
 
 
-def test_fresh_file_is_not_trusted_to_its_mtime(tmp_path):
-    # Written twice within one timestamp tick, a file can keep size, mtime and inode: recent files are rehashed.
-    p = tmp_path / "x.npz"
-    _npz(p)
+def _edit_keeping_size_and_mtime(p: Path) -> None:
     st = p.stat()
-    cfg = DatasetConfig(source="npz", path=p)
-    fp = source_fingerprint(cfg, cache_dir=tmp_path / "home")
     with open(p, "r+b") as f:
         data = bytearray(f.read())
         data[-30] ^= 1  # inside the zip's central directory: same size
         f.seek(0)
         f.write(data)
     os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime, same inode, same size
+    assert (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def test_fresh_file_is_not_trusted_to_its_mtime(tmp_path):
+    # Written twice within one timestamp tick, a file can keep size, mtime and inode: recent files are rehashed.
+    p = tmp_path / "x.npz"
+    _npz(p)
+    cfg = DatasetConfig(source="npz", path=p)
+    fp = source_fingerprint(cfg, cache_dir=tmp_path / "home")
+    _edit_keeping_size_and_mtime(p)
     assert source_fingerprint(cfg, cache_dir=tmp_path / "home") != fp
 
 
@@ -217,14 +222,7 @@ def test_an_edit_that_puts_the_mtime_back_is_hashed_again(tmp_path, monkeypatch)
     cfg = DatasetConfig(source="npz", path=p)
     home = tmp_path / "home"
     fp = source_fingerprint(cfg, cache_dir=home)
-    st = p.stat()
     time.sleep(0.05)  # past the coarse clock's tick, so the ctime moves
-    with open(p, "r+b") as f:
-        data = bytearray(f.read())
-        data[-30] ^= 1
-        f.seek(0)
-        f.write(data)
-    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino) == (st.st_size, st.st_mtime_ns, st.st_ino)
+    _edit_keeping_size_and_mtime(p)
     monkeypatch.setattr(ingest_mod, "_memo", {})  # another process: only the kept cache on disk
     assert source_fingerprint(cfg, cache_dir=home) != fp
