@@ -197,7 +197,6 @@ def test_flipped_bits_in_a_large_reference_are_caught_before_an_evaluation_reads
 
     # The tiny reference stands for the emoji default's 35 MB one: above the size a cache hit hashes.
     monkeypatch.setattr(pipeline.cache, "HASH_ON_USE_BYTES", 1024)
-    monkeypatch.setattr(pipeline.cache, "_verified", {})
     cfg, plan = home["cfg"], home["plan"]
     reference, evaluation = plan["reference_stats"], plan["evaluation"]
     fid = evaluation.artifact.metadata()["row"]["fid"]
