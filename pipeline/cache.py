@@ -47,8 +47,10 @@ MARKER = "_COMPLETE.json"
 # compares the sizes of the others; a reader hashes every file it has not verified in this process yet.
 HASH_ON_USE_BYTES = 16 * 2**20
 
-# path -> (size, mtime_ns, ctime_ns, inode, device) when its SHA-256 last matched the marker in this process.
-_verified: dict[str, tuple[int, int, int, int, int]] = {}
+_RACY_NS = 2 * 10**9
+# path -> ((size, mtime_ns, ctime_ns, inode, device), trusted) when its SHA-256 last matched the marker in this
+# process; `trusted`: it had not changed for a while then, so an unchanged key means unchanged bytes.
+_verified: dict[str, tuple[tuple[int, int, int, int, int], bool]] = {}
 # What the build running in this context has read (require): "<stage>/<fingerprint>" -> (Artifact, its content
 # digest when it was verified).
 _reads: ContextVar[dict | None] = ContextVar("nested_build_reads", default=None)
@@ -103,13 +105,16 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
 def _hash_matches(path: Path, st: os.stat_result, digest: str) -> bool:
     """Whether the file's SHA-256 is `digest`; a file verified in this process and unchanged since is not read."""
     key = _stat_key(st)
-    if _verified.get(str(path)) == key:
+    if _verified.get(str(path)) == (key, True):
         return True
     if file_sha256(path) != digest:
         _verified.pop(str(path), None)
         return False
     if _stat_key(os.stat(path)) == key:  # unchanged while it was read
-        _verified[str(path)] = key
+        # Trusted to its stat key only if it last changed well before now: a second write within the clock's tick
+        # could keep the whole key (the source-hash cache has the same rule). Either way the key is kept, so that a
+        # build can tell whether its input was modified after it was verified.
+        _verified[str(path)] = (key, time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS)
     return True
 
 
@@ -438,8 +443,9 @@ def _still_as_read(built: Artifact, reads: dict[str, tuple[Artifact, str | None]
         else:
             for rel in meta.get("files") or {}:
                 p = art.path / rel
-                if (key := _verified.get(str(p))) is None:
+                if (seen := _verified.get(str(p))) is None:
                     continue  # not read through this process's verification (e.g. by another rank)
+                key = seen[0]
                 try:
                     now = _stat_key(os.stat(p))
                 except FileNotFoundError:

@@ -48,12 +48,13 @@ def test_a_deleted_feature_chunk_is_caught_before_the_svd_reads_it(home):
     chunk.unlink()
     # Read directly, the missing chunk is NaN (the array's fill value), so even the `finite` check sees it.
     assert not checks.features_are_finite(features.path, plan["images"].path).passed
-    with pytest.raises(ArtifactDamaged, match="is missing.*rematerialize the 'features' asset"):
+    with pytest.raises(ArtifactDamaged, match="is missing; set aside as .*rematerialize the 'encoder_features' asset"):
         features.artifact.require()
+    assert not features.artifact.is_complete()  # set aside by the reader that found it, so it is rebuilt
 
     shutil.rmtree(plan["svd"].path)
     alone = run_assets(cfg, home["home"], names=["svd"], raise_on_error=False)
-    assert not alone.success and "damaged" in failure_text(alone)
+    assert not alone.success and "materialize the 'encoder_features' asset first" in failure_text(alone)
     assert not plan["svd"].artifact.is_complete()
 
     repaired = run_assets(cfg, home["home"], names=["encoder_features", "svd"])
