@@ -89,7 +89,10 @@ def listed_files(directory: Path, pattern: str) -> list[Path]:
     recorded = json.loads(marker.read_text()).get("files") if marker.is_file() else None
     if recorded is None:
         return sorted(p for p in directory.glob(pattern) if p.is_file())
-    return [directory / rel for rel in sorted(recorded) if fnmatch.fnmatchcase(rel, pattern)]
+    listed = [rel for rel in sorted(recorded) if fnmatch.fnmatchcase(rel, pattern)]
+    if missing := [rel for rel in listed if not (directory / rel).is_file()]:  # never fewer samples than recorded
+        raise FileNotFoundError(f"{directory}: {', '.join(missing[:3])} listed in its marker but missing")
+    return [directory / rel for rel in listed]
 
 
 def content_digest(meta: dict) -> str | None:

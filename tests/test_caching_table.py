@@ -78,8 +78,10 @@ def test_experiments_differing_only_in_L_or_sigma_share_features_svd_and_latents
     cfg = tiny("non_markov")
     base = build_plan(cfg, tmp_path)
     shared = ["images", "encoder_features", "svd"]
-    for edit in (lambda d: d.__setitem__("levels", d["levels"][:1]), lambda d: d.__setitem__("levels", []),
-                 set_level(1, "sigma", 0.0), set_level(2, "sigma", 0.0)):
+    def keep_levels(n):  # and the guidance weights of the levels kept (one per level at most)
+        return lambda d: d.update(levels=d["levels"][:n], sampling={**d["sampling"], "guidance": d["sampling"]["guidance"][:n + 1]})
+
+    for edit in (keep_levels(1), keep_levels(0), set_level(1, "sigma", 0.0), set_level(2, "sigma", 0.0)):
         other = build_plan(edited(cfg, edit), tmp_path)
         latents = [n for n in other if n.endswith("_latents")]
         assert all(other[n].fingerprint == base[n].fingerprint for n in shared + latents)

@@ -3,6 +3,7 @@
 The fixture's artifacts are shared with other tests: damage is only ever done to copies under tmp_path.
 """
 import io
+import json
 import math
 import shutil
 from pathlib import Path
@@ -58,6 +59,19 @@ def with_nan(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def remove_listed(directory: Path, rel: str) -> str:
+    """Delete a file of an artifact copy: the checks that read it then fail naming it. Returns what they say."""
+    (directory / rel).unlink()
+    return f"{rel} listed in its marker but missing"
+
+
+def unlist(directory: Path, rel: str) -> None:
+    """Drop a deleted file from the copy's marker too: an artifact built without it."""
+    meta = json.loads((directory / MARKER).read_text())
+    del meta["files"][rel]
+    (directory / MARKER).write_text(json.dumps(meta))
+
+
 def drop_manifest_row(images_dir: Path) -> None:
     table = pq.read_table(images_dir / MANIFEST)  # keeps the schema metadata (label names)
     pq.write_table(table.slice(1), images_dir / MANIFEST)
@@ -74,7 +88,11 @@ def test_images_match_manifest(run, tmp_path):
     images = copy_of(run, "images", tmp_path)
     last = sorted((images / "shards").glob("images-*.tar"))[-1]
     lost = sum(1 for _ in wds.WebDataset([str(last)], shardshuffle=False))
-    last.unlink()
+    rel = last.relative_to(images).as_posix()
+    said = remove_listed(images, rel)
+    missing = checks.images_match_manifest(images)
+    assert not missing.passed and said in missing.description
+    unlist(images, rel)
     bad = checks.images_match_manifest(images)
     assert not bad.passed
     assert bad.metadata["shards_train"] + bad.metadata["shards_holdout"] == run["train"] + run["holdout"] - lost
@@ -143,7 +161,10 @@ def test_latents_fail_on_a_non_finite_holdout_value(run, tmp_path):
 
 def test_latents_fail_to_match_without_a_shard(run, tmp_path):
     latents = copy_of(run, "level_2_latents", tmp_path)
-    (latents / "holdout-000000.tar").unlink()
+    said = remove_listed(latents, "holdout-000000.tar")
+    missing = checks.latents_match_manifest(latents, run["plan"]["images"].path)
+    assert not missing.passed and said in missing.description
+    unlist(latents, "holdout-000000.tar")
     bad = checks.latents_match_manifest(latents, run["plan"]["images"].path)
     assert not bad.passed
     assert (bad.metadata["latents_holdout"], bad.metadata["manifest_holdout"]) == (0, run["holdout"])

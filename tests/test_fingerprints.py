@@ -174,6 +174,7 @@ def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch
     monkeypatch.setattr(ingest_mod.hashlib, "file_digest", lambda f, *a: (hashed.append(f.name), digest(f, *a))[1])
     assert source_fingerprint(cfg, cache_dir=home) == fp
     monkeypatch.undo()
+    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
     assert hashed == []
 
     # A corrupt cache is only a cache: hashed again, same fingerprint, cache rewritten.

@@ -165,7 +165,7 @@ def test_configs_without_the_new_fields_keep_their_fingerprints():
 ])
 def test_bad_kinds_and_steps_are_refused_by_field(edit, field):
     data = load_config("configs/tiny.yaml").model_dump(mode="json")
-    data["levels"] = data["levels"][:1]
+    data["levels"], data["sampling"]["guidance"] = data["levels"][:1], data["sampling"]["guidance"][:2]
     edit(data)
     with pytest.raises(ConfigError) as e:
         parse_config(data)
@@ -176,7 +176,7 @@ def test_a_matryoshka_level_0_trains_checks_and_samples_through_the_assets(msf):
     """MDM's joint resolutions as level 0 of plain diffusion: the model's checks pass on its extended state, the
     loss falls and sampling keeps the finest resolution."""
     data = load_config("configs/tiny.yaml").model_dump(mode="json")
-    data.update(name="tiny_matryoshka", levels=[])
+    data.update(name="tiny_matryoshka", levels=[], sampling={**data["sampling"], "guidance": data["sampling"]["guidance"][:1]})
     data["level0"]["train"] = {**data["level0"]["train"], "backbone": "matryoshka"}
     cfg, home = parse_config(data), msf["home"]
     result = run_assets(cfg, home, names=["images", "level_0_model", "samples"])
