@@ -15,7 +15,7 @@ from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, 
 from pipeline.config import Config
 from pipeline.costs import cost_markdown, cost_table
 from pipeline.model_io import read_spec
-from pipeline.plan import Stage
+from pipeline.plan import Stage, training_inputs
 from pipeline.train import write_run_file
 
 from .factory import Scope, View, png_markdown, result
@@ -60,8 +60,7 @@ def _describe(cfg, stage) -> str:
 
 
 def _deps(cfg, stage) -> list[str]:
-    target = "images" if stage.level == 0 else f"level_{stage.level}_latents"
-    return [target, *[f"level_{k}_latents" for k in cfg.conditions_of(stage.level)]]
+    return training_inputs(cfg, stage.level)
 
 
 MODELS = View(group=None, kinds=("pytorch", "safetensors"), deps=_deps, describe=_describe, metadata=_model)

@@ -47,7 +47,11 @@ MARKER = "_COMPLETE.json"
 # compares the sizes of the others; a reader hashes every file it has not verified in this process yet.
 HASH_ON_USE_BYTES = 16 * 2**20
 
-_RACY_NS = 2 * 10**9
+# A file changed this recently may change again within the clock's tick (Linux stamps files with a coarse clock),
+# which its stat key could not tell apart: its key is not trusted to stand for its bytes.
+RACY_NS = 2 * 10**9
+# The directory name of a published artifact: its fingerprint and nothing after it (not .tmp-*, .damaged-*, .work).
+FINGERPRINT_PATTERN = r"[0-9a-f]{8,64}"
 # path -> ((size, mtime_ns, ctime_ns, inode, device), trusted) when its SHA-256 last matched the marker in this
 # process; `trusted`: it had not changed for a while then, so an unchanged key means unchanged bytes.
 _verified: dict[str, tuple[tuple[int, int, int, int, int], bool]] = {}
@@ -101,23 +105,29 @@ def content_digest(meta: dict) -> str | None:
     return stable_hash(files) if isinstance(files, dict) else None
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What stands for a file's bytes while it is unchanged. The change time too: an edit that keeps the size and
+    puts the mtime back (touch -d, rsync -t, a restore) still moves the ctime, which no user can set."""
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+
+
+def changed_lately(st: os.stat_result) -> bool:
+    """Whether the file changed within RACY_NS of now, so that its stat key may not yet stand for its bytes."""
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) <= RACY_NS
 
 
 def _hash_matches(path: Path, st: os.stat_result, digest: str) -> bool:
     """Whether the file's SHA-256 is `digest`; a file verified in this process and unchanged since is not read."""
-    key = _stat_key(st)
+    key = stat_key(st)
     if _verified.get(str(path)) == (key, True):
         return True
     if file_sha256(path) != digest:
         _verified.pop(str(path), None)
         return False
-    if _stat_key(os.stat(path)) == key:  # unchanged while it was read
-        # Trusted to its stat key only if it last changed well before now: a second write within the clock's tick
-        # could keep the whole key (the source-hash cache has the same rule). Either way the key is kept, so that a
-        # build can tell whether its input was modified after it was verified.
-        _verified[str(path)] = (key, time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS)
+    if stat_key(os.stat(path)) == key:  # unchanged while it was read
+        # Trusted to its stat key only if it did not change lately (the source-hash cache has the same rule). Either
+        # way the key is kept, so that a build can tell whether its input was modified after it was verified.
+        _verified[str(path)] = (key, not changed_lately(st))
     return True
 
 
@@ -268,17 +278,19 @@ class Artifact:
         with self.try_lock("setting aside a damaged copy") as taken:
             if not taken or not self.path.is_dir():
                 return None
-            aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
-            self.path.rename(aside)
-            return aside
+            return self._move_aside()
+
+    def _move_aside(self) -> Path:
+        aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
+        self.path.rename(aside)
+        return aside
 
     def reusable(self, log: Callable[[str], None] = print) -> bool:
         """True for a complete, intact artifact (a cache hit). A damaged one is moved aside, so it is rebuilt."""
         if not self.is_complete():
             return False
-        if problems := self.damage():
-            aside = self.path.with_name(f"{self.fingerprint}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}")
-            self.path.rename(aside)
+        if problems := self.damage():  # under the build lock: moved aside here, not through set_aside's try_lock
+            aside = self._move_aside()
             log(f"warning: {self.stage}/{self.fingerprint} is damaged ({'; '.join(problems[:5])}); "
                 f"moved to {aside} and rebuilding")
             return False
@@ -450,7 +462,7 @@ def _still_as_read(built: Artifact, reads: dict[str, tuple[Artifact, str | None]
                     continue  # not read through this process's verification (e.g. by another rank)
                 key = seen[0]
                 try:
-                    now = _stat_key(os.stat(p))
+                    now = stat_key(os.stat(p))
                 except FileNotFoundError:
                     now = None
                 if now != key:

@@ -510,7 +510,7 @@ def apply_overrides(data: dict, overrides: dict, budget: list[int] | None = None
             current = node[int(last)] if isinstance(node, list) else node[last]
         except (KeyError, IndexError, ValueError, TypeError):
             raise ConfigError(f"{where}{key}: no such field to override") from None
-        if isinstance(value, dict) and isinstance(current, dict):
+        if isinstance(node, dict) and isinstance(value, dict) and isinstance(current, dict):  # a list item is replaced
             node[last] = apply_overrides(current, value, budget, f"{where}{key}.")
             continue
         try:

@@ -37,13 +37,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .cache import MARKER, Artifact, build_abandoned, human_bytes, tree_bytes
+from .cache import FINGERPRINT_PATTERN, MARKER, Artifact, build_abandoned, human_bytes, tree_bytes
 from .config import PROJECT_ROOT, Config, load_config, nested_home, variant_configs
 
 ARTIFACT, INCOMPLETE, TMP, WORK, DAMAGED = ("artifact", "incomplete artifact", "temporary build",
                                             "training checkpoints", "damaged copy")
 # <fingerprint>, <fingerprint>.tmp-<pid>-<hex>, <fingerprint>.work, <fingerprint>.damaged-<time>
-ENTRY = re.compile(r"(?P<fp>[0-9a-f]{8,64})(?:(?P<tmp>\.tmp-\d+-[0-9a-z]+)|(?P<work>\.work)|(?P<damaged>\.damaged-.+))?")
+ENTRY = re.compile(rf"(?P<fp>{FINGERPRINT_PATTERN})(?:(?P<tmp>\.tmp-\d+-[0-9a-z]+)|(?P<work>\.work)|(?P<damaged>\.damaged-.+))?")
 DAY = 86400.0
 
 

@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import os
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from .cache import file_sha256, listed_files
+from .cache import changed_lately, file_sha256, listed_files, stat_key
 from .config import Config, DatasetConfig
 from .sources import get_source
 
@@ -38,21 +37,14 @@ MANIFEST_SCHEMA = pa.schema([
 
 # ---------------------------------------------------------------- fingerprint
 
-HASH_CACHE = ".source-hashes.json"  # under the artifact home: {realpath: [size, mtime_ns, ctime_ns, inode, sha256]}
-# A file changed this recently may change again within the same timestamp tick (Linux stamps files with a coarse
-# clock), which its stat key could not tell apart: such a file is hashed every time.
-_RACY_NS = 2 * 10**9
-_memo: dict[str, tuple[tuple[int, int, int, int], str]] = {}  # in-process: realpath -> (stat key, sha256)
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    # The change time too: an edit that keeps the size and puts the mtime back (touch -d, rsync -t, a restore)
-    # still moves the ctime, which no user can set.
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+# Under the artifact home: {realpath: [*cache.stat_key, sha256]}. A file that changed lately (cache.changed_lately)
+# is hashed every time: its key could stay the same through a second write.
+HASH_CACHE = ".source-hashes.json"
+_memo: dict[str, tuple[tuple, str]] = {}  # in-process: realpath -> (stat key, sha256)
 
 
 class _HashCache:
-    """Content hashes of source files, reused while a file's (realpath, size, mtime_ns, ctime_ns, inode) is unchanged.
+    """Content hashes of source files, reused while a file's realpath and stat key (cache.stat_key) are unchanged.
 
     Always memoized in-process; with a `cache_dir` also kept in a JSON file there, so a large folder is hashed
     once and not in every process. The file is only a cache: a missing or corrupt one is rebuilt.
@@ -67,23 +59,23 @@ class _HashCache:
                 data = json.loads(self.path.read_text())
                 if isinstance(data, dict):
                     # Records of another length are an older key (without the ctime): hashed again.
-                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 5}
+                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 6}
             except (OSError, ValueError):
                 pass  # missing, unreadable or corrupt: hash again
 
     def sha256(self, path: Path) -> str:
         real = os.path.realpath(path)
         st = os.stat(real)
-        key = _stat_key(st)
-        racy = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _RACY_NS
+        key = stat_key(st)
+        racy = changed_lately(st)
         if not racy:
             if (hit := _memo.get(real)) is not None and hit[0] == key:
                 return hit[1]
-            if (rec := self.disk.get(real)) is not None and tuple(rec[:4]) == key and isinstance(rec[4], str):
-                _memo[real] = (key, rec[4])
-                return rec[4]
+            if (rec := self.disk.get(real)) is not None and tuple(rec[:-1]) == key and isinstance(rec[-1], str):
+                _memo[real] = (key, rec[-1])
+                return rec[-1]
         digest = file_sha256(Path(real))
-        if not racy and _stat_key(os.stat(real)) == key:  # unchanged while it was read
+        if not racy and stat_key(os.stat(real)) == key:  # unchanged while it was read
             _memo[real] = (key, digest)
             if self.path is not None:
                 self.disk[real] = [*key, digest]
@@ -108,7 +100,7 @@ def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str
     the source lies, however its path is spelled and whatever its mtime.
 
     What stands for the content is the source's registered identity (pipeline/sources.py: file hashes, or a
-    package version). Hashes are reused while a file's (realpath, size, mtime_ns, ctime_ns, inode) is unchanged:
+    package version). Hashes are reused while a file's realpath and stat key are unchanged:
     in-process, and across processes in `cache_dir` if given.
     """
     source = get_source(cfg.source)

@@ -159,6 +159,11 @@ def inception_identity(cfg: Config) -> str:
     return checkpoint_sha256(str(path))
 
 
+def training_inputs(cfg: Config, level: int) -> list[str]:
+    """The stages level `level`'s denoiser trains on: its target (images or its latents) and its conditions."""
+    return ["images" if level == 0 else f"level_{level}_latents", *(f"level_{k}_latents" for k in cfg.conditions_of(level))]
+
+
 def model_settings(cfg: Config, level: int) -> dict:
     """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on."""
     own = {"train": cfg.train_config(level).model_dump(mode="json"), "conditioning": cfg.conditioning,

@@ -120,7 +120,9 @@ def train_on_ray(cfg: Config, plan: dict, level: int, out_dir: Path, log: Callab
     rc, stage = cfg.compute.ray, plan[f"level_{level}_model"]
     # The workers read the level's data in processes of their own: verified here first, so a damaged input fails
     # before the cluster is asked for anything, and recorded as this build's inputs.
-    for name in ["images" if level == 0 else f"level_{level}_latents", *(f"level_{k}_latents" for k in cfg.conditions_of(level))]:
+    from .plan import training_inputs
+
+    for name in training_inputs(cfg, level):
         plan[name].artifact.require()
     connect(rc)
     world = cfg.train_config(level).nproc

@@ -16,11 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .cache import MARKER, Artifact
+from .cache import FINGERPRINT_PATTERN, MARKER, Artifact
 
 TABLE = "evaluations.parquet"
 KEY = "evaluation_fingerprint"
-FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")  # a published artifact's directory name, nothing after it
 
 
 def evaluation_rows(home: Path) -> list[dict]:
@@ -31,7 +30,7 @@ def evaluation_rows(home: Path) -> list[dict]:
     folder = Path(home) / "evaluation"
     rows = []
     for d in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if not FINGERPRINT.fullmatch(d.name) or d.is_symlink():
+        if not re.fullmatch(FINGERPRINT_PATTERN, d.name) or d.is_symlink():
             continue
         try:
             row = json.loads((d / MARKER).read_text()).get("row")

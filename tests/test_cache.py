@@ -173,14 +173,14 @@ def test_a_reader_hashes_every_file_once_per_process_and_sets_damage_aside(tmp_p
     import pipeline.cache as cache
 
     monkeypatch.setattr(cache, "HASH_ON_USE_BYTES", 10)  # a.bin counts as large: a cache hit only compares its size
-    monkeypatch.setattr(cache, "_RACY_NS", 0)  # written a moment ago: trusted to its stat key only after a while
+    monkeypatch.setattr(cache, "RACY_NS", 0)  # written a moment ago: trusted to its stat key only after a while
     art = _built(tmp_path, {"a.bin": bytes(range(100))})
     hashed = []
     real = cache.file_sha256
     monkeypatch.setattr(cache, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
     assert art.require() == art.path and art.require() == art.path
     assert hashed == ["a.bin"]  # verified on first use, not again while unchanged
-    monkeypatch.setattr(cache, "_RACY_NS", 10**12)
+    monkeypatch.setattr(cache, "RACY_NS", 10**12)
     cache._verified.clear()
     art.require(), art.require()
     assert hashed == ["a.bin"] * 3  # changed within the racy window: hashed on every use

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import pipeline.cache as cache_mod
 import pipeline.ingest as ingest_mod
 from models.weights import resolve_weights
 from pipeline.config import DatasetConfig, config_fingerprint, parse_config
@@ -156,7 +157,7 @@ def test_checkpoint_content_moves_features_not_images(tmp_path):
 
 def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch):
     # Files made a moment ago have a ctime of now, which _age cannot set back: out of the racy window, they are kept.
-    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
     root = tmp_path / "imgs"
     _folder(root)
     _age(root)
@@ -174,7 +175,7 @@ def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch
     monkeypatch.setattr(ingest_mod.hashlib, "file_digest", lambda f, *a: (hashed.append(f.name), digest(f, *a))[1])
     assert source_fingerprint(cfg, cache_dir=home) == fp
     monkeypatch.undo()
-    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
     assert hashed == []
 
     # A corrupt cache is only a cache: hashed again, same fingerprint, cache rewritten.
@@ -216,7 +217,7 @@ def test_fresh_file_is_not_trusted_to_its_mtime(tmp_path):
 def test_an_edit_that_puts_the_mtime_back_is_hashed_again(tmp_path, monkeypatch):
     # Same size, same inode, the mtime restored (touch -d, rsync -t, a restore): only the ctime tells. With the racy
     # window off, the kept hash would be trusted on (size, mtime, inode) alone.
-    monkeypatch.setattr(ingest_mod, "_RACY_NS", 0)
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
     p = tmp_path / "x.npz"
     _npz(p)
     _age(p)
