@@ -52,4 +52,4 @@ stale: setup $(DAGSTER_HOME)/dagster.yaml
 # sizes: a dry run. GC_ARGS="--delete" removes it; GC_ARGS="--keep-days 7 configs/emoji.yaml" (docs/caching.md).
 .PHONY: gc
 gc: setup
-	$(VENV)/bin/python -m pipeline.gc $(GC_ARGS)
+	$(VENV)/bin/python -m assets.gc $(GC_ARGS)

@@ -5,10 +5,12 @@ import numpy as np
 from dagster import MetadataValue
 
 from pipeline.ingest import MANIFEST
+from pipeline.level_kinds import level_kind
 from pipeline.levels import kl_capacity_bits
 from pipeline.plots import latent_preview
 
 from .factory import View, md_table, png_markdown
+from .k8s import CPU, GPU, LIGHT
 
 
 def _images(cfg, plan, stage, meta, log) -> dict:
@@ -21,7 +23,7 @@ def _images(cfg, plan, stage, meta, log) -> dict:
 
 
 IMAGES = View(
-    group="data", kinds=("webdataset", "parquet"), deps=lambda cfg, stage: [],
+    group="data", kinds=("webdataset", "parquet"), resources=LIGHT,
     describe=lambda cfg, stage: f"Ingested '{cfg.dataset.source}' images as WebDataset shards + a Parquet manifest "
                                 f"({cfg.dataset.resolution} px for level 0, {cfg.dataset.source_size} px for the encoder).",
     metadata=_images)
@@ -34,7 +36,7 @@ def _features(cfg, plan, stage, meta, log) -> dict:
 
 
 FEATURES = View(
-    group="features", kinds=("timm", "zarr"), deps=lambda cfg, stage: ["images"],
+    group="features", kinds=("timm", "zarr"), resources=GPU,
     describe=lambda cfg, stage: f"Frozen {cfg.encoder.name} features (layer {cfg.encoder.layer}, "
                                 f"{cfg.encoder.input_size} px) in a chunked Zarr array.",
     metadata=_features)
@@ -47,7 +49,7 @@ def _basis(cfg, plan, stage, meta, log) -> dict:
 
 
 SVD = View(
-    group="features", kinds=("numpy", "safetensors"), deps=lambda cfg, stage: ["encoder_features"],
+    group="features", kinds=("numpy", "safetensors"), resources=CPU,
     describe=lambda cfg, stage: "SVD basis (mean, components, singular values) of the training features' channels.",
     metadata=_basis)
 
@@ -65,36 +67,9 @@ def _latents(cfg, plan, stage, meta, log) -> dict:
         "preview": png_markdown(latent_preview(stage.path, plan["images"].path), f"level {stage.level} latents"),
         "preview_layout": "top row: the first held-out images (titled by id); below each, its latent's three leading "
                           "SVD channels as RGB (+-2.5 std)",
-        "made_from": MetadataValue.md(_made_from(cfg, plan, lv)),
+        "made_from": MetadataValue.md(level_kind(cfg, stage.level).made_from(cfg, plan, stage.level)),
     }
 
 
-def _made_from(cfg, plan, lv) -> str:
-    if lv.kind != "semantic":
-        return (f"level 0 ({cfg.level0.space}, images `{plan['images'].fingerprint}`) area-averaged to "
-                f"{lv.pool}x{lv.pool} ({lv.kind}: {_PIXEL_USE[lv.kind]}), standardized per channel on the training split")
-    enc = cfg.encoder
-    return (f"{enc.name} `{enc.layer}` at {enc.input_size} px (features `{plan['encoder_features'].fingerprint}`), "
-            f"pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD channels (basis `{plan['svd'].fingerprint}`), "
-            f"standardized per channel on the training split")
-
-
-_PIXEL_USE = {"pixel_base": "level 0 learns the residual over its upsampled copy, MSF's base",
-              "cascade": "level 0 is conditioned on it, a cascade's low-resolution image"}
-
-
-def _describe_latents(cfg, stage) -> str:
-    lv = cfg.level(stage.level)
-    if lv.kind != "semantic":
-        return (f"Level {stage.level} ({lv.kind}): level 0 area-averaged to {lv.pool}x{lv.pool}, standardized; "
-                f"{_PIXEL_USE[lv.kind]}. WebDataset shards keyed by manifest id.")
-    return (f"Level {stage.level} latents: features pooled to {lv.pool}x{lv.pool}, top {lv.channels} SVD "
-            f"channels, standardized; WebDataset shards keyed by manifest id.")
-
-
-def _latents_deps(cfg, stage) -> list[str]:
-    return ["images"] if cfg.level(stage.level).kind != "semantic" else ["encoder_features", "svd"]
-
-
-LATENTS = View(group=None, kinds=("numpy", "webdataset"), deps=_latents_deps, describe=_describe_latents,
-               metadata=_latents)
+LATENTS = View(group=None, kinds=("numpy", "webdataset"), resources=CPU, metadata=_latents,
+               describe=lambda cfg, stage: level_kind(cfg, stage.level).describe(cfg, stage.level))

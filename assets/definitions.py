@@ -14,20 +14,14 @@ from pathlib import Path
 from dagster import (AssetKey, AssetSelection, Definitions, PipesSubprocessClient, define_asset_job,
                      in_process_executor, multiprocess_executor)
 
-from pipeline.config import Config, load_config, nested_home, variant_configs
+from pipeline.config import load_config, nested_home, variant_configs
 from pipeline.plan import build_plan
+from pipeline.schema import Config
 
 from .checks import asset_checks
-from .data import FEATURES, IMAGES, LATENTS, SVD
-from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES, VARIATIONS
 from .factory import Scope, stage_asset
 from .k8s import executor_for
-from .training import level_model_asset
-
-VIEWS = {  # stage kind -> how its assets look (models: assets/training.py, trained through Pipes)
-    "images": IMAGES, "features": FEATURES, "svd": SVD, "latents": LATENTS, "samples": SAMPLES,
-    "reference": REFERENCE, "evaluation": EVALUATION, "neighbours": NEIGHBOURS, "variations": VARIATIONS,
-}
+from .views import view_of
 
 
 def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[str, AssetKey]) -> tuple[Scope, list[str]]:
@@ -45,32 +39,34 @@ def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[s
 
 
 def make_asset(scope: Scope, name: str):
-    kind = scope.plan[name].kind
-    if kind == "models":  # trained in a process of its own
-        return level_model_asset(scope, name)
-    return stage_asset(scope, name, VIEWS[kind])
+    view = view_of(scope.plan[name].kind)
+    return (view.make_asset or stage_asset)(scope, name, view)
 
 
 def build_definitions(cfg: Config | None = None, home: Path | None = None) -> Definitions:
     cfg = cfg or load_config()
     home = Path(home) if home else nested_home()
     owner: dict[str, AssetKey] = {}
-    assets, checks, owned_by = [], [], {}
+    assets, checks, owned_by, apart, resources = [], [], {}, [], {}
     for variant, vcfg in [(None, cfg), *variant_configs(cfg, check_files=False).items()]:
         scope, own = experiment_scope(vcfg, home, variant, owner)
-        made = [make_asset(scope, name) for name in own]
-        assets += made
+        for name in own:
+            view = view_of(scope.plan[name].kind)
+            made = make_asset(scope, name)
+            assets.append(made)
+            resources[made.op.name] = view.resources
+            if view.make_asset is not None:  # its work runs in a process of its own: side by side in a job
+                apart.append(made.key)
         checks += asset_checks(scope, own)
         owned_by[variant] = [scope.keys[name] for name in own]
-    models = [a.key for a in assets if a.key.path[-1].endswith("_model")]
     variant_keys = [k for v, keys in owned_by.items() if v for k in keys]
     jobs = [
         define_asset_job("all_assets", AssetSelection.all(), description=f"Every asset of '{cfg.name}' and its variants."),
         define_asset_job("experiment", AssetSelection.assets(*owned_by[None]),
                          description=f"The assets of '{cfg.name}' itself, without its variants."),
         # Levels train on latents, not on each other's models: one process per level, side by side.
-        define_asset_job("train_levels_in_parallel", AssetSelection.assets(*models),
-                         executor_def=executor_for(cfg, assets, multiprocess_executor),
+        define_asset_job("train_levels_in_parallel", AssetSelection.assets(*apart),
+                         executor_def=executor_for(cfg, resources, multiprocess_executor),
                          description="Every level's model at once (each its own Pipes subprocess)."),
     ]
     if variant_keys:  # the variants' own assets; what they share with the base is read as a cache hit
@@ -81,7 +77,7 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
         resources={"pipes_subprocess_client": PipesSubprocessClient()},
         # Stages are few and coarse and each uses every core itself: in-process avoids a subprocess per step.
         # Under compute.engine k8s, every asset in a pod of its own, sized by its stage (assets/k8s.py).
-        executor=executor_for(cfg, assets, in_process_executor),
+        executor=executor_for(cfg, resources, in_process_executor),
     )
 
 

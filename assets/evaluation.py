@@ -10,6 +10,7 @@ from dagster import MetadataValue
 from pipeline.table import TABLE, export_table
 
 from .factory import View, md_table, png_markdown
+from .k8s import CPU, LIGHT
 
 
 def _samples(cfg, plan, stage, meta, log) -> dict:
@@ -38,12 +39,11 @@ def _describe_samples(cfg, stage) -> str:
             f"{cfg.guidance()} from level 0 up), with every level's latents, as WebDataset shards.")
 
 
-SAMPLES = View(group="generation", kinds=("pytorch", "webdataset"),
-               deps=lambda cfg, stage: [f"level_{level}_model" for level in range(cfg.num_levels)],
-               describe=_describe_samples, metadata=_samples)
+SAMPLES = View(group="generation", kinds=("pytorch", "webdataset"), resources=CPU, describe=_describe_samples,
+               metadata=_samples)
 
 REFERENCE = View(
-    group="evaluation", kinds=("pytorch", "safetensors"), deps=lambda cfg, stage: ["images"],
+    group="evaluation", kinds=("pytorch", "safetensors"), resources=CPU,
     describe=lambda cfg, stage: "Inception features, mean and covariance of the training images (FID reference, "
                                 "precision/recall), and of the held-out images (the real-data FID floor).",
     metadata=lambda cfg, plan, stage, meta, log: {"num_reference": meta["num_reference"],
@@ -74,13 +74,12 @@ def _describe_evaluation(cfg, stage) -> str:
             f"$NESTED_HOME/{TABLE}.")
 
 
-EVALUATION = View(group="evaluation", kinds=("parquet",), deps=lambda cfg, stage: ["samples", "reference_stats"],
-                  describe=_describe_evaluation, metadata=_evaluation,
+EVALUATION = View(group="evaluation", kinds=("parquet",), resources=CPU, describe=_describe_evaluation,
+                  metadata=_evaluation,
                   keywords=lambda scope: {"variant": scope.variant or ""})
 
 NEIGHBOURS = View(
-    group="evaluation", kinds=("faiss",),
-    deps=lambda cfg, stage: ["images", *[f"level_{level}_latents" for level in range(1, cfg.num_levels)]],
+    group="evaluation", kinds=("faiss",), resources=LIGHT,
     describe=lambda cfg, stage: "Nearest training images of held-out queries under each level's latents (paper "
                                 "Figure 3): coarse levels find semantic neighbours, fine levels visual ones.",
     metadata=lambda cfg, plan, stage, meta, log: {
@@ -98,9 +97,7 @@ def _variations(cfg, plan, stage, meta, log) -> dict:
 
 
 VARIATIONS = View(
-    group="generation", kinds=("pytorch", "numpy"),
-    deps=lambda cfg, stage: ["svd", *[f"level_{level}_latents" for level in range(1, cfg.num_levels)],
-                             *[f"level_{level}_model" for level in range(cfg.num_levels)]],
+    group="generation", kinds=("pytorch", "numpy"), resources=CPU,
     describe=lambda cfg, stage: (f"{cfg.variations.num_images} held-out images"
                                  f"{' and the images of ' + str(cfg.variations.folder) if cfg.variations.folder else ''}"
                                  " regenerated from their own latents at levels >= l (RCG's variations), for every l "

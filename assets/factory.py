@@ -1,9 +1,11 @@
-"""Dagster assets over the stage functions of ``pipeline/``: one factory, and each kind of stage's View.
+"""Dagster assets over the stage functions of ``pipeline/``: one factory, and the View each kind of stage declares
+(assets/views.py lists them).
 
 An asset looks up its fingerprinted artifact; if it is complete the work is skipped (a cache hit, same data
 version), otherwise its stage function builds it atomically (``pipeline.stages.materialize``). The stage's
 config hash is the asset's ``code_version`` so the UI marks it stale after a config edit; the fingerprint is
-its data version. What differs between assets is only how they look: their View.
+its data version; its upstream assets are the stages its fingerprint is made from. What differs between assets
+is only how they look and where they run: their View.
 """
 
 import base64
@@ -14,8 +16,8 @@ from typing import Any, Callable
 from dagster import AssetExecutionContext, AssetKey, AssetsDefinition, DataVersion, MaterializeResult, MetadataValue, asset
 
 from pipeline.cache import human_bytes
-from pipeline.config import Config
-from pipeline.plan import Stage
+from pipeline.schema import Config
+from pipeline.stage import Stage
 from pipeline.stages import materialize
 
 
@@ -38,22 +40,25 @@ class Scope:
         if self.variant:
             tags["variant"] = self.variant
         group = view.group or f"level_{stage.level}"
-        return dict(key=self.keys[name], code_version=stage.code_version,
-                    deps=[self.keys[d] for d in view.deps(self.cfg, stage)],
+        return dict(key=self.keys[name], code_version=stage.code_version, deps=[self.keys[d] for d in stage.inputs],
                     group_name=f"variant_{self.variant}" if self.variant else group, tags=tags, kinds=set(view.kinds),
                     description=view.describe(self.cfg, stage))
 
 
 @dataclass(frozen=True)
 class View:
-    """How one kind of stage shows in the graph and the UI. Names are the plan's (stage names, not keys)."""
+    """How one kind of stage shows in the graph and the UI, and where its asset runs."""
     group: str | None  # None: the stage's level group, level_<l>
     kinds: tuple[str, ...]
-    deps: Callable[[Config, Stage], list[str]]
     describe: Callable[[Config, Stage], str]
     # (cfg, plan, stage, artifact metadata, logger) -> what the asset shows besides cache, fingerprint and path
     metadata: Callable[[Config, dict[str, Stage], Stage, dict, Any], dict]
+    # The container resources of its step pod under compute.engine k8s (assets/k8s.py's LIGHT, CPU, GPU)
+    resources: dict
     keywords: Callable[[Scope], dict] = field(default=lambda scope: {})  # extra arguments of the stage function
+    # (scope, name, view) -> its asset; None: `stage_asset`, the stage function in the step's process. A kind whose
+    # asset runs its work in a process of its own (training) runs side by side in the parallel job.
+    make_asset: Callable[[Scope, str, "View"], AssetsDefinition] | None = None
 
 
 def shown_metadata(stage: Stage, meta: dict, hit: bool, extra: dict) -> dict:

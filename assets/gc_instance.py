@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+from dagster import AssetRecordsFilter, DagsterInstance
+
 from pipeline.gc import Recent
 
 from .stale import dagster_home
@@ -29,8 +31,6 @@ def _value(v):
 
 def references_in(instance, since: float) -> tuple[Recent, int]:
     """What the materializations after `since` (a Unix time) refer to, the latest of each named; and their count."""
-    from dagster import AssetRecordsFilter
-
     recent, count = Recent(), 0
     for key in instance.get_asset_keys():
         cursor = None
@@ -73,8 +73,6 @@ def recent_references(since: float, home: Path | None = None) -> Recent:
     if not home.is_dir():
         return Recent(source=f"none (no instance at {home})")
     try:
-        from dagster import DagsterInstance
-
         with _env("DAGSTER_HOME", str(home)), DagsterInstance.from_config(str(home)) as instance:
             recent, count = references_in(instance, since)
     except Exception as e:  # e.g. an unreachable PostgreSQL instance: gc must not take that for "nothing recent"

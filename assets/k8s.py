@@ -1,7 +1,8 @@
 """The Kubernetes engine (`compute.engine: k8s`): the pod each asset runs in and the pod each level trains in.
 
 Under the team deployment (deploy/k8s/, docs/deploy.md#kubernetes-the-team-deployment) the K8sRunLauncher starts
-a pod per run and `k8s_job_executor` one per asset, sized per stage by `k8s_tags`. A `level_<l>_model` asset's pod
+a pod per run and `k8s_job_executor` one per asset, sized by the resources its kind's View declares
+(assets/views.py; the sizes are defined here: LIGHT, CPU, GPU). A `level_<l>_model` asset's pod
 only launches and watches: the training runs in a pod of its own through Dagster Pipes (`k8s_train_launch`), the
 one that holds the GPUs, as the same `assets.train_entry` command the local engine runs as a subprocess.
 
@@ -14,50 +15,36 @@ import json
 import os
 from typing import Sequence
 
-from dagster import AssetExecutionContext, AssetsDefinition, ExecutorDefinition
+from dagster import AssetExecutionContext, ExecutorDefinition
 
-from pipeline.config import Config
-from pipeline.plan import Stage
+from pipeline.schema import Config
+from pipeline.stage import Stage
 
 K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s.job.USER_DEFINED_K8S_CONFIG_KEY
 # The shared artifacts claim (deploy/k8s/pvc.yaml); the chart's values set NESTED_PVC for every pod.
 DEFAULT_CLAIM = "nested-artifacts"
 ARTIFACTS_VOLUME = "nested-artifacts"
 
-# A step pod's needs by stage kind. Requests place the pod; memory limits stop a runaway build from taking
-# the node down. No CPU limits: a throttled torch build is only slower.
-_LIGHT = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
-_CPU = {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
-_GPU = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
-STEP_RESOURCES = {
-    "images": _LIGHT, "features": _GPU, "svd": _CPU, "latents": _CPU,
-    # The model asset's pod launches the training pod and streams its logs; the training pod holds the GPUs
-    # (a GPU here as well would sit idle and could keep the training pod from being scheduled at all).
-    "models": _LIGHT,
-    "reference": _CPU, "samples": _CPU, "evaluation": _CPU, "neighbours": _LIGHT, "variations": _CPU,
-}
+# The sizes of a step pod a View picks from. Requests place the pod; memory limits stop a runaway build from
+# taking the node down. No CPU limits: a throttled torch build is only slower.
+LIGHT = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}}
+CPU = {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
+GPU = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
 # A training pod's CPU and memory per rank (train.nproc ranks, compute.k8s.gpus GPUs each), beside its GPU limit.
 TRAIN_RANK = {"cpu": 4, "memory_gi": 16}
 
 
-def _kind(stage: Stage | str) -> str:
-    kind = stage if isinstance(stage, str) else stage.kind
-    if kind not in STEP_RESOURCES:
-        raise KeyError(f"no Kubernetes resources for stage kind '{kind}': add it to assets/k8s.py STEP_RESOURCES")
-    return kind
-
-
-def step_k8s_config(cfg: Config, stage: Stage | str) -> dict:
-    """The `dagster-k8s/config` of a stage's step pod: its container's resource requests and limits."""
-    resources = json.loads(json.dumps(STEP_RESOURCES[_kind(stage)]))  # a copy
+def step_k8s_config(cfg: Config, resources: dict) -> dict:
+    """The `dagster-k8s/config` of a step pod with `resources` (its View's): its container's requests and limits."""
+    resources = json.loads(json.dumps(resources))  # a copy
     if cfg.compute.k8s.gpus == 0:  # a cluster without GPUs: the features stage runs on CPU like the rest
         resources["limits"].pop("nvidia.com/gpu", None)
     return {"container_config": {"resources": resources}}
 
 
-def k8s_tags(cfg: Config, stage: Stage | str) -> dict[str, str]:
-    """The op tags that size a stage's step pod under `k8s_job_executor` (tag values are JSON strings)."""
-    return {K8S_CONFIG_TAG: json.dumps(step_k8s_config(cfg, stage))}
+def k8s_tags(cfg: Config, resources: dict) -> dict[str, str]:
+    """The op tags that size a step pod under `k8s_job_executor` (tag values are JSON strings)."""
+    return {K8S_CONFIG_TAG: json.dumps(step_k8s_config(cfg, resources))}
 
 
 def train_ranks(cfg: Config, level: int) -> int:
@@ -66,15 +53,12 @@ def train_ranks(cfg: Config, level: int) -> int:
     return cfg.train_config(level).nproc
 
 
-def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int) -> dict:
-    """The arguments of `PipesK8sClient.run` (besides the context) that train `level` in a pod of its own."""
-    from .training import train_command
-
+def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int, command: list[str]) -> dict:
+    """The arguments of `PipesK8sClient.run` (besides the context) that train `level` in a pod of its own with
+    `command` (assets/training.py's `train_command` for `train_ranks` ranks and the image's python)."""
     k8s, home = cfg.compute.k8s, str(plan[f"level_{level}_model"].artifact.home)
     ranks = train_ranks(cfg, level)
     gpus = k8s.gpus * ranks
-    # The image's python, not this process's: the pod runs the image, whatever runs this launcher.
-    command = train_command(cfg, plan, level, python="python", nproc=ranks)
     limits = {"memory": f"{TRAIN_RANK['memory_gi'] * ranks}Gi", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
     mounts = [{"name": ARTIFACTS_VOLUME, "mountPath": home}]
     volumes = [{"name": ARTIFACTS_VOLUME,
@@ -97,27 +81,25 @@ def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int) -> dict:
 
 
 def k8s_train_launch(context: AssetExecutionContext, cfg: Config, plan: dict[str, Stage], level: int,
-                     client=None) -> Sequence:
+                     command: list[str], client=None) -> Sequence:
     """Train `level` in a training pod through Dagster Pipes; what the pod reported (its materialization), as
     the subprocess path returns it. `client`: a `dagster_k8s.PipesK8sClient` (default: one for this cluster)."""
     if client is None:
         from dagster_k8s import PipesK8sClient
 
         client = PipesK8sClient()
-    return client.run(context=context, **k8s_train_pod(cfg, plan, level)).get_results()
+    return client.run(context=context, **k8s_train_pod(cfg, plan, level, command)).get_results()
 
 
-def executor_for(cfg: Config, assets: Sequence[AssetsDefinition], default: ExecutorDefinition) -> ExecutorDefinition:
+def executor_for(cfg: Config, step_resources: dict[str, dict], default: ExecutorDefinition) -> ExecutorDefinition:
     """`default` for the local and Ray engines; for k8s, `k8s_job_executor` with each asset's step pod sized by
-    its stage (`per_step_k8s_config` by op name: the assets come from factories that take no op tags)."""
+    `step_resources` (op name -> its View's resources: `per_step_k8s_config` by op name, since the assets come
+    from factories that take no op tags)."""
     if cfg.compute.engine != "k8s":
         return default
     from dagster_k8s import k8s_job_executor
 
-    per_step = {}
-    for a in assets:
-        for spec in a.specs:
-            per_step[a.op.name] = step_k8s_config(cfg, spec.tags["stage"])
+    per_step = {op: step_k8s_config(cfg, resources) for op, resources in step_resources.items()}
     executor = k8s_job_executor.configured({"job_namespace": cfg.compute.k8s.namespace, "per_step_k8s_config": per_step})
     checked = executor.apply_config_mapping({})  # `configured` checks nothing until a run starts
     if not checked.success:

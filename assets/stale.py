@@ -19,6 +19,13 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
+from dagster import DagsterInstance
+# Private, as dagster-graphql's own CLI uses them: no public API loads a workspace for in-process GraphQL.
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import WorkspaceFileTarget
+from dagster_graphql import __version__
+from dagster_graphql.cli import execute_query
+
 from .ui_client import ROOT, DagsterUI, load_error
 
 UNSYNCED = {"STALE", "MISSING"}
@@ -28,13 +35,6 @@ UNSYNCED = {"STALE", "MISSING"}
 def in_process(workspace: Path = ROOT / "workspace.yaml", read_only: bool = True) -> Iterator[DagsterUI]:
     """The GraphQL schema the webserver serves, executed here (as `dagster-graphql -w` does): no server needed.
     `read_only=False` allows the mutations a user's UI has, such as reloading the code location after an edit."""
-    from dagster import DagsterInstance
-    # Private, as dagster-graphql's own CLI uses them: no public API loads a workspace for in-process GraphQL.
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster_graphql import __version__
-    from dagster_graphql.cli import execute_query
-
     home = dagster_home()
     if not home.is_dir():  # no instance yet: nothing was ever materialized, every asset reads MISSING
         print(f"note: no Dagster instance at {home} (set DAGSTER_HOME): nothing materialized yet", file=sys.stderr)

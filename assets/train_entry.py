@@ -2,9 +2,9 @@
 launched through Dagster Pipes (under torchrun when ``train.nproc > 1``).
 
 It trains with ``pipeline.train.train_level`` on the config and plan the asset resolved (the run file
-``pipeline.train.write_run_file`` wrote: nothing is rebuilt here), streams the log lines into
+``pipeline.run_file.write_run_file`` wrote: nothing is rebuilt here), streams the log lines into
 the run, and reports the materialization the asset shows (assets/training.py's view of the finished artifact).
-Under torchrun only rank 0 talks to Dagster; the other ranks just train. By hand, run ``python -m pipeline.train``.
+Under torchrun only rank 0 talks to Dagster; the other ranks just train. By hand, run ``python -m pipeline.train_cli``.
 """
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from dagster import (FloatMetadataValue, IntMetadataValue, JsonMetadataValue, Ma
                      PathMetadataValue, TextMetadataValue)
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
 
-from pipeline.train import read_run_file, train_level
+from pipeline.engine import engine_for
+from pipeline.run_file import read_run_file
+from pipeline.train import train_level
 
 from .factory import shown_metadata
 from .training import MODELS
@@ -36,14 +38,14 @@ def main(argv=None) -> None:
     ap.add_argument("--level", type=int, required=True)
     args = ap.parse_args(argv)
     cfg, plan = read_run_file(args.run_file)
-    level = args.level
+    level, engine = args.level, engine_for(cfg)
     if f"level_{level}_model" not in plan:
         raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")
     if DAGSTER_PIPES_CONTEXT_ENV_VAR not in os.environ or int(os.environ.get("RANK", "0")) > 0:
-        train_level(cfg, plan, level)
+        train_level(cfg, plan, level, engine=engine)
         return
     with open_dagster_pipes() as pipes:
-        meta = train_level(cfg, plan, level, pipes.log.info)
+        meta = train_level(cfg, plan, level, pipes.log.info, engine)
         stage = plan[f"level_{level}_model"]
         shown = shown_metadata(stage, meta, meta["cache"] == "hit", MODELS.metadata(cfg, plan, stage, meta, pipes.log))
         pipes.report_asset_materialization(metadata=to_pipes(shown), data_version=stage.fingerprint)

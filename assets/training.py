@@ -12,13 +12,15 @@ from contextlib import nullcontext
 
 from dagster import AssetExecutionContext, AssetsDefinition, MaterializeResult, MetadataValue, PipesSubprocessClient, asset
 
-from pipeline.config import Config
 from pipeline.costs import cost_markdown, cost_table
+from pipeline.level_kinds import level_kind
 from pipeline.model_io import read_spec
-from pipeline.plan import Stage, training_inputs
-from pipeline.train import write_run_file
+from pipeline.run_file import write_run_file
+from pipeline.schema import Config
+from pipeline.stage import Stage
 
 from .factory import Scope, View, png_markdown, result
+from .k8s import LIGHT, k8s_train_launch, train_ranks
 
 
 def train_command(cfg: Config, plan: dict[str, Stage], level: int, python: str = sys.executable,
@@ -53,35 +55,26 @@ def _model(cfg, plan, stage, meta, log) -> dict:
 
 def _describe(cfg, stage) -> str:
     level, tc = stage.level, cfg.train_config(stage.level)
-    what = "pixels" if level == 0 and cfg.level0.space == "pixels" else "VAE latents" if level == 0 else "latents"
+    what = level_kind(cfg, 0).what if level == 0 else "latents"
     sigmas = ", ".join(f"level_{k}_latents (sigma {cfg.level(k).sigma})" for k in cfg.conditions_of(level))
     return (f"Level {level} denoiser ({tc.backbone}-{tc.size}) on {what}, conditioned on "
             f"{sigmas or 'nothing (coarsest level)'}; trained by a Pipes subprocess.")
 
 
-def _deps(cfg, stage) -> list[str]:
-    return training_inputs(cfg, stage.level)
-
-
-MODELS = View(group=None, kinds=("pytorch", "safetensors"), deps=_deps, describe=_describe, metadata=_model)
-
-
-def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
+def level_model_asset(scope: Scope, name: str, view: View) -> AssetsDefinition:
     cfg, plan, stage = scope.cfg, scope.plan, scope.plan[name]
     nproc = cfg.train_config(stage.level).nproc
     on_k8s = cfg.compute.engine == "k8s"
     if on_k8s:  # a training pod of its own, train.nproc ranks (assets/k8s.py; imports dagster_k8s when it runs)
-        from .k8s import k8s_train_launch, train_ranks
-
         nproc = train_ranks(cfg, stage.level)
     elif cfg.compute.engine == "ray":  # one process, the Ray driver, takes the lock; Ray Train starts the ranks
         nproc = 1
 
-    @asset(**scope.asset_args(name, MODELS))
+    @asset(**scope.asset_args(name, view))
     def _model_asset(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
         def shown(hit: bool) -> MaterializeResult:  # what the training process reports, rendered here
             meta = stage.artifact.metadata()
-            return result(stage, meta, hit, MODELS.metadata(cfg, plan, stage, meta, context.log))
+            return result(stage, meta, hit, view.metadata(cfg, plan, stage, meta, context.log))
 
         if stage.artifact.is_complete() and not stage.artifact.damage():
             return shown(hit=True)
@@ -93,10 +86,18 @@ def level_model_asset(scope: Scope, name: str) -> AssetsDefinition:
             # The process logs its loss as it falls and reports the materialization: its cache flag ('hit' when
             # another run trained the model meanwhile) and the same view as above, read from the artifact.
             if on_k8s:
-                results = k8s_train_launch(context, cfg, plan, stage.level)
+                # The image's python, not this process's: the pod runs the image, whatever runs this launcher.
+                command = train_command(cfg, plan, stage.level, python="python", nproc=nproc)
+                results = k8s_train_launch(context, cfg, plan, stage.level, command)
             else:
                 results = pipes_subprocess_client.run(command=train_command(cfg, plan, stage.level, nproc=nproc),
                                                       context=context).get_results()
         return results[0] if results else shown(hit=False)
 
     return _model_asset
+
+
+# The model asset's pod (under k8s) only launches the training pod and streams its logs; the training pod holds the
+# GPUs (a GPU here as well would sit idle and could keep the training pod from being scheduled at all).
+MODELS = View(group=None, kinds=("pytorch", "safetensors"), resources=LIGHT, describe=_describe, metadata=_model,
+              make_asset=level_model_asset)

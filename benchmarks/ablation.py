@@ -57,7 +57,7 @@ def keep_recorded(recorded: list[dict], built: list[dict], cfg, profile: str) ->
     """The runs built here, and beside them every run of `profile` recorded earlier that was not built again and
     whose variant still has the config fingerprint it was measured with: a result outlives the artifact cache it
     came from (another machine, a cleared NESTED_HOME), so one variant can be added to a finished sweep."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     configs, fresh = sweep_configs(cfg), {r["variant"]: r for r in built}
     old = {r["variant"]: r for r in recorded if r["profile"] == profile and r["variant"] not in fresh
@@ -111,7 +111,7 @@ def with_costs(run: dict, vcfg) -> dict:
 def refresh(recorded: list[dict], cfg, profile: str) -> list[dict]:
     """The recorded runs of `profile` with their config-decided fields recomputed by the code on this checkout,
     after checking that each was made with the config as it is now."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     configs = sweep_configs(cfg)
     out = []
@@ -258,7 +258,7 @@ def markdown(runs: list[dict]) -> str:
 
 def dry_run(cfg) -> None:
     """What the sweep would run: every run's config is valid, its costs and its fingerprint; nothing is built."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     print("| run | L | train seed | level-0 steps | GFLOPs / forward | sampling GFLOPs / image | train GFLOPs | config |")
     print("|---|---|---|---|---|---|---|---|")

@@ -50,7 +50,7 @@ def family(cfg) -> str:
 def arm(cfg) -> str:
     """What a run measures, whatever its training seed: runs that differ only in train_seed share an arm (the
     config fingerprint with the seed left out), and their FIDs are pooled in the verdicts."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     return config_fingerprint(cfg.model_copy(update={"train_seed": None}))
 
@@ -77,7 +77,7 @@ def with_family(run: dict, vcfg, reported_seed: int) -> dict:
 
 def sweep(cfg, profile: str) -> dict[str, tuple]:
     """Each run's config and, where ablation.json holds a run of the same config fingerprint, that run."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     recorded = {r["config_fingerprint"]: r for r in json.loads((RESULTS / "ablation.json").read_text())["runs"]
                 if r["profile"] == profile}
@@ -89,7 +89,7 @@ def gather(cfg, home: Path, profile: str, required: list[str], runs_of: dict[str
     """Every run of the sweep (`runs_of`: sweep()'s): built here, or recorded in ablation.json, or recorded by an
     earlier run of this script (`earlier`: its JSON's runs) under the same variant and config fingerprint, so a
     result outlives the artifact cache it was measured from (a new machine, a cleared NESTED_HOME)."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
     from pipeline.plan import build_plan
 
     built = {r["variant"]: r for r in ablation.collect(cfg, home, profile)}

@@ -39,7 +39,7 @@ def short_config(config: str, steps: int):
 def prepare(args) -> None:
     from pipeline.plan import build_plan
     from pipeline.stages import materialize
-    from pipeline.train import write_run_file
+    from pipeline.run_file import write_run_file
 
     cfg = short_config(args.config, args.steps)
     home = args.home.resolve()
@@ -56,7 +56,7 @@ def prepare(args) -> None:
 def load_run(home: Path):
     """The run file's config and plan, its artifacts re-rooted at `home` (it was written on another machine)."""
     from pipeline.config import config_from_json
-    from pipeline.plan import plan_from_json
+    from pipeline.run_file import plan_from_json
 
     run = json.loads((home / "gpu_check_run.json").read_text())
     for stage in run["plan"].values():
@@ -95,8 +95,7 @@ def run(args) -> dict:
     sc = cfg.sampling  # the compiled run's models, sampled as the samples stage samples
     torch.cuda.synchronize()
     began = time.perf_counter()
-    gen = sample_hierarchy(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                           sc.pixel_thresholding, sc.batch_size)
+    gen = sample_hierarchy(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_plan())
     seconds = time.perf_counter() - began
     result["sampling"] = {"num_samples": sc.num_samples, "seconds": round(seconds, 2),
                           "images_per_sec": round(sc.num_samples / seconds, 1), "steps": cfg.sampling_steps(),

@@ -112,7 +112,8 @@ def main() -> None:
 
     from dagster import DagsterInstance
 
-    from pipeline.config import config_fingerprint, load_config
+    from pipeline.config import load_config
+    from pipeline.fingerprints import config_fingerprint
     from pipeline.plan import build_plan
 
     cfg, built = load_config(args.config), Path(args.built).resolve()
@@ -162,7 +163,8 @@ def main() -> None:
     print(json.dumps(figures[-1]), flush=True)
 
     # 2. The reader training uses (all of a level's samples: its target and its conditions) vs a training step.
-    from pipeline.data import iter_latents, load_level_data
+    from pipeline.data import iter_latents
+    from pipeline.level_kinds import load_level_data
     from pipeline.train import train_level
 
     for level in range(1, cfg.num_levels):
@@ -235,12 +237,12 @@ def main() -> None:
 
     sc, n = cfg.sampling, args.sample_n
     ddpm_steps = cfg.level0.train.num_train_timesteps
-    sample_hierarchy(cfg, built_plan, 2, steps=2, guidance=cfg.guidance(), kind=sc.sampler)  # warm-up
+    sample_hierarchy(cfg, built_plan, 2, sampling=cfg.sampling_plan(steps=2))  # warm-up
     timings, images = {}, {}
     for kind, steps in (("dpm", sc.steps), ("ddpm", ddpm_steps)):
         t = time.perf_counter()
-        out = sample_hierarchy(cfg, built_plan, n, seed=sc.seed, steps=steps, guidance=cfg.guidance(), kind=kind,
-                               pixel_thresholding=sc.pixel_thresholding, batch_size=n)
+        out = sample_hierarchy(cfg, built_plan, n, seed=sc.seed,
+                               sampling=cfg.sampling_plan(steps=steps, sampler=kind, batch_size=n))
         timings[kind], images[kind] = time.perf_counter() - t, to_uint8(out[0])
     RESULTS.mkdir(parents=True, exist_ok=True)
     grid = RESULTS / "pipeline_speed_samplers.png"

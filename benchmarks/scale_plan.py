@@ -134,8 +134,10 @@ def hours(flops: float) -> str:
 
 def main() -> None:
     from models.denoiser import default_patch_size
-    from pipeline.config import TrainConfig, load_config
-    from pipeline.costs import cost_table, level_shape, model_cost
+    from pipeline.config import load_config
+    from pipeline.schema import TrainConfig
+    from pipeline.costs import cost_table, model_cost
+    from pipeline.level_kinds import level_shape
 
     began = time.perf_counter()
     cfg = load_config(CONFIG, check_files=False)

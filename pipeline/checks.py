@@ -20,19 +20,23 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 from PIL import Image
+from safetensors.numpy import load_file
 
 from models.denoiser import input_shape
 
 from .cache import Artifact
-from .costs import level_shape
 from .data import iter_latents
 from .features import iter_rows, open_features
 from .ingest import image_shards, read_manifest
-from .levels import latent_shards
+from .evaluate import REFERENCE
+from .level_kinds import level_kind, level_shape
+from .levels import latent_shards, read_latents
 from .model_io import load_level_model, spec_scheduler
 from .sample_shards import raw_samples
 from .stats import ChannelStats
+from .svd import load_basis
 from .table import KEY, TABLE, evaluation_rows
+from .variations import TABLE as VARIATIONS_TABLE
 
 SPLITS = ("train", "holdout")
 
@@ -138,8 +142,8 @@ def checkpoint_loads(cfg, plan, level: int) -> CheckOutcome:
     artifact = plan[f"level_{level}_model"].artifact
     model, spec = load_level_model(artifact.require())
     # Shapes come from the config (a VAE level 0's from its saved spec): a spec only agrees with itself.
-    vae = level == 0 and cfg.level0.space == "vae"
-    shape = tuple(spec["in_shape"]) if vae else level_shape(cfg, level)
+    said_by_model = level == 0 and not level_kind(cfg, 0).is_pixels
+    shape = tuple(spec["in_shape"]) if said_by_model else level_shape(cfg, level)
     shape = input_shape(model, shape)  # a matryoshka level 0 denoises its extended state
     conds = [torch.randn(2, *level_shape(cfg, k)) for k in cfg.conditions_of(level)]
     labels = torch.zeros(2, dtype=torch.long) if spec["num_classes"] else None
@@ -210,8 +214,6 @@ def files_intact(artifact: Artifact) -> CheckOutcome:
 
 @_never_raises
 def basis_is_orthonormal(svd_dir: Path, channels: int, tol: float = 1e-3) -> CheckOutcome:
-    from .svd import load_basis
-
     b = load_basis(svd_dir)
     comp = b["components"].astype(np.float64)
     finite = all(bool(np.isfinite(v).all()) for v in b.values())
@@ -228,10 +230,6 @@ def basis_is_orthonormal(svd_dir: Path, channels: int, tol: float = 1e-3) -> Che
 
 @_never_raises
 def reference_is_consistent(reference_dir: Path, num_reference: int, num_holdout: int) -> CheckOutcome:
-    from safetensors.numpy import load_file
-
-    from .evaluate import REFERENCE
-
     ref = load_file(str(Path(reference_dir) / REFERENCE))
     train = ref["train"].astype(np.float64)
     finite = all(bool(np.isfinite(v).all()) for v in ref.values())
@@ -259,9 +257,6 @@ def neighbours_complete(neighbours_dir: Path, levels: int, k: int) -> CheckOutco
 @_never_raises
 def variations_keep_their_sources(variations_dir: Path, latents_dirs: dict[int, Path]) -> CheckOutcome:
     """Every variation's kept levels are exactly its held-out source's latents; every array is finite."""
-    from .levels import read_latents
-    from .variations import TABLE as VARIATIONS_TABLE
-
     info = json.loads((Path(variations_dir) / VARIATIONS_TABLE).read_text())
     held = {}
     for level, path in latents_dirs.items():

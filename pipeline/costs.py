@@ -10,31 +10,16 @@ from __future__ import annotations
 
 import torch
 
-from .config import Config
+from models.denoiser import build_denoiser, count_params, gflops_per_step
+
+from .config import load_config
 from .guidance import runs_unconditional
-
-
-def level_shape(cfg: Config, level: int) -> tuple[int, int, int]:
-    if level > 0:
-        lv = cfg.level(level)
-        return (lv.channels, lv.pool, lv.pool)
-    r = cfg.dataset.resolution
-    if cfg.level0.space == "pixels":
-        return (3, r, r)
-    try:  # a local AutoencoderKL directory says its own shape
-        from diffusers import AutoencoderKL
-
-        vc = AutoencoderKL.load_config(cfg.level0.vae)
-        f = 2 ** (len(vc["block_out_channels"]) - 1)
-        return (vc["latent_channels"], r // f, r // f)
-    except (OSError, ValueError):
-        return (4, r // 8, r // 8)  # the SD VAE: 4 channels, 8x downsampling
+from .level_kinds import level_shape
+from .schema import Config
 
 
 def model_cost(tc, in_shape, cond_shapes, num_classes: int = 0) -> tuple[int, float]:
     """(parameters, GFLOPs of one forward for one image) of the denoiser a TrainConfig describes."""
-    from models.denoiser import build_denoiser, count_params, gflops_per_step
-
     with torch.device("meta"):
         model = build_denoiser(tc.backbone, tc.size, in_shape, cond_shapes, num_classes, tc.patch_size)
     return count_params(model), gflops_per_step(model, in_shape, cond_shapes, num_classes)
@@ -104,6 +89,4 @@ def cost_markdown(table: dict) -> str:
 
 
 if __name__ == "__main__":
-    from .config import load_config
-
     print(cost_markdown(cost_table(load_config())))

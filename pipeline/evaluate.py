@@ -20,13 +20,16 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .config import EVAL_K, Config
+from .costs import cost_table
 from .data import iter_pixels
-from .plan import Stage
+from .fingerprints import config_fingerprint
+from .levels import read_latents
+from .metrics import (InceptionFeatures, feature_stats, fid_from_features, inception_features,
+                      nearest_neighbour_distances, precision_recall, shared_inception)
 from .sample import decode_level0, iter_hierarchy, to_uint8
 from .sample_shards import sample_images
-from .metrics import (InceptionFeatures, feature_stats, fid_from_features, inception_features,
-                      nearest_neighbour_distances, precision_recall)
+from .schema import EVAL_K, Config
+from .stage import Stage
 
 REFERENCE = "reference.safetensors"
 
@@ -43,7 +46,7 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
     sampling.reference_images), and the held-out images' features (the real-data floor)."""
     began = time.perf_counter()
     images_dir = plan["images"].artifact.require()
-    model = InceptionFeatures(path=cfg.sampling.inception_weights)  # loaded once for both splits
+    model = shared_inception(cfg.sampling.inception_weights)  # loaded once for both splits
     train = inception_features(_pixels_uint8(images_dir, "train", cfg.sampling.reference_images), model=model)
     holdout = inception_features(_pixels_uint8(images_dir, "holdout", None), model=model)
     mu, sigma = feature_stats(train)
@@ -70,18 +73,26 @@ def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: i
 def sampled_features(cfg: Config, plan: dict[str, Stage], seed: int, model: InceptionFeatures,
                      given: dict[int, torch.Tensor] | None = None, labels: torch.Tensor | None = None) -> np.ndarray:
     """Inception features of a fresh top-down sample set (N images; as many as `given` holds when given)."""
-    sc = cfg.sampling
-    n = len(next(iter(given.values()))) if given else sc.num_samples
-    batches = (to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(
-        cfg, plan, n, seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler, sc.pixel_thresholding, sc.batch_size,
-        given=given, labels=labels))
+    n = len(next(iter(given.values()))) if given else cfg.sampling.num_samples
+    batches = (to_uint8(decode_level0(cfg, gen[0])) for gen in iter_hierarchy(cfg, plan, n, seed, given=given,
+                                                                                  labels=labels))
     return inception_features(batches, model=model)
+
+
+class SampleSetFeatures:
+    """An engine's worker: the Inception features of further sample sets, each (seed, given, labels)."""
+
+    def __init__(self, cfg: Config, plan: dict[str, Stage]):
+        self.cfg, self.plan = cfg, plan
+        self.model = shared_inception(cfg.sampling.inception_weights)
+
+    def __call__(self, sample_set: tuple) -> np.ndarray:
+        seed, given, labels = sample_set
+        return sampled_features(self.cfg, self.plan, seed, self.model, given, labels)
 
 
 def oracle_conditions(cfg: Config, plan: dict[str, Stage], n: int) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """The first n held-out images' real latents of every coarser level, and their labels."""
-    from .levels import read_latents
-
     given, labels = {}, None
     for level in range(1, cfg.num_levels):
         _, z, y = read_latents(plan[f"level_{level}_latents"].artifact.require(), "holdout")
@@ -102,31 +113,23 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 
 def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print, *,
-                 variant: str = "") -> dict:
+                 engine, variant: str = "") -> dict:
     """The evaluation stage: the samples' FID and more (module docstring), and the run's row of the table
     (`variant`: the sweep variant's name, "" for the experiment itself)."""
-    from .config import config_fingerprint
-    from .costs import cost_table
-
     began = time.perf_counter()
     sc, stage = cfg.sampling, plan["evaluation"]
     samples, reference = plan["samples"].artifact.require(), plan["reference_stats"].artifact.require()
-    model = InceptionFeatures(path=sc.inception_weights)  # loaded once for every seed and the oracle
+    model = shared_inception(sc.inception_weights)  # loaded once for every seed and the oracle
     meta = evaluate_samples(samples, reference, out_dir, model=model)
     ref = load_file(str(reference / REFERENCE))
     seeds = [sc.seed + i for i in range(sc.eval_seeds)]
     # Every further sample set (the other seeds; the oracle's, from the held-out images' real coarser latents) is
-    # independent of the others: on Ray they are sampled and featurized side by side (pipeline/ray_engine.py).
+    # independent of the others: the engine's workers sample and featurize them side by side.
     sets = [(seed, None, None) for seed in seeds[1:]]
     if sc.oracle and cfg.num_levels > 1:
         given, labels = oracle_conditions(cfg, plan, sc.num_samples)
         sets += [(seed, given, labels) for seed in seeds]
-    if cfg.compute.engine == "ray" and sets:
-        from .ray_engine import sampled_features_on_ray
-
-        feats = sampled_features_on_ray(cfg, plan, sets)
-    else:
-        feats = (sampled_features(cfg, plan, seed, model, g, y) for seed, g, y in sets)
+    feats = engine.map(SampleSetFeatures, {"cfg": cfg, "plan": plan}, sets) if sets else []
     fids, oracle = [meta["fid"]], []
     for (seed, g, _), f in zip(sets, feats):
         (oracle if g is not None else fids).append(fid_from_features(f, ref["train"]))

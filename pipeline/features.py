@@ -1,6 +1,7 @@
 """Frozen-encoder feature maps of every ingested image, streamed batch by batch into a Zarr array (N, h, w, C).
 
-Rows follow the manifest order. Only one batch of images and features is in memory at a time.
+Rows follow the manifest order. Only one batch of images and features is in memory at a time (on a distributed
+engine, the chunks whose rows are still arriving).
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import zarr
 from PIL import Image
 from tqdm import tqdm
 
-from .config import Config, EncoderConfig
+from models.encoder import checkpoint_sha256, feature_extractor, load_encoder, probe_features
+
 from .ingest import image_shards, read_manifest
+from .schema import Config, EncoderConfig
 
 FEATURES = "features.zarr"
 
@@ -62,20 +65,16 @@ class Preprocess(torch.nn.Module):
 
 
 def build_extractor(cfg: EncoderConfig) -> torch.nn.Module:
-    from models.encoder import feature_extractor, load_encoder
-
     model = load_encoder(cfg.name, cfg.weights, cfg.checkpoint_format)
     return feature_extractor(model, cfg.layer).to(memory_format=torch.channels_last).eval()
 
 
-def build_features(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """The features stage: the encoder's feature maps of every ingested image (on Ray: pipeline/ray_engine.py)."""
-    if cfg.compute.engine == "ray":
-        from .ray_engine import extract_features_on_ray
-
-        return extract_features_on_ray(cfg.encoder, cfg.compute.ray, plan["images"].artifact.require(), out_dir,
-                                       log=log)
-    return extract_features(cfg.encoder, plan["images"].artifact.require(), out_dir, log=log)
+def build_features(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *, engine) -> dict:
+    """The features stage: the encoder's feature maps of every ingested image, here or spread by the engine."""
+    images = plan["images"].artifact.require()
+    if engine.distributed:
+        return extract_features_spread(cfg.encoder, engine, images, out_dir, log=log)
+    return extract_features(cfg.encoder, images, out_dir, log=log)
 
 
 def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
@@ -116,10 +115,51 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
     return feature_metadata(cfg, arr, out_dir, log)
 
 
+class Encode:
+    """The encoder as an engine's worker: built once per worker (on its GPU if it was given one), then called on
+    batches of undecoded samples ({"__key__": keys, "src.png": PNG bytes})."""
+
+    def __init__(self, cfg: EncoderConfig):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.extractor = build_extractor(cfg).to(self.device)
+        self.pre = Preprocess(cfg).to(self.device)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+
+    def __call__(self, batch: dict) -> dict:
+        x = torch.from_numpy(np.stack([decode_png(b) for b in batch["src.png"]])).to(self.device)
+        with torch.inference_mode(), self.autocast:
+            feats = self.extractor(self.pre(x)).float().cpu().numpy()
+        return {"__key__": batch["__key__"], "features": feats}
+
+
+def extract_features_spread(cfg: EncoderConfig, engine, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
+                            log: Callable[[str], None] = print) -> dict:
+    """extract_features with the encoder forward spread over the engine's workers (`map_shards`)."""
+    ids = read_manifest(images_dir).column("id").to_pylist()
+    row_of = {key: i for i, key in enumerate(ids)}
+    arr = create_feature_array(cfg, out_dir, len(ids), chunk_rows)
+    step = arr.chunks[0]
+    # Batches arrive in any order: each chunk fills in a buffer and is written once, whole, when its last row lands.
+    pending: dict[int, tuple[np.ndarray, int]] = {}
+    for batch in engine.map_shards([str(p) for p in image_shards(images_dir)], Encode, {"cfg": cfg}, cfg.batch_size):
+        for key, feat in zip(batch["__key__"], batch["features"]):
+            if key not in row_of:
+                raise RuntimeError(f"image shards hold '{key}', which the manifest does not list")
+            c, r = divmod(row_of.pop(key), step)
+            size = min(step, len(ids) - c * step)
+            buf, filled = pending.get(c) or (np.empty((size, *feat.shape), np.float32), 0)
+            buf[r] = feat
+            pending[c] = (buf, filled + 1)
+            if filled + 1 == size:
+                arr[c * step:c * step + size] = pending.pop(c)[0]
+    if row_of or pending:
+        raise RuntimeError(f"image shards miss {len(row_of)} of the manifest's {len(ids)} images")
+    log(f"features on {engine.name}: {len(ids)} images through its encoder workers")
+    return feature_metadata(cfg, arr, out_dir, log)
+
+
 def create_feature_array(cfg: EncoderConfig, out_dir: Path, n: int, chunk_rows: int = 256) -> zarr.Array:
     """The stage's empty Zarr array (N, h, w, C) with the encoder's provenance in its attributes."""
-    from models.encoder import checkpoint_sha256, probe_features
-
     h, w, c = probe_features(cfg.name, cfg.layer, cfg.input_size)
     attrs = {"encoder": cfg.name, "weights": cfg.weights, "checkpoint_sha256": checkpoint_sha256(cfg.weights),
              "layer": cfg.layer, "input_size": cfg.input_size, "mean": list(cfg.mean), "std": list(cfg.std),

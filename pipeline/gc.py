@@ -1,6 +1,6 @@
 """What under $NESTED_HOME no experiment refers to any more, and removing it.
 
-    python -m pipeline.gc [CONFIG ...] [--delete] [--keep-days N]      (`make gc`: a dry run on configs/)
+    python -m assets.gc [CONFIG ...] [--delete] [--keep-days N]      (`make gc`: a dry run on configs/)
 
 Kept: every artifact the plan of a config refers to (the CONFIGs given; by default every ``configs/*.yaml`` and
 $NESTED_CONFIG), each config's sweep variants included; every artifact a materialization of the last N days
@@ -19,9 +19,8 @@ output says why; without such a sign its artifacts are taken not to be here, and
 
 Why the code is split this way: the rules are plain functions over the artifact root (`referenced`, `survey`,
 `orphans`, `remove`), tested without the orchestrator. Materializations are the orchestrator's records, so the
-asset layer reads them (``assets/gc_instance.py``); `main` imports it only when run as the command, which keeps
-``pipeline/`` free of that dependency (nothing here imports it at module level) while the command the issue
-names stays ``python -m pipeline.gc``.
+asset layer reads them (``assets/gc_instance.py``) and runs the command (``assets/gc.py``), handing `main` its
+reader: ``pipeline/`` never imports the Dagster layer.
 """
 from __future__ import annotations
 
@@ -33,12 +32,16 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+import yaml
+
 from .cache import FINGERPRINT_PATTERN, MARKER, Artifact, build_abandoned, human_bytes, tree_bytes
-from .config import PROJECT_ROOT, Config, load_config, nested_home, variant_configs
+from .config import PROJECT_ROOT, load_config, nested_home, variant_configs
+from .plan import build_plan
+from .schema import Config
+from .stages import STAGE_KINDS
 
 ARTIFACT, INCOMPLETE, TMP, WORK, DAMAGED = ("artifact", "incomplete artifact", "temporary build",
                                             "training checkpoints", "damaged copy")
@@ -109,9 +112,7 @@ class Keep:
 
 def kinds() -> list[str]:
     """The artifact folders: every stage kind (the folders' names are the plan's kinds)."""
-    from .plan import CODE_VERSION
-
-    return sorted(CODE_VERSION)
+    return sorted(kind.name for kind in STAGE_KINDS)
 
 
 def default_configs() -> list[Path]:
@@ -127,8 +128,6 @@ def default_configs() -> list[Path]:
 def _config_name(path: Path) -> str | None:
     """The experiment name a YAML declares, read without validating it (for a config that does not load)."""
     try:
-        import yaml
-
         data = yaml.safe_load(Path(path).read_text())
         return str(data.get("name", "experiment")) if isinstance(data, dict) else None
     except Exception:
@@ -149,8 +148,6 @@ class Referenced:
 def referenced(configs: Iterable[Path], home: Path) -> Referenced:
     """Every artifact directory the configs' plans (their variants' included) refer to; and the configs or
     variants that could not be planned, with the signs that they ran on this home."""
-    from .plan import build_plan
-
     paths: dict[Path, str] = {}
     planned: list[str] = []
     unplanned: list[Unplanned] = []
@@ -316,15 +313,14 @@ def hold_all_reason(unplanned: list[Unplanned]) -> str | None:
     return "may belong to " + ", ".join(f"'{u.name or u.config}'" for u in signs) + ", which could not be planned"
 
 
-def recent_materializations(keep_days: float) -> Recent:
-    """What the materializations of the last `keep_days` days refer to, as the asset layer reads them."""
+def recent_materializations(keep_days: float, read: Callable[[float], Recent] | None) -> Recent:
+    """What the materializations of the last `keep_days` days refer to, as `read(since)` (the asset layer's
+    reader of the orchestrator's records) says."""
     if keep_days <= 0:
         return Recent(source="not consulted (--keep-days 0)")
-    try:
-        from assets.gc_instance import recent_references  # the orchestrator's records; see the module docstring
-    except ImportError as e:
-        return Recent(source="unavailable", error=f"the asset layer cannot be imported ({_why(e)})")
-    return recent_references(time.time() - keep_days * DAY)
+    if read is None:
+        return Recent(source="unavailable", error="no reader of the orchestrator's records: run python -m assets.gc")
+    return read(time.time() - keep_days * DAY)
 
 
 def _table(items: list[Item]) -> list[str]:
@@ -332,8 +328,9 @@ def _table(items: list[Item]) -> list[str]:
     return [f"  {human_bytes(it.bytes):>10}  {it.entry.name:<{width}}{it.entry.what}: {it.why}" for it in items]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipeline.gc", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, read_recent: Callable[[float], Recent] | None = None) -> int:
+    """The command (`assets/gc.py` runs it with `read_recent`, the reader of the instance's materializations)."""
+    ap = argparse.ArgumentParser(prog="python -m assets.gc", description=__doc__.split("\n\n")[0])
     ap.add_argument("configs", nargs="*", type=Path,
                     help="the experiments whose artifacts to keep (default: configs/*.yaml and $NESTED_CONFIG)")
     ap.add_argument("--delete", action="store_true", help="remove what is listed as removable (default: dry run)")
@@ -346,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configs = args.configs or default_configs()
     ref = referenced(configs, home)
-    recent = recent_materializations(args.keep_days)
+    recent = recent_materializations(args.keep_days, read_recent)
     keep = Keep(ref.paths, recent, hold_all_reason(ref.unplanned))
 
     print(f"artifacts under {home}")
@@ -358,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {head}, and it may have artifacts here ({'; '.join(u.evidence)}). Its artifacts cannot "
                   "be told from orphans without its plan, so every orphan artifact and training checkpoint is kept. "
                   "To collect them, run gc where it can be planned, or name the configs to keep: "
-                  "python -m pipeline.gc CONFIG ...", file=sys.stderr)
+                  "python -m assets.gc CONFIG ...", file=sys.stderr)
         else:
             print(f"note: {head}; no sign of its artifacts here (no run file under its name, no features of its "
                   "encoder): it does not protect anything", file=sys.stderr)
@@ -394,6 +391,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nremoved {len(done)} of {len(removable)} directories, {human_bytes(sum(it.bytes for it in done))}")
     return 0 if len(done) == len(removable) else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

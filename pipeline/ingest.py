@@ -19,11 +19,12 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import webdataset as wds
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from .cache import changed_lately, file_sha256, listed_files, stat_key
-from .config import Config, DatasetConfig
+from .schema import Config, DatasetConfig
 from .sources import get_source
 
 SHARD_PATTERN = "images-%06d.tar"
@@ -170,8 +171,6 @@ def build_images(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], No
 
 def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata."""
-    import webdataset as wds
-
     out_dir = Path(out_dir)
     origin = str(cfg.path) if cfg.path is not None else cfg.source
     items, names = get_source(cfg.source).read(cfg)

@@ -1,4 +1,4 @@
-"""Semantic level latents: pool the features to s_l x s_l, keep the top c_l SVD channels, standardize.
+"""Semantic level latents (level_kinds.SemanticLevel): pool the features to s_l x s_l, keep the top c_l SVD channels, standardize.
 
 Written as WebDataset shards (``train-*.tar``, ``holdout-*.tar``), one sample per image keyed by its manifest
 id: ``latent.npy`` (c_l, s_l, s_l) float32 and ``cls``. The standardization statistics come from the training
@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -17,11 +17,8 @@ import webdataset as wds
 from safetensors.numpy import load_file, save_file
 
 from .cache import listed_files
-from .config import Config
-from .features import iter_rows, open_features
-from .ingest import read_manifest
+from .features import iter_rows
 from .stats import ChannelStats
-from .svd import load_basis
 
 STATS = "stats.safetensors"
 
@@ -58,21 +55,6 @@ def _pooled_stats(features, basis, train_rows, pool, channels):
     var = stats.var()
     total_var = total_sq / stats.n  # centered on the basis mean, which is the pooled features' mean too
     return stats.mean(), var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
-
-
-def build_level_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *,
-                        level: int) -> dict:
-    """The latents stage of level `level`: its pooled, projected, standardized latents of every manifest row."""
-    lv = cfg.level(level)
-    if lv.kind != "semantic":
-        from .pixel_levels import build_pixel_latents
-
-        return build_pixel_latents(cfg, plan, out_dir, log, level=level)
-    m = read_manifest(plan["images"].artifact.require())
-    return build_latents(open_features(plan["encoder_features"].artifact.require()),
-                         load_basis(plan["svd"].artifact.require()), m.column("id").to_pylist(),
-                         m.column("label").to_pylist(), m.column("split").to_pylist(), lv.pool, lv.channels,
-                         cfg.dataset.shard_size, out_dir)
 
 
 def build_latents(features, basis: dict, ids: list[str], labels: list[int], splits: list[str],
@@ -121,38 +103,6 @@ def write_shards(out_dir: Path, samples, shard_size: int) -> dict[str, int]:
             for f in out_dir.glob(f"{s}-*.tar"):
                 f.unlink()
     return counts
-
-
-@torch.inference_mode()
-def encode_images(cfg: Config, plan: dict, src: np.ndarray, pixels: np.ndarray, batch_size: int = 64
-                  ) -> dict[int, torch.Tensor]:
-    """Every level's latent of new images, as the latents stage makes them: `src` (N, H, W, 3) uint8 at
-    dataset.source_size through the frozen encoder, then each semantic level's pooling, SVD axes and
-    training-split standardization; a pixel level from `pixels`, the same images at dataset.resolution."""
-    from .features import Preprocess, build_extractor
-    from .pixel_levels import encode_pixel_level, is_pixel_level
-
-    out = {}
-    semantic = [level for level in range(1, cfg.num_levels) if not is_pixel_level(cfg, level)]
-    if any(is_pixel_level(cfg, level) for level in range(1, cfg.num_levels)):
-        x0 = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        if cfg.level0.space == "vae":
-            from .data import encode_vae
-
-            x0 = encode_vae(x0, cfg.level0.vae, cfg.level0.vae_scale)
-        out[1] = encode_pixel_level(cfg, plan, 1, x0)  # pixel kinds are level 1 only (the config says so)
-    if not semantic:
-        return out
-    extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
-    feats = np.concatenate([extractor(pre(torch.tensor(src[i:i + batch_size]))).float().numpy()
-                            for i in range(0, len(src), batch_size)])
-    basis = load_basis(plan["svd"].artifact.require())
-    for level in semantic:
-        lv, stats = cfg.level(level), load_stats(plan[f"level_{level}_latents"].artifact.require())
-        z = project(feats, basis, lv.pool, lv.channels).double()
-        mu, std = (torch.from_numpy(stats[k]).double().view(1, -1, 1, 1) for k in ("mean", "std"))
-        out[level] = ((z - mu) / std).float()
-    return out
 
 
 def load_stats(latents_dir: Path) -> dict[str, np.ndarray]:

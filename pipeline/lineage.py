@@ -19,8 +19,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Config
-from .plan import Stage
+from PIL import Image
+
+from .cache import ArtifactDamaged
+from .config import load_config, nested_home
+from .data import iter_pixels
+from .ingest import prepare_image, read_manifest
+from .knn import nearest
+from .level_kinds import encode_images, level_kind
+from .levels import decode_npy, read_latents
+from .pictures import labelled_grid, latent_tile
+from .plan import build_plan
+from .sample import decode_level0, to_uint8
+from .sample_shards import raw_samples
+from .schema import Config
+from .stage import Stage
+from .variations import variation_latents
 
 
 @dataclass
@@ -33,11 +47,6 @@ class Link:
 def sample_chain(cfg: Config, plan: dict[str, Stage], sample_id: str) -> tuple[list[Link], str, np.ndarray]:
     """(links, title, image) of sample `sample_id` (its index in the samples artifact): each level's latent and
     how it was made, and the image."""
-    from PIL import Image
-
-    from .levels import decode_npy
-    from .sample_shards import raw_samples
-
     samples = plan["samples"].artifact.require()
     key = f"{int(sample_id):07d}"
     for s in raw_samples(samples):
@@ -55,9 +64,6 @@ def sample_chain(cfg: Config, plan: dict[str, Stage], sample_id: str) -> tuple[l
 
 def variation_chain(cfg: Config, plan: dict[str, Stage], vid: str) -> tuple[list[Link], str, np.ndarray]:
     """The same for variation `vid`: the kept levels are the source's real latents, the rest were sampled."""
-    from .sample import decode_level0, to_uint8
-    from .variations import variation_latents
-
     latents, info = variation_latents(plan["variations"].artifact.require(), vid)
     column, _, row = vid.split("/")
     kept = [] if column == "none" else list(range(int(column.split("..")[0][1:]), cfg.num_levels))
@@ -73,32 +79,21 @@ def variation_chain(cfg: Config, plan: dict[str, Stage], vid: str) -> tuple[list
 
 def image_chain(cfg: Config, plan: dict[str, Stage], path: Path) -> tuple[list[Link], str, np.ndarray]:
     """The same for an image file: its latents as the latents stage would encode it."""
-    from .ingest import prepare_image
-    from .levels import encode_images
-
     small, large = prepare_image(Path(path).read_bytes(), cfg.dataset)
     encoded = encode_images(cfg, plan, large[None], small[None])
     links = [Link(0, small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1, f"the image {Path(path).name}")]
-    how = {level: f"encoded: features of {cfg.encoder.name} {cfg.encoder.layer}, svd {plan['svd'].fingerprint}, "
-           for level in range(1, cfg.num_levels)}
-    if cfg.levels and cfg.levels[0].kind != "semantic":
-        how[1] = f"encoded: level 0 area-averaged to {cfg.level(1).pool}x{cfg.level(1).pool}, "
-    links += [Link(level, encoded[level][0].numpy(),
-                   f"{how[level]}standardized as level_{level}_latents {plan[f'level_{level}_latents'].fingerprint}")
+    links += [Link(level, encoded[level][0].numpy(), f"encoded as level_{level}_latents "
+                   f"{plan[f'level_{level}_latents'].fingerprint} are: {level_kind(cfg, level).made_from(cfg, plan, level)}")
               for level in range(1, cfg.num_levels)]
     return links, f"image {path}", small
 
 
 def neighbours_of(cfg: Config, plan: dict[str, Stage], links: list[Link], k: int) -> dict[int, list[str]]:
     """Each link's k nearest training images (manifest ids) in its level's space (level 0: pixels)."""
-    from .data import iter_pixels
-    from .knn import nearest
-    from .levels import read_latents
-
     out = {}
     for link in links:
         if link.level == 0:
-            if cfg.level0.space != "pixels":
+            if not level_kind(cfg, 0).is_pixels:
                 continue  # VAE latents are not stored per training image
             keys, data = zip(*((key, x.ravel()) for key, x, _ in iter_pixels(plan["images"].artifact.require())))
             data = np.stack(data)
@@ -111,10 +106,6 @@ def neighbours_of(cfg: Config, plan: dict[str, Stage], links: list[Link], k: int
 
 def draw(cfg: Config, plan: dict[str, Stage], links: list[Link], found: dict[int, list[str]], image: np.ndarray,
          title: str, path: Path, k: int) -> None:
-    from .data import iter_pixels
-    from .pictures import labelled_grid, latent_tile
-    from .sample import to_uint8
-
     wanted = {key for keys in found.values() for key in keys}
     train = {key: x for key, x, _ in iter_pixels(plan["images"].artifact.require()) if key in wanted}
     size = image.shape[0]
@@ -129,8 +120,6 @@ def draw(cfg: Config, plan: dict[str, Stage], links: list[Link], found: dict[int
 
 def lineage(cfg: Config, plan: dict[str, Stage], target: str, k: int = 5, out: Path | None = None) -> dict:
     """Trace `target` (a sample index, a variation id or an image file); print it, draw it, return it."""
-    from .ingest import read_manifest
-
     if Path(target).is_file():
         links, title, image = image_chain(cfg, plan, Path(target))
     elif "/" in target:
@@ -156,10 +145,6 @@ def lineage(cfg: Config, plan: dict[str, Stage], target: str, k: int = 5, out: P
 
 
 def main(argv=None) -> None:
-    from .cache import ArtifactDamaged
-    from .config import load_config, nested_home
-    from .plan import build_plan
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("target", help="a sample index, a variation id ('<column>/seed<m>/<row>') or an image file")
     ap.add_argument("--config", help="experiment YAML (default: $NESTED_CONFIG)")

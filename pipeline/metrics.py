@@ -7,6 +7,7 @@ with k-NN balls found by faiss (pipeline/knn.py).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import warnings
 from pathlib import Path
@@ -14,6 +15,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
+from cleanfid.fid import frechet_distance, get_batch_features
+from cleanfid.resize import build_resizer
 from tqdm import tqdm
 
 from .knn import as_f32, nearest
@@ -65,6 +68,19 @@ class InceptionFeatures(torch.nn.Module):
         return self.net((x - 128) / 128).reshape(len(x), FEATURE_DIM)
 
 
+def shared_inception(path: Path | None = None) -> InceptionFeatures:
+    """One InceptionFeatures per file (and its size and mtime) in this process: a stage and the workers it spreads
+    its sample sets over load the network once each."""
+    file = inception_path(path)
+    st = file.stat()
+    return _shared_inception(str(file), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _shared_inception(file: str, size: int, mtime_ns: int) -> InceptionFeatures:
+    return InceptionFeatures(path=Path(file))
+
+
 def _rebatch(images: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
     # Callers stream batches of any size (e.g. shard readers); the model sees batch_size images at a time.
     buffer = []
@@ -82,9 +98,6 @@ def inception_features(images: Iterable[np.ndarray] | np.ndarray, batch_size: in
                        device: str | torch.device = "cpu", model=None, weights: Path | None = None) -> np.ndarray:
     """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features.
     weights: the Inception file when no model is given (None: the packaged copy)."""
-    from cleanfid.fid import get_batch_features
-    from cleanfid.resize import build_resizer
-
     model = model if model is not None else InceptionFeatures(device, weights)
     resize = build_resizer("clean")  # PIL bicubic per channel on floats, no re-quantization: clean-fid's default
     total = len(images) if isinstance(images, np.ndarray) else None
@@ -110,8 +123,6 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """clean-fid's Frechet distance (it needs SciPy < 1.18, which pyproject.toml pins)."""
-    from cleanfid.fid import frechet_distance
-
     return float(frechet_distance(mu1, sigma1, mu2, sigma2))
 
 

@@ -10,8 +10,12 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from safetensors.torch import load_file, save_file
 
-from .config import Config, TrainConfig
+from models.denoiser import build_denoiser
+
+from .schema import Config, TrainConfig
 
 MODEL_JSON = "model.json"
 WEIGHTS = {True: "ema.safetensors", False: "model.safetensors"}  # use_ema -> file
@@ -41,8 +45,6 @@ def spec_scheduler(spec: dict) -> dict:
 
 def make_scheduler(schedule: dict, kind: str = "ddpm", thresholding: bool = False):
     """A diffusers scheduler on `schedule` (scheduler_config's keys): ddpm (training's, and a sampler), ddim or dpm."""
-    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
-
     if kind == "dpm":
         return DPMSolverMultistepScheduler(**schedule, algorithm_type="dpmsolver++", thresholding=thresholding)
     if kind == "ddim":
@@ -53,15 +55,11 @@ def make_scheduler(schedule: dict, kind: str = "ddpm", thresholding: bool = Fals
 
 
 def build_model(spec: dict) -> torch.nn.Module:
-    from models.denoiser import build_denoiser
-
     return build_denoiser(spec["backbone"], spec["size"], tuple(spec["in_shape"]),
                           [tuple(s) for s in spec["cond_shapes"]], spec["num_classes"], spec["patch_size"])
 
 
 def save_model(out_dir: Path, model: torch.nn.Module, ema: torch.nn.Module, spec: dict) -> None:
-    from safetensors.torch import save_file
-
     for module, use_ema in ((model, False), (ema, True)):
         # safetensors refuses shared storage: tied weights get their own copy
         save_file({k: v.contiguous().clone() for k, v in module.state_dict().items()}, str(out_dir / WEIGHTS[use_ema]))
@@ -75,8 +73,6 @@ def read_spec(model_dir: Path) -> dict:
 def load_level_model(model_dir: Path, use_ema: bool = True,
                      device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """A trained level's denoiser (EMA weights by default) on `device`, and its spec, from safetensors only."""
-    from safetensors.torch import load_file
-
     spec = read_spec(model_dir)
     model = build_model(spec)
     model.load_state_dict(load_file(str(Path(model_dir) / WEIGHTS[use_ema])))

@@ -12,13 +12,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import Config
 from .data import iter_pixels
 from .knn import nearest
 from .levels import read_latents
-from .plan import Stage
 from .pictures import labelled_grid
 from .sample import to_uint8
+from .schema import Config
+from .stage import Stage
 
 QUERIES, K = 6, 7  # held-out queries, and neighbours shown per query and level (part of the stage's fingerprint)
 

@@ -24,20 +24,9 @@ from safetensors.numpy import save_file
 
 from models.uvit import to_grid
 
-from .config import Config
+from .levels import STATS, write_shards
+from .schema import Config
 from .stats import ChannelStats
-
-PIXEL_KINDS = ("pixel_base", "cascade")
-
-
-def is_pixel_level(cfg: Config, level: int) -> bool:
-    return level >= 1 and cfg.level(level).kind in PIXEL_KINDS
-
-
-def residual_level(cfg: Config) -> int | None:
-    """The level whose upsampled base level 0 learns the residual over (MSF), or None."""
-    return 1 if cfg.levels and cfg.levels[0].kind == "pixel_base" else None
-
 
 def downsample(x: torch.Tensor, pool: int) -> torch.Tensor:
     """(N, C, H, W) -> (N, C, pool, pool): each cell the mean of its block (area downsampling)."""
@@ -58,14 +47,11 @@ def destandardize(z: torch.Tensor, mean, std) -> torch.Tensor:
     return z.float() * s + m
 
 
-def build_pixel_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *,
-                        level: int) -> dict:
-    """The latents stage of a pixel level: level 0's data of every split, area-averaged and standardized."""
-    from .data import level0_data
-    from .levels import STATS, write_shards
-
+def build_pixel_latents(cfg: Config, level: int, data: dict[str, tuple], out_dir: Path,
+                        log: Callable[[str], None] = print) -> dict:
+    """The latents stage of a pixel level: level 0's data of every split (`data`: split -> (keys, x, labels)),
+    area-averaged and standardized."""
     lv = cfg.level(level)
-    data = {split: level0_data(cfg, plan, split) for split in ("train", "holdout")}
     channels = data["train"][1].shape[1]
     if channels != lv.channels:
         raise ValueError(f"levels[{level - 1}].channels: {lv.channels}, but level 0 has {channels} channels: a "
@@ -112,11 +98,3 @@ def residual_target(x: torch.Tensor, base: torch.Tensor, stats: dict, scale: flo
 def add_base(r: torch.Tensor, base: torch.Tensor, residual: dict) -> torch.Tensor:
     """The inverse of residual_target: level 0's data from a sampled residual and the (clean) base it was over."""
     return r * residual["scale"] + upsample(destandardize(base, residual["mean"], residual["std"]), r.shape[-2:])
-
-
-def encode_pixel_level(cfg: Config, plan: dict, level: int, x0: torch.Tensor) -> torch.Tensor:
-    """A pixel level's latent of new level-0 data (N, C, H, W), as the latents stage makes it."""
-    from .levels import load_stats
-
-    stats = load_stats(plan[f"level_{level}_latents"].artifact.require())
-    return standardize(downsample(x0.double(), cfg.level(level).pool), stats["mean"], stats["std"])

@@ -1,16 +1,21 @@
 """Small matplotlib pictures for asset metadata (rendered headless)."""
 from __future__ import annotations
 
+import io
+from itertools import islice
 from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # headless: before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .data import iter_latents, iter_pixels  # noqa: E402
 
 
 def line_plot(x, y, path: Path, title: str, xlabel: str, ylabel: str, logx: bool = False, logy: bool = False,
               ylim: tuple[float, float] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     ax.plot(x, y, lw=2)
     ax.set_xscale("log" if logx else "linear")
@@ -28,17 +33,6 @@ def line_plot(x, y, path: Path, title: str, xlabel: str, ylabel: str, logx: bool
 
 def latent_preview(latents_dir: Path, images_dir: Path, n: int = 8) -> bytes:
     """PNG: held-out images over their latents, the three leading SVD channels shown as RGB (-2.5..2.5 std)."""
-    import io
-    from itertools import islice
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from .data import iter_latents, iter_pixels
-
     latents = dict(islice(((k, z) for k, z, _ in iter_latents(latents_dir, "holdout")), n))
     images = {k: x for k, x, _ in iter_pixels(images_dir, "holdout") if k in latents}
     fig, axes = plt.subplots(2, len(latents), figsize=(1.1 * len(latents), 2.4), dpi=100, squeeze=False)

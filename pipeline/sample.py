@@ -14,15 +14,18 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.matryoshka import state_shape, unpack
+import webdataset as wds
+from PIL import Image
+from torchvision.utils import make_grid, save_image
 
-from .config import Config
 from .guidance import guide, runs_unconditional
+from .ingest import read_manifest
+from .level_kinds import finish_sample, level_kind, sampled_shape, thresholded
 from .model_io import load_level_model, make_scheduler, spec_scheduler
-from .pixel_levels import add_base
-from .plan import Stage
 from .runtime import sampling_device
 from .sample_shards import PATTERN as SHARD_PATTERN
+from .schema import Config, SamplingPlan
+from .stage import Stage
 from .stats import ChannelStats
 
 
@@ -32,8 +35,7 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
                  labels: torch.Tensor | None = None) -> torch.Tensor:
     sched = make_scheduler(spec_scheduler(spec), kind, thresholding)
     sched.set_timesteps(steps)
-    nested = spec.get("matryoshka")
-    shape = state_shape(spec["in_shape"], nested["nest"]) if nested else spec["in_shape"]
+    shape = sampled_shape(spec)  # a target transform's state (matryoshka's) or the level's data
     # The noise comes from the CPU generator wherever the model runs: a seed gives the same draws on a GPU.
     device = next(model.parameters()).device
     x = (torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma).to(device)
@@ -52,62 +54,71 @@ def sample_level(model, spec: dict, conds: list[torch.Tensor], n: int, steps: in
     return x.cpu()
 
 
-def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
-                     guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
-                     batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
-                     labels: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+def sample_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, sampling: SamplingPlan | None = None,
+                     *, given: dict[int, torch.Tensor] | None = None, labels: torch.Tensor | None = None,
+                     use_ema: bool = True) -> dict[int, torch.Tensor]:
     """Generate n samples of every level; returns {level: tensor}. Level 0 pixels are in [-1, 1].
 
     `given` fixes some coarse levels (each (n, ...)) instead of sampling them: the finer levels are then
     generated from those latents (the paper's Figure 1 shares one coarse latent across a row); `labels` as in
-    iter_hierarchy.
+    HierarchySampler.
     """
     out: dict[int, list[torch.Tensor]] = {level: [] for level in range(cfg.num_levels)}
-    for batch in iter_hierarchy(cfg, plan, n, seed, steps, guidance, kind, pixel_thresholding, batch_size, use_ema,
-                                given, labels):
+    for batch in iter_hierarchy(cfg, plan, n, seed, sampling, given=given, labels=labels, use_ema=use_ema):
         for level, z in batch.items():
             out[level].append(z)
     return {level: torch.cat(zs) for level, zs in out.items()}
 
 
-def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, steps: int | list[int] = 25,
-                   guidance: list[float] | None = None, kind: str = "dpm", pixel_thresholding: bool = True,
-                   batch_size: int = 256, use_ema: bool = True, given: dict[int, torch.Tensor] | None = None,
-                   labels: torch.Tensor | None = None, starts: list[int] | None = None, models: dict | None = None):
-    """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits).
+def iter_hierarchy(cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, sampling: SamplingPlan | None = None,
+                   *, given: dict[int, torch.Tensor] | None = None, labels: torch.Tensor | None = None,
+                   use_ema: bool = True):
+    """Yield {level: batch} for consecutive batches: only one batch is in memory (any N fits)."""
+    sampler = HierarchySampler(cfg, plan, n, seed, sampling, given=given, labels=labels, use_ema=use_ema)
+    yield from map(sampler, sampler.starts())
 
-    labels (n,) fixes a class-conditional run's labels (e.g. those of the images `given` came from); by default
-    they are drawn from the training set's label frequencies. `steps`: one count for every level, or one per
-    level from level 0 up (cfg.sampling_steps()). A level 0 trained on a residual (MSF) gets its base added.
-    A batch's randomness is its own (seed, start): `starts` picks some of the batches (a worker's share, on Ray),
-    which come out as they do in the whole run; `models` are load_models' (loaded once per worker)."""
-    guidance = guidance or [0.0] * cfg.num_levels
-    steps = [steps] * cfg.num_levels if isinstance(steps, int) else list(steps)
-    given = given or {}
-    models = models or load_models(cfg, plan, use_ema, skip=given)
-    classes = label_frequencies(plan) if cfg.class_conditional else None
-    for start in range(0, n, batch_size) if starts is None else starts:
-        b = min(batch_size, n - start)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, start]).generate_state(1)[0]))
+
+class HierarchySampler:
+    """Top-down sampling of N images, one batch at a time: `sampler(start)` is the batch of samples start.. (with
+    batch_size of `sampling`, default the config's). The models are loaded once, when it is built: an engine's
+    worker (`pipeline.engine`) builds one and asks it for its share of the batches.
+
+    A batch's randomness is its own (seed, start), so batches come out the same whoever draws them and in whatever
+    order. `labels` (n,) fixes a class-conditional run's labels (e.g. those of the images `given` came from); by
+    default they are drawn from the training set's label frequencies. A level 0 trained on a transformed target
+    (MSF's residual, matryoshka's state) is finished as its kind says (pipeline/level_kinds.py).
+    """
+
+    def __init__(self, cfg: Config, plan: dict[str, Stage], n: int, seed: int = 0, sampling: SamplingPlan | None = None,
+                 *, given: dict[int, torch.Tensor] | None = None, labels: torch.Tensor | None = None,
+                 use_ema: bool = True):
+        self.cfg, self.n, self.seed = cfg, n, seed
+        self.sampling = sampling or cfg.sampling_plan()
+        self.given, self.labels = given or {}, labels
+        self.models = load_models(cfg, plan, use_ema, skip=self.given)
+        self.classes = label_frequencies(plan) if cfg.class_conditional else None
+
+    def starts(self) -> range:
+        return range(0, self.n, self.sampling.batch_size)
+
+    def __call__(self, start: int) -> dict[int, torch.Tensor]:
+        cfg, how = self.cfg, self.sampling
+        b = min(how.batch_size, self.n - start)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, start]).generate_state(1)[0]))
         # one label per sample, shared by every level, drawn as often as the training set has it
-        y = torch.multinomial(classes, b, replacement=True, generator=g) if classes is not None else None
-        if y is not None and labels is not None:
-            y = labels[start:start + b]
-        gen: dict[int, torch.Tensor] = {k: z[start:start + b] for k, z in given.items()}
+        y = torch.multinomial(self.classes, b, replacement=True, generator=g) if self.classes is not None else None
+        if y is not None and self.labels is not None:
+            y = self.labels[start:start + b]
+        gen: dict[int, torch.Tensor] = {k: z[start:start + b] for k, z in self.given.items()}
         for level in reversed(range(cfg.num_levels)):
             if level in gen:
                 continue
-            model, spec = models[level]
+            model, spec = self.models[level]
             conds = noisy_conditions(cfg, level, gen, g)
-            residual = spec.get("residual")
-            # Thresholding keeps x0 estimates in [-1, 1]: pixels, not a residual's scaled high frequencies.
-            thresh = pixel_thresholding and level == 0 and cfg.level0.space == "pixels" and residual is None
-            gen[level] = sample_level(model, spec, conds, b, steps[level], guidance[level], g, kind, thresh, y)
-            if spec.get("matryoshka"):  # the jointly denoised state: keep its finest resolution
-                gen[level] = unpack(gen[level], spec["matryoshka"]["nest"])[0]
-            if residual is not None:
-                gen[level] = add_base(gen[level], gen[residual["level"]], residual)
-        yield gen
+            thresh = how.pixel_thresholding and thresholded(cfg, level, spec)
+            z = sample_level(model, spec, conds, b, how.steps[level], how.guidance[level], g, how.sampler, thresh, y)
+            gen[level] = finish_sample(z, gen, spec)
+        return gen
 
 
 def noisy_conditions(cfg: Config, level: int, latents: dict[int, torch.Tensor],
@@ -125,8 +136,6 @@ def load_models(cfg: Config, plan: dict[str, Stage], use_ema: bool = True, skip=
 
 def label_frequencies(plan: dict[str, Stage]) -> torch.Tensor:
     """The training split's label frequencies (class-conditional sampling draws its labels from them)."""
-    from .ingest import read_manifest
-
     m = read_manifest(plan["images"].artifact.require())
     labels = [y for y, s in zip(m.column("label").to_pylist(), m.column("split").to_pylist()) if s == "train"]
     return torch.bincount(torch.tensor(labels)).double()
@@ -139,45 +148,31 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 def save_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 2) -> None:
     """(N, H, W, 3) uint8 -> one PNG grid (torchvision's make_grid, white padding), upscaled for viewing."""
-    from torchvision.utils import make_grid, save_image
-
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     save_image(make_grid(x, nrow=cols, padding=2, pad_value=1.0), path)
 
 
-def decode_level0(cfg: Config, z: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """Level 0 -> pixels in [-1, 1] (through the AutoencoderKL decoder when level 0 is a VAE latent)."""
-    if cfg.level0.space == "pixels":
-        return z
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(cfg.level0.vae).eval()
-    with torch.inference_mode():
-        return torch.cat([vae.decode(z[i:i + batch_size] / cfg.level0.vae_scale).sample
-                          for i in range(0, len(z), batch_size)])
+def decode_level0(cfg: Config, z: torch.Tensor) -> torch.Tensor:
+    """Level 0 -> pixels in [-1, 1] (its space's decoder: the AutoencoderKL's for a VAE latent)."""
+    return level_kind(cfg, 0).decode(cfg, z)
 
 
-def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """The samples stage: N images and every level's latents as WebDataset shards, plus two pictures."""
-    import webdataset as wds
-    from PIL import Image
-
-    sc = cfg.sampling
+def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print, *,
+                     engine) -> dict:
+    """The samples stage: N images and every level's latents as WebDataset shards, plus two pictures. The batches
+    are drawn by the engine's workers (`HierarchySampler`) and written here, in order."""
+    sc, how, pixels = cfg.sampling, cfg.sampling_plan(), level_kind(cfg, 0).is_pixels
     began = time.perf_counter()
     stats = {level: ChannelStats() for level in range(cfg.num_levels)}
     first: list[np.ndarray] = []
     count = 0
+    sampler = {"cfg": cfg, "plan": plan, "n": sc.num_samples, "seed": sc.seed, "sampling": how}
     with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=10_000, verbose=0) as sink:
-        if cfg.compute.engine == "ray":  # the batches spread over Ray actors, written here in order
-            from .ray_engine import sample_batches_on_ray as batches
-        else:
-            batches = iter_hierarchy
-        for gen in batches(cfg, plan, sc.num_samples, sc.seed, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                           sc.pixel_thresholding, sc.batch_size):
+        for gen in engine.map(HierarchySampler, sampler, range(0, sc.num_samples, how.batch_size)):
             batch = to_uint8(decode_level0(cfg, gen[0]))
             for level, z in gen.items():
-                stats[level].update(z.clamp(-1, 1) if level == 0 and cfg.level0.space == "pixels" else z)
+                stats[level].update(z.clamp(-1, 1) if level == 0 and pixels else z)
             for i in range(len(batch)):
                 buf = io.BytesIO()
                 Image.fromarray(batch[i]).save(buf, format="PNG")
@@ -193,15 +188,13 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     top = cfg.num_levels - 1
     if sc.shared_rows and top > 0:
         # one coarsest latent per row, repeated across the row; the finer levels are sampled from it
-        shared = sample_hierarchy(cfg, plan, sc.shared_rows, sc.seed + 1, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                                  sc.pixel_thresholding)[top]
+        shared = sample_hierarchy(cfg, plan, sc.shared_rows, sc.seed + 1, how)[top]
         given = {top: shared.repeat_interleave(8, dim=0)}
-        fine = sample_hierarchy(cfg, plan, 8 * sc.shared_rows, sc.seed + 2, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                                sc.pixel_thresholding, sc.batch_size, given=given)
+        fine = sample_hierarchy(cfg, plan, 8 * sc.shared_rows, sc.seed + 2, how, given=given)
         save_grid(to_uint8(decode_level0(cfg, fine[0])), out_dir / "shared_coarse.png")
         rows = ["shared_coarse.png"]
-    summary = {str(level): st.summary() for level, st in stats.items() if level > 0 or cfg.level0.space == "vae"}
-    if cfg.level0.space == "pixels":
+    summary = {str(level): st.summary() for level, st in stats.items() if level > 0 or not pixels}
+    if pixels:
         summary["pixels"] = stats[0].summary()
     log(f"samples: {count} images in {seconds:.1f} s ({count / seconds:.1f} img/s)")
     return {"num_samples": count, "sample_seconds": round(seconds, 2),

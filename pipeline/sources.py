@@ -7,6 +7,7 @@ artifacts. ``pipeline.ingest`` turns the items into shards.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tarfile
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    from .config import DatasetConfig
+    from .schema import DatasetConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 EMOJI_JSON = "package/emoji.json"
@@ -112,8 +113,6 @@ def folder_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
 def package_identity(package: str) -> Callable[[DatasetConfig, FileHash], str]:
     """Data that ships inside a wheel is identified by the package's version."""
     def identity(cfg: DatasetConfig, sha256: FileHash) -> str:
-        import importlib
-
         return f"\0{package} {importlib.import_module(package).__version__}"
     return identity
 

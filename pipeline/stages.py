@@ -1,47 +1,219 @@
-"""Every stage's build function by kind, and the building of one stage of a plan in plain Python.
+"""Every kind of stage, declared once (`STAGE_KINDS`, in the order the plan builds them), and the building of one
+stage of a plan in plain Python.
 
-A stage function is ``(cfg, plan, out_dir, log, **where) -> metadata``: it reads its inputs' artifacts through
+A declaration says which settings and inputs decide a stage's artifacts (its fingerprint), its code version, its
+build function and its checks (pipeline/stage.py's `StageKind`). The plan (pipeline/plan.py), the stage runner
+below, the asset checks and garbage collection iterate these declarations; the Dagster layer declares, per kind,
+how its assets look (assets/views.py). Adding a kind of stage is one entry here and one there.
+
+A build function is ``(cfg, plan, out_dir, log, **where) -> metadata``: it reads its inputs' artifacts through
 the plan, writes its own into `out_dir` (a temporary directory, published when it returns) and returns what the
-artifact's marker records. `where` is ``level=`` for a per-level stage, and ``variant=`` for the evaluation.
-The assets (assets/) call them through `materialize`, and so can a script or a test.
+artifact's marker records. `where` is ``level=`` for a per-level stage, ``engine=`` (pipeline/engine.py) for a
+kind that spreads its work, and the asset's own keywords (the evaluation's ``variant=``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
-from .config import Config
+from models.weights import checkpoint_sha256, is_local_file
+
+from . import checks
+from .cache import file_sha256, stable_hash
+from .engine import engine_for
 from .evaluate import build_reference, evaluate_run
 from .features import build_features
-from .ingest import build_images
-from .levels import build_level_latents
-from .neighbours import level_neighbours
-from .plan import Stage
+from .fingerprints import without_new_defaults
+from .ingest import build_images, source_fingerprint
+from .level_kinds import build_level_latents, level_kind
+from .level_kinds import model_settings as kind_model_settings
+from .neighbours import K, QUERIES, level_neighbours
 from .sample import generate_samples
+from .schema import EVAL_K, Config
+from .stage import Check, Stage, StageKind, one
 from .svd import build_basis
 from .train import train, train_level
-from .variations import build_variations
+from .variations import build_variations, folder_images
 
-STAGES: dict[str, Callable[..., dict]] = {
-    "images": build_images, "features": build_features, "svd": build_basis, "latents": build_level_latents,
-    "models": train, "samples": generate_samples, "reference": build_reference, "evaluation": evaluate_run,
-    "neighbours": level_neighbours, "variations": build_variations,
-}
+
+# -- the settings and inputs that decide each kind's artifacts -------------------------------------------------
+
+def dataset_settings(cfg: Config, level=None) -> dict:
+    # Where the data lies is not a setting: the source's content hash (an input) identifies it.
+    return {"dataset": cfg.dataset.model_dump(mode="json", exclude={"path"}), "seed": cfg.seed}
+
+
+def encoder_settings(cfg: Config, level=None) -> dict:
+    # Nor where a local checkpoint lies: its content hash is the "checkpoint" input ("hub", "none" and
+    # "package:..." are names, kept).
+    local = is_local_file(cfg.encoder.weights)
+    return {"encoder": cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local else {"batch_size"})}
+
+
+def latents_settings(cfg: Config, level: int) -> dict:
+    """The settings that decide level `level`'s latents (its kind's; sigma is not one: it only acts when z_l
+    conditions)."""
+    return level_kind(cfg, level).latent_settings(cfg, level)
+
+
+def model_settings(cfg: Config, level: int) -> dict:
+    """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on
+    (level 0: also its space and its target transforms)."""
+    own = {"train": cfg.train_config(level).model_dump(mode="json"), "conditioning": cfg.conditioning,
+           "class_conditional": cfg.class_conditional, "seed": cfg.training_seed,
+           "condition_sigmas": {str(k): cfg.level(k).sigma for k in cfg.conditions_of(level)}}
+    return {**own, **kind_model_settings(cfg, level)}
+
+
+def sampling_settings(cfg: Config) -> dict:
+    """What decides how samples are drawn (not how they are scored): the samples' and variations' own settings."""
+    evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
+    sampling = cfg.sampling.model_dump(mode="json", exclude=evaluation_only)
+    return without_new_defaults({"sampling": sampling})["sampling"]
+
+
+def inception_identity(cfg: Config) -> str:
+    """What the FID features are computed with: the content hash of the configured file, else the packaged copy."""
+    path = cfg.sampling.inception_weights
+    if path is None:
+        return "packaged"
+    if not path.is_file():  # checkpoint_sha256 would call it an encoder checkpoint
+        raise FileNotFoundError(f"sampling.inception_weights: file not found: {path}")
+    return checkpoint_sha256(str(path))
+
+
+def folder_identity(folder: Path | None) -> str:
+    """Content hash of the images of `variations.folder` (their names and bytes), "none" without one."""
+    if folder is None:
+        return "none"
+    return stable_hash({p.name: file_sha256(p) for p in folder_images(folder)})
+
+
+def latents(cfg: Config, plan: dict, levels) -> dict:
+    return {f"level_{level}": plan[f"level_{level}_latents"] for level in levels}
+
+
+def semantic_levels(cfg: Config) -> range:
+    return range(1, cfg.num_levels)
+
+
+def model_inputs(cfg: Config, plan: dict, level: int) -> dict:
+    return {"target": plan["images" if level == 0 else f"level_{level}_latents"],
+            "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}}
+
+
+# -- the declarations -------------------------------------------------------------------------------------------
+
+def _require(plan: dict, name: str) -> Path:
+    return plan[name].artifact.require()
+
+
+STAGE_KINDS: tuple[StageKind, ...] = (
+    StageKind(
+        "images", "1", one("images"), dataset_settings,
+        lambda cfg, plan, level, home: {"source": source_fingerprint(cfg.dataset, cache_dir=home)},
+        build_images,
+        checks=(Check("shards_match_manifest", "Every manifest row is in the image shards, and nothing else.",
+                      lambda cfg, plan, st: checks.images_match_manifest(st.artifact.require())),)),
+    StageKind(
+        "features", "1", one("encoder_features"), encoder_settings,
+        lambda cfg, plan, level, home: {"images": plan["images"], "checkpoint": checkpoint_sha256(cfg.encoder.weights)},
+        build_features, uses_engine=True,
+        checks=(Check("finite", "Every feature is finite and there is one feature map per manifest row.",
+                      lambda cfg, plan, st: checks.features_are_finite(st.artifact.require(), _require(plan, "images"))),)),
+    StageKind(
+        "svd", "1", one("svd"), lambda cfg, level: {},
+        lambda cfg, plan, level, home: {"features": plan["encoder_features"]},
+        build_basis,
+        checks=(Check("orthonormal", "The basis loads, is finite, orthonormal, one axis per feature channel, variances "
+                      "descending.", lambda cfg, plan, st: checks.basis_is_orthonormal(
+                          st.artifact.require(), plan["encoder_features"].artifact.metadata()["shape"][-1])),)),
+    StageKind(
+        "latents", "1", lambda cfg: [(f"level_{level}_latents", level) for level in semantic_levels(cfg)],
+        latents_settings, lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
+        build_level_latents,
+        checks=(Check("standardized", "Latents are finite; each training channel has mean ~0 and std ~1.",
+                      lambda cfg, plan, st: checks.latents_are_standardized(st.artifact.require())),
+                Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's splits.",
+                      lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
+                                                                         _require(plan, "images"))))),
+    StageKind(
+        "models", "2", lambda cfg: [(f"level_{level}_model", level) for level in range(cfg.num_levels)],
+        model_settings, lambda cfg, plan, level, home: model_inputs(cfg, plan, level),
+        train, materialize=train_level,  # its own driver: torchrun's ranks, an engine's group, its checkpoints
+        checks=(Check("checkpoint_loads", "The checkpoint loads and one denoising forward is finite and well shaped.",
+                      lambda cfg, plan, st: checks.checkpoint_loads(cfg, plan, st.level)),)),
+    StageKind(
+        "samples", "1", one("samples"),
+        lambda cfg, level: {"sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
+        lambda cfg, plan, level, home: {f"level_{lv}": plan[f"level_{lv}_model"] for lv in range(cfg.num_levels)},
+        generate_samples, uses_engine=True,
+        checks=(Check("complete", "All requested samples are in the shards and decode; their latents are finite.",
+                      lambda cfg, plan, st: checks.samples_are_complete(st.artifact.require(),
+                                                                       cfg.sampling.num_samples)),)),
+    # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
+    StageKind(
+        "reference", "1", one("reference_stats"),
+        lambda cfg, level: {"max_images": cfg.sampling.reference_images, "inception": inception_identity(cfg)},
+        lambda cfg, plan, level, home: {"images": plan["images"]},
+        build_reference,
+        checks=(Check("consistent", "Inception features of every reference and held-out image, finite; mu is their "
+                      "mean.", lambda cfg, plan, st: checks.reference_is_consistent(
+                          st.artifact.require(), st.artifact.metadata()["num_reference"],
+                          st.artifact.metadata()["num_holdout"])),)),
+    StageKind(
+        "evaluation", "2", one("evaluation"),
+        lambda cfg, level: {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
+                            "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
+        lambda cfg, plan, level, home: {"samples": plan["samples"], "reference": plan["reference_stats"]},
+        evaluate_run, uses_engine=True,
+        checks=(Check("row_present", "The evaluation table has this evaluation's row, with a finite FID.",
+                      lambda cfg, plan, st: checks.evaluation_row_present(st.artifact.home, st.fingerprint)),)),
+    StageKind(
+        "neighbours", "2", one("level_neighbours"), lambda cfg, level: {"queries": QUERIES, "k": K},
+        lambda cfg, plan, level, home: {"images": plan["images"], **latents(cfg, plan, semantic_levels(cfg))},
+        level_neighbours,
+        checks=(Check("complete", "k neighbours of every query under every level, and the picture decodes.",
+                      lambda cfg, plan, st: checks.neighbours_complete(st.artifact.require(), cfg.num_levels,
+                                                                      st.artifact.metadata()["k"])),)),
+    StageKind(
+        # Nothing to keep in a plain diffusion model: no variations for L = 1.
+        "variations", "1", lambda cfg: [("variations", None)] if cfg.num_levels > 1 else [],
+        lambda cfg, level: {"variations": cfg.variations.model_dump(mode="json", exclude={"folder"}),
+                            "sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
+        lambda cfg, plan, level, home: {
+            "folder": folder_identity(cfg.variations.folder), "svd": plan["svd"],
+            **{f"latents_{lv}": plan[f"level_{lv}_latents"] for lv in semantic_levels(cfg)},
+            **{f"model_{lv}": plan[f"level_{lv}_model"] for lv in range(cfg.num_levels)}},
+        build_variations,
+        checks=(Check("keeps_its_sources", "The kept levels of every variation are its source's own latents; all "
+                      "finite.", lambda cfg, plan, st: checks.variations_keep_their_sources(
+                          st.artifact.require(), {lv: _require(plan, f"level_{lv}_latents")
+                                                  for lv in semantic_levels(cfg)})),)),
+)
+KINDS = {kind.name: kind for kind in STAGE_KINDS}
+# Every artifact's own check, besides its kind's.
+FILES_INTACT = Check("files_intact", "Every file is there with the size and SHA-256 its marker recorded when it was "
+                     "built.", lambda cfg, plan, st: checks.files_intact(st.artifact))
 
 
 def build(cfg: Config, plan: dict[str, Stage], name: str, out_dir: Path, log: Callable[[str], None] = print,
-          **keywords) -> dict:
-    """Run plan[name]'s stage function into out_dir."""
+          engine=None, **keywords) -> dict:
+    """Run plan[name]'s build function into out_dir (`engine`: default the config's)."""
     stage = plan[name]
+    kind = KINDS[stage.kind]
     where = {} if stage.level is None else {"level": stage.level}
-    return STAGES[stage.kind](cfg, plan, out_dir, log, **where, **keywords)
+    if kind.uses_engine:
+        where["engine"] = engine or engine_for(cfg)
+    return kind.build(cfg, plan, out_dir, log, **where, **keywords)
 
 
 def materialize(cfg: Config, plan: dict[str, Stage], name: str, log: Callable[[str], None] = print,
                 **keywords) -> tuple[dict, bool]:
     """Build plan[name] unless an intact artifact exists; (its metadata, whether it was a cache hit)."""
     stage = plan[name]
-    if stage.kind == "models":  # training's own driver: torchrun's ranks, and the checkpoints it removes
-        meta = train_level(cfg, plan, stage.level, log)
+    kind = KINDS[stage.kind]
+    if kind.materialize is not None:
+        meta = kind.materialize(cfg, plan, stage.level, log, engine_for(cfg))
         return meta, meta["cache"] == "hit"
     return stage.artifact.materialize(lambda out: build(cfg, plan, name, out, log, **keywords), log)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
-from .config import Config
 from .features import iter_rows, open_features
 from .ingest import read_manifest
 from .plots import line_plot
+from .schema import Config
 
 BASIS = "basis.safetensors"
 

@@ -1,8 +1,8 @@
-"""Train one level's denoiser: ``python -m pipeline.train --config CFG --level L [--home DIR]``.
+"""Train one level's denoiser: the models stage (`train`, the loop) and its driver (`train_level`).
 
-Runs by hand, under ``torchrun`` and on a Ray cluster (DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the
-same `train_level` in a process of its own (assets/train_entry.py). A killed run resumes from the last
-checkpoint of the same fingerprint.
+Runs by hand (``python -m pipeline.train_cli``), under ``torchrun`` and on an engine's process group (Ray Train;
+DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the same `train_level` in a process of its own
+(assets/train_entry.py). A killed run resumes from the last checkpoint of the same fingerprint.
 
 Loss (paper eq. 4): || eps - D(alpha_t z_l + sigma_t eps, z_hat_{>l}, t) ||^2 with z_hat_k = z_k + sigma_k * n,
 n ~ N(0, I) drawn fresh every step. For classifier-free guidance a sample's conditions and label are dropped
@@ -11,8 +11,8 @@ samples (two independent masks would train it on p_uncond^2: 1% at 0.1).
 """
 from __future__ import annotations
 
-import argparse
 import itertools
+import json
 import shutil
 import time
 from pathlib import Path
@@ -24,27 +24,30 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Config, config_from_json, load_run_config, nested_home
 from .costs import model_cost
-from .data import load_level_data
+from .engine import LocalEngine
+from .level_kinds import load_level_data
 from .model_io import build_model, make_scheduler, model_spec, save_model
-from .plan import Stage, build_plan
 from .plots import line_plot
 from .runtime import close_distributed, cpu_has_native_bf16, device_for, init_distributed, resolve_precision, world_size
+from .schema import Config
+from .stage import Stage
+
+GROUP_RESULT = "_group_train.json"  # rank 0's metadata, handed from an engine's worker to the driver inside the build
 
 
-def train_level(cfg: Config, plan: dict[str, Stage], level: int, log: Callable[[str], None] = print) -> dict | None:
+def train_level(cfg: Config, plan: dict[str, Stage], level: int, log: Callable[[str], None] = print,
+                engine=None) -> dict | None:
     """Train level `level` unless an intact model exists; its metadata, with `cache` 'hit' or 'miss'.
 
     One process trains a fingerprint at a time: a second one waits for the first's lock, then reads its model.
+    On a distributed engine this process is the driver and the engine's process group trains (`train_on_group`).
     Under torchrun the launching asset holds that lock, since the ranks must not wait on each other; rank 0
     publishes the model and the other ranks return None.
     """
-    stage = plan[f"level_{level}_model"]
-    if cfg.compute.engine == "ray":  # this process is the driver; the workers train (pipeline/ray_engine.py)
-        from .ray_engine import train_on_ray
-
-        meta, hit = stage.artifact.materialize(lambda out: train_on_ray(cfg, plan, level, out, log), log)
+    stage, engine = plan[f"level_{level}_model"], engine or LocalEngine()
+    if engine.distributed:
+        meta, hit = stage.artifact.materialize(lambda out: train_on_group(cfg, plan, level, out, engine, log), log)
     elif world_size() == 1:
         meta, hit = stage.artifact.materialize(lambda out: train(cfg, plan, out, log, level=level), log)
     elif stage.artifact.is_complete():  # the launcher found it missing or damaged; another run finished it since
@@ -65,6 +68,36 @@ def train_level(cfg: Config, plan: dict[str, Stage], level: int, log: Callable[[
     return {**meta, "cache": "hit" if hit else "miss"}
 
 
+def train_on_group(cfg: Config, plan: dict[str, Stage], level: int, out_dir: Path, engine,
+                   log: Callable[[str], None] = print) -> dict:
+    """The models stage of one level on the engine's process group (`train.nproc` workers); rank 0 writes the model
+    into out_dir (the build's temp dir, published by the caller's `materialize`, which holds the fingerprint's
+    lock for the whole run)."""
+    stage = plan[f"level_{level}_model"]
+    # The workers read the level's data in processes of their own: verified here first, so a damaged input fails
+    # before the cluster is asked for anything, and recorded as this build's inputs.
+    for name in stage.inputs:
+        plan[name].artifact.require()
+    world = cfg.train_config(level).nproc
+    log(f"level {level}: {world} {engine.name} training workers")
+    engine.run_group(train_worker, {"cfg": cfg, "plan": plan, "level": level, "out_dir": str(out_dir),
+                                    "engine": engine.name}, world,
+                     f"level_{level}_model-{stage.fingerprint}", stage.artifact.home / f".{engine.name}")
+    result = out_dir / GROUP_RESULT
+    meta = json.loads(result.read_text())
+    result.unlink()
+    return meta
+
+
+def train_worker(config: dict) -> None:
+    """One worker of an engine's process group: `train` as under torchrun (the engine joined the process group)."""
+    out_dir = Path(config["out_dir"])
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    meta = train(config["cfg"], config["plan"], out_dir if rank == 0 else None, level=config["level"])
+    if rank == 0:
+        (out_dir / GROUP_RESULT).write_text(json.dumps({**meta, "engine": config["engine"]}))
+
+
 def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callable[[str], None] = print, *,
           level: int) -> dict | None:
     """The models stage: train level `level`'s denoiser and write it into out_dir; its metadata.
@@ -83,12 +116,9 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
             f"is emulated and many times slower than float32: set precision: float32 for this machine")
     data = load_level_data(cfg, plan, level)
     num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0
-    shape = data.state["image_shape"] if data.state else data.x.shape[1:]
+    shape = data.shape  # the level's data; a target transform's state (matryoshka's) is the backbone's business
     spec = model_spec(cfg, level, shape, [c.shape[1:] for c in data.conds], num_classes)
-    if data.state is not None:
-        spec["matryoshka"] = data.state  # sampling draws the extended state and keeps its finest resolution
-    if data.residual is not None:
-        spec["residual"] = data.residual  # sampling adds the base back (pipeline.pixel_levels.add_base)
+    spec.update(data.target)  # how sampling undoes level 0's target transforms (pipeline.level_kinds.finish_sample)
     torch.manual_seed(cfg.training_seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
     ema = AveragedModel(model, use_buffers=True)  # the store of the average; update_ema() updates it
@@ -246,57 +276,3 @@ def use_compile(setting: bool | str, device: torch.device) -> bool:
 
 def drop_mask(batch: int, p: float, g: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, generator=g, device=g.device) < p
-
-
-def write_run_file(cfg: Config, plan: dict[str, Stage], home: Path) -> Path:
-    """The resolved config and its plan in one JSON file under `home`, for a training process to read as they are.
-
-    The process then neither revalidates the YAML nor rebuilds the plan (which hashes the dataset): it trains
-    exactly the stage the launching asset resolved. The name is the content's hash, so reruns reuse the file.
-    """
-    import json
-    import os
-    import tempfile
-
-    from .cache import stable_hash
-    from .plan import plan_to_json
-
-    run = {"config": json.loads(cfg.model_dump_json(exclude={"variants"})), "plan": plan_to_json(plan)}
-    text = json.dumps(run, indent=1)
-    # A variant is named '<experiment>/<variant>': one flat file name (the config refuses unsafe names).
-    path = home / "run_configs" / f"{cfg.name.replace('/', '__')}-{stable_hash(run)}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp name of its own: two runs starting at once must not write into each other's file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    return path
-
-
-def read_run_file(path: str | Path) -> tuple[Config, dict[str, Stage]]:
-    """(config, plan) of a file write_run_file wrote."""
-    import json
-
-    from .plan import plan_from_json
-
-    run = json.loads(Path(path).read_text())
-    # JSON mode, as the file was written: the config was validated when the code location loaded it.
-    return config_from_json(json.dumps(run["config"])), plan_from_json(run["plan"])
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", help="experiment YAML or resolved JSON (default: $NESTED_CONFIG)")
-    ap.add_argument("--level", type=int, required=True)
-    ap.add_argument("--home", help="artifact root (default: $NESTED_HOME or .nested/)")
-    args = ap.parse_args(argv)
-    cfg = load_run_config(args.config)
-    if not 0 <= args.level < cfg.num_levels:
-        raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")
-    train_level(cfg, build_plan(cfg, Path(args.home) if args.home else nested_home()), args.level)
-
-
-if __name__ == "__main__":
-    main()

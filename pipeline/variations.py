@@ -19,12 +19,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import Config
 from .data import iter_pixels
-from .levels import encode_images, read_latents
+from .features import Preprocess, build_extractor
+from .ingest import label_names, prepare_image
+from .level_kinds import encode_images
+from .levels import read_latents
 from .pictures import labelled_grid
-from .plan import Stage
 from .sample import decode_level0, sample_hierarchy, to_uint8
+from .schema import Config
+from .stage import Stage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 PICTURE, TABLE = "variations.png", "variations.json"
@@ -37,8 +40,6 @@ def folder_images(folder: Path) -> list[Path]:
 def load_folder(cfg: Config, folder: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(names, level-0 images, encoder-size images) of a folder's images, prepared as ingest prepares the data.
     An image that cannot be read is refused by name."""
-    from .ingest import prepare_image
-
     names, small, large = [], [], []
     for p in folder_images(folder):
         try:
@@ -83,16 +84,12 @@ def sources(cfg: Config, plan: dict[str, Stage]) -> tuple[list[str], np.ndarray,
 
 
 def plan_label_names(plan: dict[str, Stage]) -> list[str]:
-    from .ingest import label_names
-
     return label_names(plan["images"].artifact.require())
 
 
 @torch.inference_mode()
 def pooled_features(cfg: Config, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, C) global-average-pooled encoder features of (N, H, W, 3) uint8 images, unit length."""
-    from .features import Preprocess, build_extractor
-
     extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
     f = torch.cat([extractor(pre(torch.tensor(images[i:i + batch_size]))).float().mean(dim=(1, 2))
                    for i in range(0, len(images), batch_size)])
@@ -128,8 +125,7 @@ def build_variations(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
         images[column] = []
         for m in range(vc.seeds):
             given = {level: real[level] for level in range(keep, L)}
-            gen = sample_hierarchy(cfg, plan, n, sc.seed + m, cfg.sampling_steps(), cfg.guidance(), sc.sampler,
-                                   sc.pixel_thresholding, sc.batch_size, given=given or None, labels=labels)
+            gen = sample_hierarchy(cfg, plan, n, sc.seed + m, cfg.sampling_plan(), given=given or None, labels=labels)
             images[column].append(to_uint8(decode_level0(cfg, gen[0])))
             latents.update({f"{column}/seed{m}/level_{level}": z.numpy() for level, z in gen.items()})
         log(f"variations: kept {column}: {n} images x {vc.seeds} seeds")

@@ -107,7 +107,7 @@ def test_a_gap_between_one_and_two_stds_is_weak_and_a_loss_is_missed():
 def test_a_collection_keeps_the_recorded_runs_of_unchanged_configs():
     """Adding one variant to a finished sweep on a fresh machine keeps the runs whose artifacts are gone, as long
     as their config is unchanged; a run built again replaces its record, a changed config drops it."""
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     ab = ablation()
     cfg = load_config(ROOT / "configs" / "ablation_cpu.yaml", check_files=False)

@@ -234,7 +234,7 @@ def test_a_copied_sample_shard_is_damage_not_more_samples(home):
 
 
 def test_an_extra_latent_shard_never_enters_training(home):
-    from pipeline.data import load_level_data
+    from pipeline.level_kinds import load_level_data
     from pipeline.levels import latent_shards
 
     plan = home["plan"]

@@ -121,7 +121,7 @@ def test_bad_compute_settings_are_refused_by_field(compute, field, reason):
 
 
 def test_the_engine_changes_no_fingerprint():
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
 
     fps = {config_fingerprint(parse_config(with_change("compute", c), "t.yaml")) for c in (
         {"engine": "local"}, {"engine": "ray", "ray": {"address": "auto", "workers": 8}},

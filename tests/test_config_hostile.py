@@ -91,8 +91,8 @@ def test_hostile_variant_refused_under_its_name():
 
 def test_run_file_stays_under_home_and_reads_back(tmp_path):
     from pipeline.cache import Artifact
-    from pipeline.plan import Stage
-    from pipeline.train import read_run_file, write_run_file
+    from pipeline.stage import Stage
+    from pipeline.run_file import read_run_file, write_run_file
 
     cfg = parse_config(changed({"variants": {"v": {"levels.1.sigma": 0.0}}}), check_files=False)
     variant = variant_configs(cfg, check_files=False)["v"]

@@ -15,8 +15,10 @@ from dagster import AssetKey, DagsterInstance, PipesSubprocessClient, materializ
 
 from assets.factory import Scope
 from assets.k8s import DEFAULT_CLAIM, K8S_CONFIG_TAG, executor_for, k8s_tags, step_k8s_config
-from assets.training import level_model_asset
-from pipeline.config import PROJECT_ROOT, ComputeConfig, ConfigError, K8sComputeConfig, parse_config
+from assets.training import MODELS, level_model_asset
+from assets.views import VIEWS, view_of
+from pipeline.config import PROJECT_ROOT, ConfigError, parse_config
+from pipeline.schema import ComputeConfig, K8sComputeConfig
 from pipeline.plan import build_plan
 
 K8S = PROJECT_ROOT / "deploy" / "k8s"
@@ -133,7 +135,7 @@ def test_step_tags_validate_and_size_each_assets_pod(tiny_cfg, tmp_path, gpus):
     cfg = k8s_cfg(tiny_cfg, gpus)
     job_config = DagsterK8sJobConfig(job_image=IMAGE, dagster_home="/opt/dagster/dagster_home", instance_config_map="i")
     for name, stage in build_plan(cfg, tmp_path).items():
-        tags = k8s_tags(cfg, stage)
+        tags = k8s_tags(cfg, view_of(stage.kind).resources)
         assert set(tags) == {K8S_CONFIG_TAG}
         user_config = get_user_defined_k8s_config(tags)  # the executor's own reading of a step's tags
         job = construct_dagster_k8s_job(job_config, ["dagster"], "step", user_defined_k8s_config=user_config)
@@ -152,8 +154,8 @@ def test_step_tags_are_checked_by_dagster_k8s():
         get_user_defined_k8s_config({K8S_CONFIG_TAG: json.dumps({"container_confg": {}})})
     with pytest.raises(Exception, match="resourcez"):
         get_user_defined_k8s_config({K8S_CONFIG_TAG: json.dumps({"container_config": {"resourcez": {}}})})
-    with pytest.raises(KeyError, match="STEP_RESOURCES"):
-        step_k8s_config(None, "a_new_stage")
+    with pytest.raises(KeyError, match="VIEWS"):
+        view_of("a_new_stage")
 
 
 def test_the_k8s_executor_config_validates(tiny_cfg, tmp_path, monkeypatch):
@@ -171,13 +173,13 @@ def test_the_k8s_executor_config_validates(tiny_cfg, tmp_path, monkeypatch):
         per_step = config["per_step_k8s_config"]
         assert set(per_step) == {a.op.name for a in defs.assets}
         assert per_step["encoder_features"]["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert per_step["level_0_model"]["container_config"] == step_k8s_config(cfg, "models")["container_config"]
+        assert per_step["level_0_model"]["container_config"] == step_k8s_config(cfg, VIEWS["models"].resources)["container_config"]
     local = build_definitions(tiny_cfg, tmp_path)
     assert local.resolve_job_def("all_assets").executor_def.name == "in_process"
     assert local.resolve_job_def("train_levels_in_parallel").executor_def.name == "multiprocess"
-    monkeypatch.setattr("assets.k8s.step_k8s_config", lambda cfg, kind: {"container_confg": {}})
+    monkeypatch.setattr("assets.k8s.step_k8s_config", lambda cfg, resources: {"container_confg": {}})
     with pytest.raises(ValueError, match="container_confg"):
-        executor_for(cfg, list(defs.assets), None)
+        executor_for(cfg, {a.op.name: {} for a in defs.assets}, None)
 
 
 # -- the training pod, through PipesK8sClient against a fake Kubernetes API
@@ -231,7 +233,7 @@ def test_the_model_asset_trains_in_a_pod_through_pipes(tiny_cfg, tmp_path, fake_
         pipes("closed"),
     ]
     scope = Scope(cfg, plan, {name: AssetKey([name]) for name in plan}, tmp_path)
-    result = materialize([level_model_asset(scope, "level_0_model")], instance=DagsterInstance.ephemeral(),
+    result = materialize([level_model_asset(scope, "level_0_model", MODELS)], instance=DagsterInstance.ephemeral(),
                          resources={"pipes_subprocess_client": PipesSubprocessClient()})
     assert result.success
     # What the pod reported through Pipes is the asset's materialization, as on the subprocess path.

@@ -5,7 +5,8 @@ import importlib.util
 import pytest
 
 from pipeline.config import PROJECT_ROOT as ROOT
-from pipeline.config import config_fingerprint, load_config, variant_configs
+from pipeline.config import load_config, variant_configs
+from pipeline.fingerprints import config_fingerprint
 
 
 def families():

@@ -19,7 +19,9 @@ from PIL import Image
 import pipeline.cache as cache_mod
 import pipeline.ingest as ingest_mod
 from models.weights import resolve_weights
-from pipeline.config import DatasetConfig, config_fingerprint, parse_config
+from pipeline.config import parse_config
+from pipeline.fingerprints import config_fingerprint
+from pipeline.schema import DatasetConfig
 from pipeline.ingest import HASH_CACHE, source_fingerprint
 from pipeline.plan import build_plan
 

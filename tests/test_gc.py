@@ -1,4 +1,4 @@
-"""`python -m pipeline.gc`: what it keeps (the configs' plans, recent materializations, whatever a running build
+"""`python -m assets.gc` (pipeline/gc.py): what it keeps (the configs' plans, recent materializations, whatever a running build
 holds), what it lists as removable with its size, and that only --delete removes anything.
 
 The home is the tiny config's plan with a small stand-in artifact at every path (building the real ones is
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from assets.gc import main as gc_command
 from pipeline import gc
 from pipeline.cache import MARKER, Artifact, human_bytes, tree_bytes
 from pipeline.config import PROJECT_ROOT
@@ -92,7 +93,7 @@ def test_dry_run_lists_orphans_with_sizes_and_deletes_nothing(home, capsys):
     orphan = stand_in(home, "models", ORPHAN, 3000)
     (home / "models" / "notes.txt").write_text("mine")  # not the cache's: left alone
     before = snapshot(home)
-    assert gc.main([str(TINY)]) == 0
+    assert gc_command([str(TINY)]) == 0
     out = capsys.readouterr().out
     size = human_bytes(tree_bytes(orphan.path))
     assert f"{size}  models/{ORPHAN}" in out and "dry run: nothing removed" in out
@@ -100,10 +101,10 @@ def test_dry_run_lists_orphans_with_sizes_and_deletes_nothing(home, capsys):
     assert f"in use: {len(plan)} artifacts" in out and "left alone, not the cache's (1): models/notes.txt" in out
     assert snapshot(home) == before
 
-    assert gc.main([str(TINY), "--delete"]) == 0
+    assert gc_command([str(TINY), "--delete"]) == 0
     assert not orphan.path.exists() and (home / "models" / "notes.txt").is_file()
     assert all(st.artifact.is_complete() for st in plan.values())
-    assert gc.main([str(TINY)]) == 0 and "nothing to remove" in capsys.readouterr().out
+    assert gc_command([str(TINY)]) == 0 and "nothing to remove" in capsys.readouterr().out
 
 
 def test_never_removes_what_a_running_build_holds(home, capsys):
@@ -138,7 +139,7 @@ def test_never_removes_what_a_running_build_holds(home, capsys):
         assert {p for p, (s, _) in state.items() if s == gc.REMOVABLE} == removable
 
         # The command: a dry run says what each is; --delete removes the removable ones and nothing held.
-        assert gc.main([str(TINY)]) == 0
+        assert gc_command([str(TINY)]) == 0
         out = capsys.readouterr().out
         for name, says in ((f"models/{ORPHAN}", "artifact: held: its lock is taken"),
                            ("models/3333333333333333.work", "training checkpoints: held"),
@@ -149,11 +150,11 @@ def test_never_removes_what_a_running_build_holds(home, capsys):
                            ("models/6666666666666666", "incomplete artifact: no completion marker")):
             assert says in line_of(out, name), (name, says)
         assert f"models/{resumable.name}" not in out  # in use: counted, not listed
-        assert gc.main([str(TINY), "--delete"]) == 0
+        assert gc_command([str(TINY), "--delete"]) == 0
         assert all(p.exists() for p in kept | {resumable}) and held.is_complete()
         assert not any(p.exists() for p in removable)
     # Released (and the builder gone): the orphan artifact, the temporary builds and the checkpoints go.
-    assert gc.main([str(TINY), "--delete"]) == 0
+    assert gc_command([str(TINY), "--delete"]) == 0
     assert not any(p.exists() for p in (held.path, held_tmp, held_work, alive_tmp)) and resumable.exists()
     assert all(st.artifact.is_complete() for st in plan.values() if st is not unbuilt)
 
@@ -181,7 +182,7 @@ def test_a_config_that_cannot_be_planned_is_reported_and_protects_what_may_be_it
     ref = gc.referenced([TINY, paper, broken], home)
     assert [u.name for u in ref.unplanned] == ["paper", "broken"] and not any(u.evidence for u in ref.unplanned)
     assert "not_here" in ref.unplanned[0].reason
-    assert gc.main([str(TINY), str(paper), str(broken)]) == 0
+    assert gc_command([str(TINY), str(paper), str(broken)]) == 0
     captured = capsys.readouterr()
     assert "paper.yaml ('paper') could not be planned" in captured.err and "no sign of its artifacts" in captured.err
     assert f"models/{ORPHAN}" in captured.out  # no sign that it ran here: the orphan stays removable
@@ -190,13 +191,13 @@ def test_a_config_that_cannot_be_planned_is_reported_and_protects_what_may_be_it
     run_configs = home / "run_configs"
     run_configs.mkdir()
     (run_configs / "paper-0000.json").write_text('{"config": {"name": "paper"}, "plan": {}}')
-    assert gc.main([str(TINY), str(paper), "--delete"]) == 0
+    assert gc_command([str(TINY), str(paper), "--delete"]) == 0
     captured = capsys.readouterr()
     assert "may have artifacts here (run file run_configs/paper-0000.json)" in captured.err
     assert "may belong to 'paper', which could not be planned" in captured.out and orphan.is_complete()
     assert "nothing to remove" in captured.out
     # Named alone, the configs to keep decide: the paper config is not consulted.
-    assert gc.main([str(TINY), "--delete"]) == 0 and not orphan.path.exists()
+    assert gc_command([str(TINY), "--delete"]) == 0 and not orphan.path.exists()
 
 
 def test_recent_materializations_in_the_instance_are_kept(home, tmp_path, monkeypatch, capsys):
@@ -218,17 +219,27 @@ def test_recent_materializations_in_the_instance_are_kept(home, tmp_path, monkey
     assert "1 since" in recent.source
     assert recent_references(time.time() + 60).fingerprints == {}  # older than the window: not protected
 
-    assert gc.main([str(TINY), "--delete"]) == 0
+    assert gc_command([str(TINY), "--delete"]) == 0
     out = capsys.readouterr().out
     assert "recent materialization (samples," in out and orphan.is_complete()
-    assert gc.main([str(TINY), "--delete", "--keep-days", "0"]) == 0 and not orphan.path.exists()
+    assert gc_command([str(TINY), "--delete", "--keep-days", "0"]) == 0 and not orphan.path.exists()
 
 
 def test_an_unreadable_instance_stops_deletion(home, tmp_path, monkeypatch, capsys):
     home, _ = home
     orphan = stand_in(home, "models", ORPHAN)
     monkeypatch.setattr(gc, "recent_materializations",
-                        lambda days: gc.Recent(source="the instance at X", error="OperationalError: no such server"))
-    assert gc.main([str(TINY), "--delete"]) == 2
+                        lambda days, read: gc.Recent(source="the instance at X", error="OperationalError: no such server"))
+    assert gc_command([str(TINY), "--delete"]) == 2
     assert "refusing to delete" in capsys.readouterr().err and orphan.is_complete()
-    assert gc.main([str(TINY)]) == 0  # a dry run still lists, with the warning
+    assert gc_command([str(TINY)]) == 0  # a dry run still lists, with the warning
+
+
+def test_without_a_reader_of_the_instance_nothing_is_deleted(home, capsys):
+    """pipeline.gc knows no orchestrator: run without the asset layer's reader (assets/gc.py hands it one), it may
+    list but never deletes what a recent materialization could refer to."""
+    home, _ = home
+    orphan = stand_in(home, "models", ORPHAN)
+    assert gc.main([str(TINY), "--delete"]) == 2
+    assert "python -m assets.gc" in capsys.readouterr().err and orphan.is_complete()
+    assert gc.main([str(TINY), "--delete", "--keep-days", "0"]) == 0 and not orphan.path.exists()

@@ -13,7 +13,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from pipeline.config import DatasetConfig
+from pipeline.schema import DatasetConfig
 from pipeline.ingest import (image_shards, ingest, label_names, read_manifest, source_fingerprint, to_rgb)
 
 RES, SRC = 16, 24

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from assets.testing import run_assets
-from pipeline.config import ConfigError, config_fingerprint, load_config, parse_config
-from pipeline.data import iter_pixels, load_level_data
+from pipeline.config import ConfigError, load_config, parse_config
+from pipeline.fingerprints import config_fingerprint
+from pipeline.data import iter_pixels
+from pipeline.level_kinds import load_level_data
 from pipeline.levels import load_stats, read_latents
 from pipeline.pixel_levels import add_base, destandardize, downsample, upsample
 from pipeline.plan import build_plan
@@ -68,9 +70,9 @@ def test_level_0_learns_the_residual_over_the_base(msf):
     cfg, plan = msf["cfg"], msf["plan"]
     data = load_level_data(cfg, plan, 0)
     pixels = torch.from_numpy(np.stack([x for _, x, _ in iter_pixels(plan["images"].path, "train")]))
-    assert data.residual is not None and data.residual["level"] == 1
+    assert data.target["residual"]["level"] == 1
     assert data.x.std().item() == pytest.approx(1.0, abs=1e-3)  # scaled to unit std
-    rebuilt = add_base(data.x, data.conds[0], data.residual)
+    rebuilt = add_base(data.x, data.conds[0], data.target["residual"])
     torch.testing.assert_close(rebuilt, pixels, atol=1e-5, rtol=0)
     # the residual is what the upsampled base lacks: it carries less than the image
     base = upsample(downsample(pixels, 8), (16, 16))
@@ -80,7 +82,7 @@ def test_level_0_learns_the_residual_over_the_base(msf):
     assert curve[-1] < curve[0]
     from pipeline.model_io import read_spec
 
-    assert read_spec(plan["level_0_model"].path)["residual"]["scale"] == pytest.approx(data.residual["scale"])
+    assert read_spec(plan["level_0_model"].path)["residual"]["scale"] == pytest.approx(data.target["residual"]["scale"])
 
 
 def test_sampling_adds_the_generated_base_and_takes_each_levels_steps(msf, monkeypatch):
@@ -96,7 +98,7 @@ def test_sampling_adds_the_generated_base_and_takes_each_levels_steps(msf, monke
         return torch.zeros_like(out) if level == 0 else out  # a residual of zeros: the image is the base alone
 
     monkeypatch.setattr(sample_mod, "sample_level", spy)
-    gen = sample_mod.sample_hierarchy(cfg, plan, 6, seed=3, steps=cfg.sampling_steps(), guidance=cfg.guidance())
+    gen = sample_mod.sample_hierarchy(cfg, plan, 6, seed=3)  # the config's sampling plan
     assert steps_seen == {0: 3, 1: 5}  # level_steps [3] for level 0, sampling.steps for the rest
     stats = load_stats(plan["level_1_latents"].path)
     expected = upsample(destandardize(gen[1], stats["mean"], stats["std"]), (16, 16))
@@ -123,7 +125,7 @@ def test_a_cascade_shares_the_base_and_conditions_on_it(msf):
     assert moved == {"level_0_model"} | EVAL
     data = load_level_data(cfg, plan, 0)
     pixels = torch.from_numpy(np.stack([x for _, x, _ in iter_pixels(plan["images"].path, "train")]))
-    assert data.residual is None and torch.equal(data.x, pixels) and data.conds[0].shape[1:] == (3, 8, 8)
+    assert "residual" not in data.target and torch.equal(data.x, pixels) and data.conds[0].shape[1:] == (3, 8, 8)
     result = run_assets(cfg, home, names=["level_1_latents", "level_1_model", "level_0_model"])
     assert [result.asset_materializations_for_node(n)[0].metadata["cache"].value
             for n in ("level_1_latents", "level_1_model", "level_0_model")] == ["hit", "hit", "miss"]
@@ -216,7 +218,7 @@ def test_semantic_levels_over_a_pixel_base_condition_every_finer_level(msf):
     assert specs[0]["residual"]["level"] == 1 and "residual" not in specs[1]
     from pipeline.sample import sample_hierarchy
 
-    gen = sample_hierarchy(cfg, plan, 4, seed=0, steps=cfg.sampling_steps(), guidance=cfg.guidance())
+    gen = sample_hierarchy(cfg, plan, 4, seed=0)
     assert gen[0].shape == (4, 3, 16, 16) and gen[1].shape == (4, 3, 8, 8) and gen[3].shape == (4, 8, 2, 2)
     assert torch.isfinite(gen[0]).all()
     # the residual carries less than the image: the image stays near its generated 8x8 base, upsampled

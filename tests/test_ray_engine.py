@@ -14,7 +14,8 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 
 from pipeline.checkpoint import latest_checkpoint  # noqa: E402
-from pipeline.config import config_fingerprint, load_config, parse_config  # noqa: E402
+from pipeline.config import load_config, parse_config  # noqa: E402
+from pipeline.fingerprints import config_fingerprint
 from pipeline.features import open_features  # noqa: E402
 from pipeline.plan import build_plan  # noqa: E402
 from pipeline.stages import materialize  # noqa: E402

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from models.denoiser import BACKBONES, build_denoiser, input_shape
-from pipeline.config import ConfigError, DatasetConfig, parse_config
+from pipeline.config import ConfigError, parse_config
+from pipeline.schema import DatasetConfig
 from pipeline.sources import SOURCES
 
 IN_SHAPE, COND_SHAPES = (4, 8, 8), [(4, 4, 4)]  # tiny: 8 x 8 is divisible by every UNet size's downsampling

@@ -7,9 +7,11 @@ from pipeline.sample import sample_hierarchy, to_uint8
 
 def test_top_down_sampling_is_seeded(tiny_run):
     cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
-    a = sample_hierarchy(cfg, plan, 3, seed=1, steps=4, guidance=[0.2, 0.3, 0.4], batch_size=2)
-    b = sample_hierarchy(cfg, plan, 3, seed=1, steps=4, guidance=[0.2, 0.3, 0.4], batch_size=2)
-    c = sample_hierarchy(cfg, plan, 3, seed=2, steps=4, guidance=[0.2, 0.3, 0.4], batch_size=2)
+    how = cfg.sampling_plan(steps=4, guidance=[0.2, 0.3, 0.4], batch_size=2)
+    assert how.steps == (4, 4, 4) and how.guidance == (0.2, 0.3, 0.4)
+    a = sample_hierarchy(cfg, plan, 3, seed=1, sampling=how)
+    b = sample_hierarchy(cfg, plan, 3, seed=1, sampling=how)
+    c = sample_hierarchy(cfg, plan, 3, seed=2, sampling=how)
     assert a[0].shape == (3, 3, 16, 16) and a[1].shape == (3, 16, 4, 4) and a[2].shape == (3, 8, 2, 2)
     for level in a:
         assert torch.equal(a[level], b[level])
@@ -21,7 +23,8 @@ def test_large_requests_are_generated_batch_by_batch(tiny_run):
     from pipeline.sample import iter_hierarchy
 
     cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
-    sizes = [b[0].shape[0] for b in iter_hierarchy(cfg, plan, 11, seed=0, steps=2, batch_size=4)]
+    sizes = [b[0].shape[0] for b in iter_hierarchy(cfg, plan, 11, seed=0,
+                                                          sampling=cfg.sampling_plan(steps=2, batch_size=4))]
     assert sizes == [4, 4, 3]  # never more than one batch of any level in memory
 
 
@@ -46,7 +49,7 @@ def test_class_conditional_sampling_draws_training_labels(tiny_run, monkeypatch)
     def only(label):  # every sample gets this label
         monkeypatch.setattr(sample, "label_frequencies", lambda plan: torch.nn.functional.one_hot(
             torch.tensor(label), 10).double())
-        return sample_hierarchy(cfg, plan, 4, seed=0, steps=3, guidance=[1.0])[0]
+        return sample_hierarchy(cfg, plan, 4, seed=0, sampling=cfg.sampling_plan(steps=3, guidance=[1.0]))[0]
 
     three = only(3)
     assert torch.equal(three, only(3)) and not torch.allclose(three, only(5))  # the label reaches the model
@@ -61,7 +64,7 @@ def test_given_coarse_latents_are_kept_and_condition_the_finer_levels(tiny_run):
     real, _ = oracle_conditions(cfg, plan, 4)
     ladder = oracle_ladder(real)
     assert list(ladder) == [2] and set(ladder[2]) == {2}  # L = 3: only the coarsest level given
-    kw = dict(seed=3, steps=3, guidance=[0.0, 0.0, 0.0], batch_size=4)
+    kw = dict(seed=3, sampling=cfg.sampling_plan(steps=3, guidance=[0.0, 0.0, 0.0], batch_size=4))
     part = sample_hierarchy(cfg, plan, 4, given=ladder[2], **kw)
     flipped = sample_hierarchy(cfg, plan, 4, given={2: -real[2]}, **kw)
     assert torch.equal(part[2], real[2]) and part[1].shape == real[1].shape

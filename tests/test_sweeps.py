@@ -32,7 +32,8 @@ def test_a_dotted_key_edits_only_its_own_variant_when_yaml_anchors_share_a_value
              "  short_s0: {<<: *short, levels.0.sigma: 0.0}\n  short_again: {levels: *lv}\n")
     path = tmp_path / "anchors.yaml"
     path.write_text(text)
-    from pipeline.config import config_fingerprint, load_config
+    from pipeline.config import load_config
+    from pipeline.fingerprints import config_fingerprint
 
     cfg = load_config(path, check_files=False)
     v = variant_configs(cfg, check_files=False)

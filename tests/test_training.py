@@ -98,7 +98,7 @@ def test_training_process_trains_the_plan_it_is_given(tiny_run, monkeypatch):
         raise AssertionError("the training process rebuilt the plan")
 
     monkeypatch.setattr("pipeline.plan.build_plan", rebuilt)
-    monkeypatch.setattr("pipeline.train.build_plan", rebuilt)
+    monkeypatch.setattr("pipeline.train_cli.build_plan", rebuilt)
     monkeypatch.delenv(DAGSTER_PIPES_CONTEXT_ENV_VAR, raising=False)
     train_entry.main(cmd[cmd.index("--run-file"):])
     stage = plan["level_2_model"]
@@ -172,7 +172,7 @@ def test_level0_as_a_vae_latent(tiny_run, tmp_path):
     assert result.success
     _, spec = load_level_model(build_plan(cfg, tiny_run["home"])["level_0_model"].path)
     assert spec["in_shape"] == [4, 8, 8]  # 16 px through a 2x-downsampling VAE with 4 latent channels
-    from pipeline.costs import level_shape
+    from pipeline.level_kinds import level_shape
     assert level_shape(cfg, 0) == (4, 8, 8)
     assert list((tiny_run["home"] / "vae_latents").glob("*/latents.safetensors"))  # encoded once, cached
 
@@ -235,7 +235,7 @@ def test_ema_update_equals_averaged_models_own_update_with_the_warm_up():
 
 
 def test_compile_is_a_compute_setting_gpu_only_by_default(tiny_cfg):
-    from pipeline.config import config_fingerprint
+    from pipeline.fingerprints import config_fingerprint
     from pipeline.train import use_compile
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)

@@ -37,7 +37,8 @@ def test_new_images_encode_to_the_stored_latents(tiny_run):
     import webdataset as wds
 
     from pipeline.ingest import image_shards
-    from pipeline.levels import encode_images, read_latents
+    from pipeline.level_kinds import encode_images
+    from pipeline.levels import read_latents
 
     cfg, plan = tiny_run["cfg"], build_plan(tiny_run["cfg"], tiny_run["home"])
     first = [s for _, s in zip(range(6), wds.WebDataset(image_shards(plan["images"].path), shardshuffle=False))]
