@@ -29,8 +29,8 @@ def experiment_scope(cfg: Config, home: Path, variant: str | None, owner: dict[s
     plan = build_plan(cfg, home)
     keys, own = {}, []
     for name, stage in plan.items():
-        if variant and stage.kind == "neighbours":
-            continue  # a variant's latents are the base's (or a subset): its neighbour picture adds nothing
+        if variant and not view_of(stage.kind).in_variants:
+            continue
         if stage.fingerprint not in owner:
             owner[stage.fingerprint] = AssetKey([variant, name] if variant else [name])
             own.append(name)

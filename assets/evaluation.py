@@ -78,8 +78,9 @@ EVALUATION = View(group="evaluation", kinds=("parquet",), resources=CPU, describ
                   metadata=_evaluation,
                   keywords=lambda scope: {"variant": scope.variant or ""})
 
+# A variant's latents are the base's (or a subset): its neighbour picture adds nothing.
 NEIGHBOURS = View(
-    group="evaluation", kinds=("faiss",), resources=LIGHT,
+    group="evaluation", kinds=("faiss",), resources=LIGHT, in_variants=False,
     describe=lambda cfg, stage: "Nearest training images of held-out queries under each level's latents (paper "
                                 "Figure 3): coarse levels find semantic neighbours, fine levels visual ones.",
     metadata=lambda cfg, plan, stage, meta, log: {

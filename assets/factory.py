@@ -59,6 +59,7 @@ class View:
     # (scope, name, view) -> its asset; None: `stage_asset`, the stage function in the step's process. A kind whose
     # asset runs its work in a process of its own (training) runs side by side in the parallel job.
     make_asset: Callable[[Scope, str, "View"], AssetsDefinition] | None = None
+    in_variants: bool = True  # False: a sweep variant gets no asset of its own (it would show what the base shows)
 
 
 def shown_metadata(stage: Stage, meta: dict, hit: bool, extra: dict) -> dict:

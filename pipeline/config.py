@@ -18,6 +18,7 @@ from models.denoiser import get_backbone
 from models.encoder import probe_features, resolve_weights
 from models.weights import is_local_file
 
+from .level_kinds import level_kind
 from .schema import Config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -83,8 +84,8 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
         if tc.size not in sizes:
             raise ConfigError(f"{name}.size: unknown {tc.backbone} size '{tc.size}'; choose one of {sorted(sizes)}")
     for i, lv in enumerate(cfg.levels):
-        if lv.kind != "semantic":
-            continue  # made from level 0, not from the features
+        if not level_kind(cfg, i + 1).from_features:
+            continue  # made from level 0
         if lv.pool > min(h, w):
             raise ConfigError(f"levels[{i}].pool: {lv.pool} is larger than the encoder's {h}x{w} feature grid "
                               f"({enc.name} {enc.layer} at {enc.input_size} px)")

@@ -12,7 +12,7 @@ from models.weights import checkpoint_sha256, is_local_file
 
 from .cache import stable_hash
 from .ingest import source_fingerprint
-from .schema import Config
+from .schema import Config, LevelConfig
 
 
 def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
@@ -39,7 +39,7 @@ def without_new_defaults(dump: dict) -> dict:
     """A config dump without fields added after results were recorded, where they hold their defaults (a level's
     kind 'semantic', no per-level sampling steps): configs written before them keep their fingerprints."""
     for lv in dump.get("levels", []):
-        if lv.get("kind") == "semantic":
+        if lv.get("kind") == LevelConfig.model_fields["kind"].default:
             del lv["kind"]
     if "sampling" in dump and not dump["sampling"].get("level_steps"):
         dump["sampling"].pop("level_steps", None)

@@ -51,6 +51,7 @@ class LevelData:
 class SemanticLevel:
     """The encoder's features pooled to s x s, the leading c SVD channels, standardized (pipeline/levels.py)."""
     name = "semantic"
+    from_features = True  # its pool and channels must fit the encoder's feature grid
 
     def latent_settings(self, cfg: Config, level: int) -> dict:
         lv = cfg.level(level)
@@ -88,6 +89,8 @@ class SemanticLevel:
 class PixelLevel:
     """Level 0's data area-averaged to pool x pool and standardized (pipeline/pixel_levels.py). Its two kinds share
     the latents and the model: only what level 0 learns over them differs (`use`)."""
+
+    from_features = False
 
     def __init__(self, name: str, use: str):
         self.name, self.use = name, use
