@@ -47,7 +47,8 @@ def encoder_settings(cfg: Config, level=None) -> dict:
     # Nor where a local checkpoint lies: its content hash is the "checkpoint" input ("hub", "none" and
     # "package:..." are names, kept).
     local = is_local_file(cfg.encoder.weights)
-    return {"encoder": cfg.encoder.model_dump(mode="json", exclude={"batch_size", "weights"} if local else {"batch_size"})}
+    exclude = {"batch_size", "weights"} if local else {"batch_size"}
+    return {"encoder": cfg.encoder.model_dump(mode="json", exclude=exclude)}
 
 
 def latents_settings(cfg: Config, level: int) -> dict:
@@ -110,82 +111,89 @@ def _require(plan: dict, name: str) -> Path:
 
 STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind(
-        "images", "1", one("images"), dataset_settings,
-        lambda cfg, plan, level, home: {"source": source_fingerprint(cfg.dataset, cache_dir=home)},
-        build_images,
+        name="images", code_version="1", stages=one("images"), settings=dataset_settings,
+        inputs=lambda cfg, plan, level, home: {"source": source_fingerprint(cfg.dataset, cache_dir=home)},
+        build=build_images,
         checks=(Check("shards_match_manifest", "Every manifest row is in the image shards, and nothing else.",
                       lambda cfg, plan, st: checks.images_match_manifest(st.artifact.require())),)),
     StageKind(
-        "features", "1", one("encoder_features"), encoder_settings,
-        lambda cfg, plan, level, home: {"images": plan["images"], "checkpoint": checkpoint_sha256(cfg.encoder.weights)},
-        build_features, uses_engine=True,
+        name="features", code_version="1", stages=one("encoder_features"), settings=encoder_settings,
+        inputs=lambda cfg, plan, level, home: {"images": plan["images"],
+                                               "checkpoint": checkpoint_sha256(cfg.encoder.weights)},
+        build=build_features, uses_engine=True,
         checks=(Check("finite", "Every feature is finite and there is one feature map per manifest row.",
-                      lambda cfg, plan, st: checks.features_are_finite(st.artifact.require(), _require(plan, "images"))),)),
+                      lambda cfg, plan, st: checks.features_are_finite(st.artifact.require(),
+                                                                      _require(plan, "images"))),)),
     StageKind(
-        "svd", "1", one("svd"), lambda cfg, level: {},
-        lambda cfg, plan, level, home: {"features": plan["encoder_features"]},
-        build_basis,
+        name="svd", code_version="1", stages=one("svd"), settings=lambda cfg, level: {},
+        inputs=lambda cfg, plan, level, home: {"features": plan["encoder_features"]},
+        build=build_basis,
         checks=(Check("orthonormal", "The basis loads, is finite, orthonormal, one axis per feature channel, variances "
                       "descending.", lambda cfg, plan, st: checks.basis_is_orthonormal(
                           st.artifact.require(), plan["encoder_features"].artifact.metadata()["shape"][-1])),)),
     StageKind(
-        "latents", "1", lambda cfg: [(f"level_{level}_latents", level) for level in semantic_levels(cfg)],
-        latents_settings, lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
-        build_level_latents,
+        name="latents", code_version="1",
+        stages=lambda cfg: [(f"level_{level}_latents", level) for level in semantic_levels(cfg)],
+        settings=latents_settings,
+        inputs=lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
+        build=build_level_latents,
         checks=(Check("standardized", "Latents are finite; each training channel has mean ~0 and std ~1.",
                       lambda cfg, plan, st: checks.latents_are_standardized(st.artifact.require())),
                 Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's splits.",
                       lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
                                                                          _require(plan, "images"))))),
     StageKind(
-        "models", "2", lambda cfg: [(f"level_{level}_model", level) for level in range(cfg.num_levels)],
-        model_settings, lambda cfg, plan, level, home: model_inputs(cfg, plan, level),
-        train, materialize=train_level,  # its own driver: torchrun's ranks, an engine's group, its checkpoints
+        name="models", code_version="2",
+        stages=lambda cfg: [(f"level_{level}_model", level) for level in range(cfg.num_levels)],
+        settings=model_settings, inputs=lambda cfg, plan, level, home: model_inputs(cfg, plan, level),
+        build=train, materialize=train_level,  # its own driver: torchrun's ranks, an engine's group, its checkpoints
         checks=(Check("checkpoint_loads", "The checkpoint loads and one denoising forward is finite and well shaped.",
                       lambda cfg, plan, st: checks.checkpoint_loads(cfg, plan, st.level)),)),
     StageKind(
-        "samples", "1", one("samples"),
-        lambda cfg, level: {"sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
-        lambda cfg, plan, level, home: {f"level_{lv}": plan[f"level_{lv}_model"] for lv in range(cfg.num_levels)},
-        generate_samples, uses_engine=True,
+        name="samples", code_version="1", stages=one("samples"),
+        settings=lambda cfg, level: {"sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
+        inputs=lambda cfg, plan, level, home: {f"level_{lv}": plan[f"level_{lv}_model"]
+                                               for lv in range(cfg.num_levels)},
+        build=generate_samples, uses_engine=True,
         checks=(Check("complete", "All requested samples are in the shards and decode; their latents are finite.",
                       lambda cfg, plan, st: checks.samples_are_complete(st.artifact.require(),
                                                                        cfg.sampling.num_samples)),)),
     # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
     StageKind(
-        "reference", "1", one("reference_stats"),
-        lambda cfg, level: {"max_images": cfg.sampling.reference_images, "inception": inception_identity(cfg)},
-        lambda cfg, plan, level, home: {"images": plan["images"]},
-        build_reference,
+        name="reference", code_version="1", stages=one("reference_stats"),
+        settings=lambda cfg, level: {"max_images": cfg.sampling.reference_images, "inception": inception_identity(cfg)},
+        inputs=lambda cfg, plan, level, home: {"images": plan["images"]},
+        build=build_reference,
         checks=(Check("consistent", "Inception features of every reference and held-out image, finite; mu is their "
                       "mean.", lambda cfg, plan, st: checks.reference_is_consistent(
                           st.artifact.require(), st.artifact.metadata()["num_reference"],
                           st.artifact.metadata()["num_holdout"])),)),
     StageKind(
-        "evaluation", "2", one("evaluation"),
-        lambda cfg, level: {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
-                            "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
-        lambda cfg, plan, level, home: {"samples": plan["samples"], "reference": plan["reference_stats"]},
-        evaluate_run, uses_engine=True,
+        name="evaluation", code_version="2", stages=one("evaluation"),
+        settings=lambda cfg, level: {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
+                                     "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
+        inputs=lambda cfg, plan, level, home: {"samples": plan["samples"], "reference": plan["reference_stats"]},
+        build=evaluate_run, uses_engine=True,
         checks=(Check("row_present", "The evaluation table has this evaluation's row, with a finite FID.",
                       lambda cfg, plan, st: checks.evaluation_row_present(st.artifact.home, st.fingerprint)),)),
     StageKind(
-        "neighbours", "2", one("level_neighbours"), lambda cfg, level: {"queries": QUERIES, "k": K},
-        lambda cfg, plan, level, home: {"images": plan["images"], **latents(cfg, plan, semantic_levels(cfg))},
-        level_neighbours,
+        name="neighbours", code_version="2", stages=one("level_neighbours"),
+        settings=lambda cfg, level: {"queries": QUERIES, "k": K},
+        inputs=lambda cfg, plan, level, home: {"images": plan["images"], **latents(cfg, plan, semantic_levels(cfg))},
+        build=level_neighbours,
         checks=(Check("complete", "k neighbours of every query under every level, and the picture decodes.",
                       lambda cfg, plan, st: checks.neighbours_complete(st.artifact.require(), cfg.num_levels,
                                                                       st.artifact.metadata()["k"])),)),
     StageKind(
         # Nothing to keep in a plain diffusion model: no variations for L = 1.
-        "variations", "1", lambda cfg: [("variations", None)] if cfg.num_levels > 1 else [],
-        lambda cfg, level: {"variations": cfg.variations.model_dump(mode="json", exclude={"folder"}),
-                            "sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
-        lambda cfg, plan, level, home: {
+        name="variations", code_version="1", stages=lambda cfg: [("variations", None)] if cfg.num_levels > 1 else [],
+        settings=lambda cfg, level: {"variations": cfg.variations.model_dump(mode="json", exclude={"folder"}),
+                                     "sampling": sampling_settings(cfg), "guidance": cfg.guidance()},
+        inputs=lambda cfg, plan, level, home: {
             "folder": folder_identity(cfg.variations.folder), "svd": plan["svd"],
             **{f"latents_{lv}": plan[f"level_{lv}_latents"] for lv in semantic_levels(cfg)},
             **{f"model_{lv}": plan[f"level_{lv}_model"] for lv in range(cfg.num_levels)}},
-        build_variations,
+        build=build_variations,
         checks=(Check("keeps_its_sources", "The kept levels of every variation are its source's own latents; all "
                       "finite.", lambda cfg, plan, st: checks.variations_keep_their_sources(
                           st.artifact.require(), {lv: _require(plan, f"level_{lv}_latents")
