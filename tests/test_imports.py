@@ -102,6 +102,14 @@ def test_no_import_cycles_in_pipeline_or_assets():
     assert cycles(edges) == []
 
 
+def test_the_engines_import_no_stage_and_no_stage_imports_ray():
+    """Stage functions are handed an engine (pipeline/engine.py); the Ray engine knows no stage."""
+    edges, _ = import_graph()
+    assert edges["pipeline.ray_engine"] <= {"pipeline.config", "pipeline.schema"}
+    assert edges["pipeline.engine"] <= {"pipeline.ray_engine", "pipeline.schema"}
+    assert {m for m, ts in edges.items() if "pipeline.ray_engine" in ts} == {"pipeline.engine"}
+
+
 def test_pipeline_never_imports_the_dagster_layer():
     edges, _ = import_graph()
     assert {(m, t) for m, ts in edges.items() if m.startswith("pipeline") for t in ts if t.startswith("assets")} == set()

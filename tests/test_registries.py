@@ -38,3 +38,31 @@ def test_unknown_names_are_refused_with_the_registered_ones(tiny_cfg):
     with pytest.raises(ConfigError, match=r"level0\.train\.backbone: unknown backbone 'dit'; choose one of "
                                           r"\['matryoshka', 'unet', 'uvit'\]"):
         parse_config(data)
+
+
+def test_every_stage_kind_has_one_declaration_per_layer(tiny_cfg, tmp_path):
+    """pipeline/stages.py declares each kind once (settings, code version, build, checks), assets/views.py its View;
+    the plan holds exactly the stages they declare, each under its kind's folder."""
+    from assets.views import VIEWS
+    from pipeline.plan import build_plan
+    from pipeline.stages import KINDS, STAGE_KINDS
+
+    assert len(KINDS) == len(STAGE_KINDS) and set(KINDS) == set(VIEWS)
+    plan = build_plan(tiny_cfg, tmp_path)
+    declared = [asset for kind in STAGE_KINDS for asset, _ in kind.stages(tiny_cfg)]
+    assert list(plan) == declared and {st.kind for st in plan.values()} == set(KINDS)
+    for st in plan.values():
+        assert st.path.parent.name == st.kind and all(name in plan for name in st.inputs)
+        assert list(plan).index(st.asset) > max((list(plan).index(n) for n in st.inputs), default=-1)  # upstream first
+    assert all(len({c.name for c in kind.checks}) == len(kind.checks) for kind in STAGE_KINDS)
+
+
+def test_every_level_kind_of_the_schema_is_registered():
+    from typing import get_args
+
+    from pipeline.level_kinds import LEVEL_KINDS, SPACES, TARGETS
+    from pipeline.schema import Level0Config, LevelConfig
+
+    assert set(LEVEL_KINDS) == set(get_args(LevelConfig.model_fields["kind"].annotation))
+    assert set(SPACES) == set(get_args(Level0Config.model_fields["space"].annotation))
+    assert len({t.key for t in TARGETS}) == len(TARGETS)
