@@ -1,4 +1,5 @@
-"""Exact nearest neighbours by faiss: a flat L2 index, on every GPU where faiss has one."""
+"""Exact nearest neighbours by faiss: a flat L2 index, on every GPU where faiss has one; and the same for a few
+queries against reference rows that arrive in blocks (`RunningNearest`), so the reference is never held whole."""
 from __future__ import annotations
 
 import faiss
@@ -21,3 +22,48 @@ def nearest(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(reference)
     return index.search(as_f32(query), k)[1]
+
+
+class RunningNearest:
+    """The k nearest reference rows of a few queries, the reference streamed block by block: memory is one block
+    and k candidates per query, whatever the number of rows. Ranks as `nearest` over the whole reference (faiss's
+    distances; a tie keeps the earlier row)."""
+
+    def __init__(self, queries: np.ndarray, k: int):
+        self.queries, self.k = as_f32(queries), k
+        self.dist = np.zeros((len(queries), 0), np.float32)
+        self.keys = np.zeros((len(queries), 0), object)
+
+    def update(self, block: np.ndarray, keys: list) -> None:
+        if len(keys) == 0:
+            return
+        index = faiss.IndexFlatL2(self.queries.shape[1])
+        index.add(as_f32(block))
+        dist, idx = index.search(self.queries, min(self.k, len(keys)))
+        keys = np.asarray(keys, dtype=object)
+        merged_dist = np.concatenate([self.dist, dist], axis=1)
+        merged_keys = np.concatenate([self.keys, keys[idx]], axis=1)
+        order = np.argsort(merged_dist, axis=1, kind="stable")[:, : self.k]
+        self.dist = np.take_along_axis(merged_dist, order, axis=1)
+        self.keys = np.take_along_axis(merged_keys, order, axis=1)
+
+    def result(self) -> list[list]:
+        """Each query's k nearest keys, nearest first."""
+        return [list(row) for row in self.keys]
+
+
+BLOCK_BYTES = 16 << 20  # a streamed block of reference rows: 16 MiB, whatever the rows' size
+
+
+def blocks(stream, max_bytes: int = BLOCK_BYTES):
+    """(keys, (n, d) float32 rows, flattened) of a stream of (key, array, label), at most `max_bytes` at a time."""
+    keys, xs, size = [], [], 0
+    for key, x, _ in stream:
+        keys.append(key)
+        xs.append(np.asarray(x, np.float32).ravel())
+        size += xs[-1].nbytes
+        if size >= max_bytes:
+            yield keys, np.stack(xs)
+            keys, xs, size = [], [], 0
+    if keys:
+        yield keys, np.stack(xs)

@@ -25,9 +25,9 @@ from .cache import ArtifactDamaged
 from .config import load_config, nested_home
 from .data import iter_pixels
 from .ingest import prepare_image, read_manifest
-from .knn import nearest
+from .knn import RunningNearest, blocks
 from .level_kinds import encode_images, level_kind
-from .levels import decode_npy, read_latents
+from .levels import decode_npy, iter_latent_samples
 from .pictures import labelled_grid, latent_tile
 from .plan import build_plan
 from .sample import decode_level0, to_uint8
@@ -89,18 +89,20 @@ def image_chain(cfg: Config, plan: dict[str, Stage], path: Path) -> tuple[list[L
 
 
 def neighbours_of(cfg: Config, plan: dict[str, Stage], links: list[Link], k: int) -> dict[int, list[str]]:
-    """Each link's k nearest training images (manifest ids) in its level's space (level 0: pixels)."""
+    """Each link's k nearest training images (manifest ids) in its level's space (level 0: pixels), the space
+    streamed block by block (knn.RunningNearest): the training set is never held whole."""
     out = {}
     for link in links:
         if link.level == 0:
             if not level_kind(cfg, 0).is_pixels:
                 continue  # VAE latents are not stored per training image
-            keys, data = zip(*((key, x.ravel()) for key, x, _ in iter_pixels(plan["images"].artifact.require())))
-            data = np.stack(data)
+            stream = iter_pixels(plan["images"].artifact.require())
         else:
-            keys, z, _ = read_latents(plan[f"level_{link.level}_latents"].artifact.require(), "train")
-            data = z.reshape(len(z), -1)
-        out[link.level] = [keys[i] for i in nearest(link.latent.reshape(1, -1), data, k)[0]]
+            stream = iter_latent_samples(plan[f"level_{link.level}_latents"].artifact.require(), "train")
+        top = RunningNearest(link.latent.reshape(1, -1), k)
+        for keys, block in blocks(stream):
+            top.update(block, keys)
+        out[link.level] = top.result()[0]
     return out
 
 

@@ -1,7 +1,8 @@
 """Nearest training images of a few held-out queries under each level's latents (the paper's Figure 3).
 
 Coarse levels should find semantic neighbours (same kind of thing, any colour), fine levels visual ones.
-Level 0 (raw pixels) is shown first for comparison.
+Level 0 (raw pixels) is shown first for comparison. Every space is streamed (`knn.RunningNearest`): the training
+set is never held whole.
 """
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import numpy as np
 import torch
 
 from .data import iter_pixels
-from .knn import nearest
-from .levels import read_latents
+from .ingest import read_manifest
+from .knn import RunningNearest, blocks
+from .levels import iter_latent_samples
 from .pictures import labelled_grid
 from .sample import to_uint8
 from .schema import Config
@@ -32,26 +34,35 @@ def _uint8(x: np.ndarray) -> np.ndarray:
 
 
 def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """The neighbours stage: the QUERIES held-out queries' K nearest training images under each level."""
+    """The neighbours stage: the QUERIES held-out queries' K nearest training images under each level.
+
+    Every space (pixels, each level's latents) is streamed block by block through a running top-K, and only the
+    images shown are kept: memory does not grow with the training set."""
     images_dir = plan["images"].artifact.require()
-    train = {key: x for key, x, _ in iter_pixels(images_dir, "train")}
-    held = {key: x for key, x, _ in iter_pixels(images_dir, "holdout")}
-    train_keys = list(train)
-    query_keys = list(held)[:: max(1, len(held) // QUERIES)][:QUERIES]  # spread over the (sorted) source
-    spaces = {0: (np.stack([train[t].ravel() for t in train_keys]), np.stack([held[q].ravel() for q in query_keys]))}
+    m = read_manifest(images_dir)
+    held = [key for key, split in zip(m.column("id").to_pylist(), m.column("split").to_pylist()) if split == "holdout"]
+    query_keys = held[:: max(1, len(held) // QUERIES)][:QUERIES]  # spread over the (sorted) source
+    wanted = set(query_keys)
+    queries = {key: x for key, x, _ in iter_pixels(images_dir, "holdout") if key in wanted}
+    spaces = {0: (lambda: iter_pixels(images_dir, "train"), np.stack([queries[q].ravel() for q in query_keys]))}
     for level in range(1, cfg.num_levels):
         path = plan[f"level_{level}_latents"].artifact.require()
-        tkeys, tz, _ = read_latents(path, "train")
-        hkeys, hz, _ = read_latents(path, "holdout")
-        assert tkeys == train_keys, "latent shards and images disagree on keys"
-        pos = {key: i for i, key in enumerate(hkeys)}
-        spaces[level] = (tz.reshape(len(tz), -1), hz[[pos[q] for q in query_keys]].reshape(len(query_keys), -1))
-    found, rows, labels = {}, [], []
+        held_z = {key: z for key, z, _ in iter_latent_samples(path, "holdout") if key in wanted}
+        spaces[level] = (lambda path=path: iter_latent_samples(path, "train"),
+                         np.stack([held_z[q].ravel() for q in query_keys]))
+    found: dict[str, dict[int, list[str]]] = {q: {} for q in query_keys}
+    for level, (stream, q) in spaces.items():
+        top = RunningNearest(q, K)
+        for keys, block in blocks(stream()):
+            top.update(block, keys)
+        for qkey, keys in zip(query_keys, top.result()):
+            found[qkey][level] = keys
+    shown = {key for per in found.values() for keys in per.values() for key in keys}
+    train = {key: x for key, x, _ in iter_pixels(images_dir, "train") if key in shown}  # fetched by key
+    rows, labels = [], []
     for q, qkey in enumerate(query_keys):
-        for level, (t, h) in spaces.items():
-            idx = nearest(h[q:q + 1], t, K)
-            found.setdefault(qkey, {})[level] = [train_keys[i] for i in idx[0]]
-            rows.append([_uint8(held[qkey])] + [_uint8(train[train_keys[i]]) for i in idx[0]])
+        for level in spaces:
+            rows.append([_uint8(queries[qkey])] + [_uint8(train[key]) for key in found[qkey][level]])
             labels.append(f"query {q + 1}, {level_name(level)}")
     labelled_grid(rows, out_dir / "neighbours.png", "nearest training images of held-out queries, by level: "
                   "coarse levels find the same kind of thing, fine levels the same look",

@@ -149,3 +149,23 @@ def test_clean_fid_download_runs_only_its_layers(monkeypatch, tmp_path):
     feats = metrics.inception_features(np.full((2, 32, 32, 3), 128, np.uint8),
                                        weights=tmp_path / "inception-2015-12-05.pt")
     assert feats.shape == (2, 2048)
+
+
+@pytest.mark.parametrize("block_bytes", [3 * 16 * 4, 10 * 16 * 4, 1 << 20])
+def test_running_nearest_over_streamed_blocks_is_the_whole_search(block_bytes):
+    """The k nearest of a few queries with the reference streamed in blocks (one row, several, all at once) are the
+    flat index's over the whole reference, in the same order."""
+    from pipeline.knn import RunningNearest, blocks, nearest
+
+    rng = np.random.default_rng(0)
+    reference, queries = rng.normal(size=(257, 16)).astype(np.float32), rng.normal(size=(5, 16)).astype(np.float32)
+    keys = [f"k{i:04d}" for i in range(len(reference))]
+    top = RunningNearest(queries, 7)
+    for block_keys, block in blocks(((key, x.reshape(4, 4), 0) for key, x in zip(keys, reference)), block_bytes):
+        assert len(block) <= max(1, block_bytes // (16 * 4))  # never more than the budget's rows
+        top.update(block, block_keys)
+    want = nearest(queries, reference, 7)
+    assert top.result() == [[keys[i] for i in row] for row in want]
+    fewer = RunningNearest(queries[:1], 300)  # k beyond the rows: every row, nearest first
+    fewer.update(reference, keys)
+    assert len(fewer.result()[0]) == len(reference)
