@@ -52,17 +52,20 @@ class RunningNearest:
         return [list(row) for row in self.keys]
 
 
-BLOCK_BYTES = 16 << 20  # a streamed block of reference rows: 16 MiB, whatever the rows' size
+# A streamed block of reference rows: 16 MiB or 2,048 rows, whichever comes first, whatever the rows' size (so a
+# set of small latents does not grow its block with the set up to the byte budget).
+BLOCK_BYTES, BLOCK_ROWS = 16 << 20, 2048
 
 
-def blocks(stream, max_bytes: int = BLOCK_BYTES):
-    """(keys, (n, d) float32 rows, flattened) of a stream of (key, array, label), at most `max_bytes` at a time."""
+def blocks(stream, max_bytes: int = BLOCK_BYTES, max_rows: int = BLOCK_ROWS):
+    """(keys, (n, d) float32 rows, flattened) of a stream of (key, array, label), at most `max_bytes` or `max_rows`
+    at a time."""
     keys, xs, size = [], [], 0
     for key, x, _ in stream:
         keys.append(key)
         xs.append(np.asarray(x, np.float32).ravel())
         size += xs[-1].nbytes
-        if size >= max_bytes:
+        if size >= max_bytes or len(keys) == max_rows:
             yield keys, np.stack(xs)
             keys, xs, size = [], [], 0
     if keys:
