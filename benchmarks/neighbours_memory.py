@@ -3,6 +3,7 @@ fresh process per run: the stage's build function alone, on artifacts built befo
 level: no encoder), synthetic 32 px images. Writes benchmarks/results/neighbours_memory.json.
 
     .venv/bin/python benchmarks/neighbours_memory.py [--n 4000] [--tree DIR ...]
+    .venv/bin/python benchmarks/neighbours_memory.py --table     # RESULTS.md's table from the stored JSON
 
 `--tree` measures another checkout (e.g. a worktree of an older commit) with the same artifacts: its pipeline/
 is put first on the import path of the measuring process.
@@ -78,11 +79,27 @@ def measure(tree: Path, data: dict, home: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def table(result: dict) -> str:
+    """RESULTS.md's table, from the JSON: each commit's peak RSS and speed at N and 8N, and their ratios."""
+    lines = ["| commit | N train images | peak RSS MiB | images/s | 8N train images | peak RSS MiB | images/s | "
+             "RSS 8N / N | time per image 8N / N |", "|---|---|---|---|---|---|---|---|---|"]
+    for commit in dict.fromkeys(r["commit"] for r in result["runs"]):
+        a, b = sorted((r for r in result["runs"] if r["commit"] == commit), key=lambda r: r["n"])
+        lines.append(f"| {commit} | {a['train_images']} | {a['peak_rss_mib']} | {a['images_per_s']} | "
+                     f"{b['train_images']} | {b['peak_rss_mib']} | {b['images_per_s']} | "
+                     f"{b['peak_rss_mib'] / a['peak_rss_mib']:.2f}x | {a['images_per_s'] / b['images_per_s']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", action="store_true", help="print RESULTS.md's table of the stored results and stop")
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to measure as well")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads((RESULTS / "neighbours_memory.json").read_text())))
+        return
     work = Path(tempfile.mkdtemp(prefix="neighbours_memory_"))
     runs = []
     for n in (args.n, 8 * args.n):

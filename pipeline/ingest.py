@@ -232,8 +232,10 @@ def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str]
 
 # ---------------------------------------------------------------- readers
 
-def read_manifest(images_dir: Path) -> pa.Table:
-    return pq.read_table(Path(images_dir) / MANIFEST)
+def read_manifest(images_dir: Path, columns: list[str] | None = None, split: str | None = None) -> pa.Table:
+    """The manifest (`columns` of it, the rows of one `split`): rows in shard order."""
+    return pq.read_table(Path(images_dir) / MANIFEST, columns=columns,
+                         filters=[("split", "==", split)] if split else None)
 
 
 def label_names(images_dir: Path) -> list[str]:

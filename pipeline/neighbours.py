@@ -39,8 +39,7 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     Every space (pixels, each level's latents) is streamed block by block through a running top-K, and only the
     images shown are kept: memory does not grow with the training set."""
     images_dir = plan["images"].artifact.require()
-    m = read_manifest(images_dir)
-    held = [key for key, split in zip(m.column("id").to_pylist(), m.column("split").to_pylist()) if split == "holdout"]
+    held = read_manifest(images_dir, ["id"], split="holdout").column("id").to_pylist()
     query_keys = held[:: max(1, len(held) // QUERIES)][:QUERIES]  # spread over the (sorted) source
     wanted = set(query_keys)
     queries = {key: x for key, x, _ in iter_pixels(images_dir, "holdout") if key in wanted}
