@@ -13,12 +13,13 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .schema import DatasetConfig
+# The schema's DatasetConfig (pipeline/schema.py). The schema imports this registry to validate `dataset.source`,
+# so the registry names the type without importing it back: no import cycle, not even a type-only one.
+DatasetConfig = Any
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 EMOJI_JSON = "package/emoji.json"

@@ -92,7 +92,7 @@ def test_the_graph_is_computed_from_the_code():
     edges, _ = import_graph()
     assert "pipeline.stage" in edges["pipeline.plan"] and "pipeline.stages" in edges["pipeline.plan"]
     assert "pipeline.engine" in edges["pipeline.stages"] and "pipeline.ray_engine" in edges["pipeline.engine"]
-    assert "pipeline.gc" in edges["assets.gc"]
+    assert "pipeline.gc" in edges["assets.gc"] and "pipeline.sources" in edges["pipeline.schema"]
     # the cycle finder finds a planted one, through a function-local import too
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
