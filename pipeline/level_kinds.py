@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -133,8 +133,12 @@ class PixelSpace:
     is_pixels = True  # samples are images as they come: thresholded while sampled, clamped in their statistics
     what = "pixels"
 
+    def stream(self, cfg: Config, plan: dict, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
+        """(key, (3, H, W) float32, label) of a split, one image at a time in manifest order."""
+        return iter_pixels(plan["images"].artifact.require(), split)
+
     def data(self, cfg: Config, plan: dict, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        return collect(iter_pixels(plan["images"].artifact.require(), split))
+        return collect(self.stream(cfg, plan, split))
 
     def encode(self, cfg: Config, pixels: torch.Tensor) -> torch.Tensor:
         return pixels

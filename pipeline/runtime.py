@@ -12,11 +12,30 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed() -> tuple[int, int]:
+def resolve_device(setting: str = "auto") -> torch.device:
+    """The device a heavy stage computes on (`compute.device`): `auto` is this process's GPU where torch sees one
+    (the current CUDA device: torchrun's LOCAL_RANK once `device_for` set it, a Ray actor's only GPU), else the
+    CPU; `cuda` refuses to fall back, `cpu` never looks."""
+    if setting not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"compute.device: {setting!r} is not one of auto, cpu, cuda")
+    if setting == "cpu" or (setting == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("compute.device: cuda, but torch sees no CUDA GPU in this process "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); set auto or cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """A dtype as the metadata and the config spell it (torch.bfloat16 -> 'bfloat16')."""
+    return str(dtype).removeprefix("torch.")
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int]:
     """(rank, world size); under torchrun the process group is joined first (NCCL on GPU, gloo on CPU)."""
     world = world_size()
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if resolve_device(device).type == "cuda" else "gloo")
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
@@ -26,17 +45,18 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def device_for(rank: int) -> torch.device:
-    if torch.cuda.is_available():
+def device_for(rank: int, device: str = "auto") -> torch.device:
+    """A training rank's device (`compute.device`): under torchrun the GPU of its LOCAL_RANK, made current."""
+    if resolve_device(device).type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", rank))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
 
 
-def sampling_device() -> torch.device:
+def sampling_device(device: str = "auto") -> torch.device:
     """Where sampling runs: the process's GPU if it has one (a Ray actor's or torchrun's), else the CPU."""
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    return resolve_device(device)
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool | None:

@@ -230,6 +230,10 @@ class K8sComputeConfig(_Strict):
 class ComputeConfig(_Strict):
     """Where the heavy stages run. It changes no result, so no fingerprint: `local` and `ray` share artifacts."""
     engine: Literal["local", "ray", "k8s"] = "local"
+    # Where every heavy stage computes (encoder features, VAE encode/decode, training, sampling, Inception, the
+    # variations' and neighbours' encoders, faiss where a GPU build is importable): auto takes the process's GPU
+    # where torch sees one, else the CPU; cuda refuses to fall back to the CPU (pipeline.runtime.resolve_device).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile of the training step: 'auto' compiles on a GPU only (pipeline.train.use_compile)
     compile: bool | Literal["auto"] = "auto"
     ray: RayComputeConfig = RayComputeConfig()
