@@ -1,4 +1,5 @@
-"""How the latent hierarchy's assets look: images, encoder features, the SVD basis and each level's latents."""
+"""How the latent hierarchy's assets look: images, a VAE level 0's latents, encoder features, the SVD basis and
+each level's latents."""
 from __future__ import annotations
 
 import numpy as np
@@ -73,3 +74,17 @@ def _latents(cfg, plan, stage, meta, log) -> dict:
 
 LATENTS = View(group=None, kinds=("numpy", "webdataset"), resources=CPU, metadata=_latents,
                describe=lambda cfg, stage: level_kind(cfg, stage.level).describe(cfg, stage.level))
+
+
+def _vae_latents(cfg, plan, stage, meta, log) -> dict:
+    return {"shape": MetadataValue.json(meta["shape"]), "vae": meta["vae"], "vae_scale": meta["vae_scale"],
+            "stored_dtype": meta["stored_dtype"], "float16_max_abs_error": meta["float16_max_abs_error"],
+            "num_train": meta["counts"]["train"], "num_holdout": meta["counts"]["holdout"],
+            # vae_scale is meant to bring the latents near unit std: far from it, the noise schedule is off
+            "train_channel_std": MetadataValue.json(meta["train_channel_std"]),
+            "train_channel_mean": MetadataValue.json(meta["train_channel_mean"]),
+            "device": meta["device"], "precision": meta["precision"], "images_per_s": meta["images_per_s"]}
+
+
+VAE_LATENTS = View(group=None, kinds=("diffusers", "webdataset"), resources=GPU, metadata=_vae_latents,
+                   describe=lambda cfg, stage: level_kind(cfg, 0).describe(cfg))

@@ -2,13 +2,13 @@
 metadata its asset shows, its step pod's resources under k8s, and how its asset runs). The kinds themselves (their
 settings, build functions and checks) are pipeline/stages.py's; adding one is an entry there and one here.
 """
-from .data import FEATURES, IMAGES, LATENTS, SVD
+from .data import FEATURES, IMAGES, LATENTS, SVD, VAE_LATENTS
 from .evaluation import EVALUATION, NEIGHBOURS, REFERENCE, SAMPLES, VARIATIONS
 from .factory import View
 from .training import MODELS
 
 VIEWS: dict[str, View] = {
-    "images": IMAGES, "features": FEATURES, "svd": SVD, "latents": LATENTS, "models": MODELS, "samples": SAMPLES,
+    "images": IMAGES, "vae_latents": VAE_LATENTS, "features": FEATURES, "svd": SVD, "latents": LATENTS, "models": MODELS, "samples": SAMPLES,
     "reference": REFERENCE, "evaluation": EVALUATION, "neighbours": NEIGHBOURS, "variations": VARIATIONS,
 }
 

@@ -30,9 +30,12 @@ from .features import iter_rows, open_features
 from .ingest import image_shards, read_manifest
 from .evaluate import REFERENCE
 from .level_kinds import level_kind, level_shape
+from .levels import STATS as LATENT_STATS
 from .levels import latent_shards, read_latents
+from .metrics import FEATURE_DIM
 from .model_io import load_level_model, spec_scheduler
 from .sample_shards import raw_samples
+from .schema import PR_REFERENCE
 from .stats import ChannelStats
 from .svd import load_basis
 from .table import KEY, TABLE, evaluation_rows
@@ -122,6 +125,23 @@ def latents_are_standardized(latents_dir: Path, tol: float = 0.1) -> CheckOutcom
     passed = bad == 0 and train["mean_abs_max"] <= tol and 1 - tol <= train["std_min"] <= train["std_max"] <= 1 + tol
     return CheckOutcome(passed, f"train channel |mean| <= {train['mean_abs_max']:.3f}, std in "
                         f"[{train['std_min']:.3f}, {train['std_max']:.3f}] (tolerance {tol}); {bad} non-finite", meta)
+
+
+@_never_raises
+def vae_latents_are_consistent(latents_dir: Path, tol: float = 0.01) -> CheckOutcome:
+    # A VAE latent is not standardized (vae_scale only brings it near unit std): what can go wrong is a NaN, or
+    # shards that are not the ones the stage measured, so the stored training statistics are recomputed.
+    stats = {s: _latent_stats(latents_dir, s) for s in SPLITS}
+    bad = sum(n for _, n in stats.values())
+    train = stats["train"][0]
+    if not train:
+        return CheckOutcome(False, "no training latents", {"non_finite": bad})
+    stored = load_file(str(latents_dir / LATENT_STATS))["std"]
+    drift = abs(train["std_mean"] - float(stored.mean())) / max(float(stored.mean()), 1e-12)
+    meta = {"non_finite": bad, "train_std_mean": train["std_mean"], "stored_std_mean": float(stored.mean()),
+            "train_abs_max": train["abs_max"]}
+    return CheckOutcome(bad == 0 and drift <= tol, f"{bad} non-finite; training channel std {train['std_mean']:.4f} "
+                        f"(stored when built: {float(stored.mean()):.4f}, relative drift {drift:.1e} <= {tol})", meta)
 
 
 @_never_raises
@@ -228,19 +248,45 @@ def basis_is_orthonormal(svd_dir: Path, channels: int, tol: float = 1e-3) -> Che
                         f"{'finite' if finite else 'NOT finite'}", meta)
 
 
+def _subsample_mean_error(rows: np.ndarray, mu: np.ndarray, sigma: np.ndarray, population: int,
+                          z: float) -> tuple[float, bool]:
+    """(max |mean of the kept rows - mu|, whether every dimension is within `z` standard errors of a uniform
+    subsample of `population` rows (plus rounding)). The finite-population correction makes the bound exact (0)
+    where every row is kept, and a few standard errors where a sample is: a mu that is not the rows' is far off."""
+    err = np.abs(rows.astype(np.float64).mean(0) - mu)
+    n = len(rows)
+    standard_error = np.sqrt(np.clip(np.diag(sigma), 0, None) / n * max(0.0, 1 - n / max(population, 1)))
+    return float(err.max()), bool((err <= 1e-3 + z * standard_error).all())
+
+
 @_never_raises
-def reference_is_consistent(reference_dir: Path, num_reference: int, num_holdout: int) -> CheckOutcome:
+def reference_is_consistent(reference_dir: Path, num_reference: int | None, num_holdout: int,
+                            cap: int = PR_REFERENCE, pr_source: int | None = None, z: float = 6.0,
+                            dim: int = FEATURE_DIM) -> CheckOutcome:
+    """The FID statistics are finite, `dim`-d (the Inception's 2048), sigma symmetric and positive semi-definite (to rounding); min(cap, N)
+    finite features of the reference (`pr_source` rows: default the num_reference images) and of the held-out
+    images are kept; where the statistics are the reference images' own (num_reference not None: not an .npz's),
+    the kept rows' mean agrees with mu (`_subsample_mean_error`)."""
     ref = load_file(str(Path(reference_dir) / REFERENCE))
-    train = ref["train"].astype(np.float64)
+    mu, sigma, train, holdout = ref["mu"], ref["sigma"], ref["train"], ref["holdout"]
+    pr_source = num_reference if pr_source is None else pr_source
     finite = all(bool(np.isfinite(v).all()) for v in ref.values())
-    mu_err = float(np.abs(train.mean(0) - ref["mu"]).max()) if len(train) else math.inf
-    meta = {"train": list(ref["train"].shape), "holdout": list(ref["holdout"].shape), "finite": finite,
-            "mu_error": mu_err, "sigma_symmetric": bool(np.allclose(ref["sigma"], ref["sigma"].T))}
-    passed = (finite and ref["train"].shape == (num_reference, 2048) and len(ref["holdout"]) == num_holdout
-              and ref["sigma"].shape == (2048, 2048) and meta["sigma_symmetric"] and mu_err <= 1e-3)
-    return CheckOutcome(passed, f"{len(train)} of {num_reference} training and {len(ref['holdout'])} of {num_holdout} "
-                        f"held-out Inception features, {'finite' if finite else 'NOT finite'}; mean matches mu to "
-                        f"{mu_err:.1e}", meta)
+    shapes = (mu.shape == (dim,) and sigma.shape == (dim, dim) and train.shape == (min(cap, pr_source), dim)
+              and holdout.shape == (min(cap, num_holdout), dim))
+    symmetric = bool(sigma.ndim == 2 and np.allclose(sigma, sigma.T))
+    eigenvalues = np.linalg.eigvalsh(sigma) if finite and symmetric and shapes else np.array([-math.inf, 0.0])
+    psd = bool(eigenvalues[0] >= -1e-8 * max(float(eigenvalues[-1]), 1e-12))
+    mu_err, mu_ok = (_subsample_mean_error(train, mu, sigma, pr_source, z) if num_reference is not None and len(train)
+                     and shapes else (None, True))
+    meta = {"train": list(train.shape), "holdout": list(holdout.shape), "cap": cap, "finite": finite,
+            "mu_error": mu_err, "sigma_symmetric": symmetric, "sigma_min_eigenvalue": float(eigenvalues[0])}
+    passed = finite and shapes and symmetric and psd and mu_ok
+    agreement = "mu from a file" if mu_err is None else f"their mean {'agrees' if mu_ok else 'does NOT agree'} with " \
+                                                        f"mu (max |difference| {mu_err:.1e})"
+    return CheckOutcome(passed, f"{len(train)} of {pr_source} reference and {len(holdout)} of {num_holdout} held-out "
+                        f"Inception features kept (cap {cap}), {'finite' if finite else 'NOT finite'}; {agreement}; "
+                        f"sigma {'symmetric' if symmetric else 'NOT symmetric'}, "
+                        f"{'PSD' if psd else 'NOT positive semi-definite'}", meta)
 
 
 @_never_raises

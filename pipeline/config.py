@@ -53,9 +53,15 @@ def _resolve_paths(cfg: Config) -> Config:
     enc = cfg.encoder
     if is_local_file(enc.weights):
         enc = enc.model_copy(update={"weights": str(fix(enc.weights))})
-    sampling = cfg.sampling.model_copy(update={"inception_weights": fix(cfg.sampling.inception_weights)})
+    sampling = cfg.sampling.model_copy(update={"inception_weights": fix(cfg.sampling.inception_weights),
+                                               "reference_npz": fix(cfg.sampling.reference_npz)})
     variations = cfg.variations.model_copy(update={"folder": fix(cfg.variations.folder)})
-    return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling, "variations": variations})
+    level0 = cfg.level0
+    if level0.vae is not None:  # a local folder (env vars expanded) if there is one, else a hub id as spelled
+        local = fix(level0.vae)
+        level0 = level0.model_copy(update={"vae": str(local) if local.is_dir() else os.path.expandvars(level0.vae)})
+    return cfg.model_copy(update={"dataset": dataset, "encoder": enc, "sampling": sampling, "variations": variations,
+                                  "level0": level0})
 
 
 def check_against_world(cfg: Config, check_files: bool = True) -> None:
@@ -71,9 +77,16 @@ def check_against_world(cfg: Config, check_files: bool = True) -> None:
         inc = cfg.sampling.inception_weights
         if inc is not None and not inc.is_file():
             raise ConfigError(f"sampling.inception_weights: file not found: {inc}")
+        npz = cfg.sampling.reference_npz
+        if npz is not None and not npz.is_file():
+            raise ConfigError(f"sampling.reference_npz: file not found: {npz}")
         folder = cfg.variations.folder
         if folder is not None and not folder.is_dir():
             raise ConfigError(f"variations.folder: not a folder: {folder}")
+        vae = cfg.level0.vae
+        if cfg.level0.space == "vae" and ("$" in vae or (vae.startswith(("/", ".", "~")) and not Path(vae).is_dir())):
+            raise ConfigError(f"level0.vae: {vae} is neither a local AutoencoderKL folder nor a hub id "
+                              f"(an environment variable unset?)")
     try:
         h, w, c = probe_features(enc.name, enc.layer, enc.input_size)
     except ValueError as e:

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from models.encoder import checkpoint_sha256, feature_extractor, load_encoder, probe_features
 
-from .ingest import image_shards, read_manifest
+from .ingest import image_shards, read_manifest, source_png
+from .runtime import resolve_device
 from .schema import Config, EncoderConfig
 
 FEATURES = "features.zarr"
@@ -30,7 +31,7 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 def _decode(sample: dict) -> tuple[str, np.ndarray]:
-    return sample["__key__"], decode_png(sample["src.png"])
+    return sample["__key__"], decode_png(source_png(sample))
 
 
 def image_batches(images_dir: Path, batch_size: int):
@@ -69,22 +70,33 @@ def build_extractor(cfg: EncoderConfig) -> torch.nn.Module:
     return feature_extractor(model, cfg.layer).to(memory_format=torch.channels_last).eval()
 
 
+@torch.inference_mode()
+def encoder_features(cfg: EncoderConfig, images: np.ndarray, device: torch.device, batch_size: int | None = None
+                     ) -> torch.Tensor:
+    """(N, h, w, C) float32 feature maps, on the CPU, of (N, H, W, 3) uint8 images outside the dataset, computed on
+    `device` as the features stage computes them (same preprocessing and precision)."""
+    extractor, pre, b = build_extractor(cfg).to(device), Preprocess(cfg).to(device), batch_size or cfg.batch_size
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16"):
+        return torch.cat([extractor(pre(torch.from_numpy(np.ascontiguousarray(images[i:i + b])).to(device))).float().cpu()
+                          for i in range(0, len(images), b)])
+
+
 def build_features(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print, *, engine) -> dict:
     """The features stage: the encoder's feature maps of every ingested image, here or spread by the engine."""
     images = plan["images"].artifact.require()
     if engine.distributed:
-        return extract_features_spread(cfg.encoder, engine, images, out_dir, log=log)
-    return extract_features(cfg.encoder, images, out_dir, log=log)
+        return extract_features_spread(cfg.encoder, engine, images, out_dir, log=log, device=cfg.compute.device)
+    return extract_features(cfg.encoder, images, out_dir, log=log, device=resolve_device(cfg.compute.device))
 
 
 def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print, device: torch.device = torch.device("cpu")) -> dict:
     ids = read_manifest(images_dir).column("id").to_pylist()
     n = len(ids)
     arr = create_feature_array(cfg, out_dir, n, chunk_rows)
-    extractor = build_extractor(cfg)
-    pre = Preprocess(cfg)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+    extractor = build_extractor(cfg).to(device)
+    pre = Preprocess(cfg).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
     row, pending, written = 0, [], 0
     # PNG decoding and Zarr writes run in a helper thread while the forward (which releases the GIL) computes;
     # writes cover whole chunks, so no chunk is decompressed and recompressed batch after batch.
@@ -98,7 +110,7 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
             ahead = io_pool.submit(next, batches, None)
             if keys != ids[row:row + len(keys)]:
                 raise RuntimeError(f"image shards and manifest disagree at row {row}: {keys[0]} vs {ids[row]}")
-            pending.append(extractor(pre(torch.from_numpy(batch))).float().numpy())
+            pending.append(extractor(pre(torch.from_numpy(batch).to(device, non_blocking=True))).float().cpu().numpy())
             row += len(keys)
             bar.update(len(keys))
             if row - written >= arr.chunks[0] or row == n:
@@ -112,28 +124,28 @@ def extract_features(cfg: EncoderConfig, images_dir: Path, out_dir: Path, chunk_
             write.result()
     if row != n:
         raise RuntimeError(f"image shards hold {row} samples but the manifest lists {n}")
-    return feature_metadata(cfg, arr, out_dir, log)
+    return feature_metadata(cfg, arr, out_dir, log, device)
 
 
 class Encode:
     """The encoder as an engine's worker: built once per worker (on its GPU if it was given one), then called on
-    batches of undecoded samples ({"__key__": keys, "src.png": PNG bytes})."""
+    batches of undecoded samples ({"__key__": keys, and the PNG members: ingest.source_png)."""
 
-    def __init__(self, cfg: EncoderConfig):
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, cfg: EncoderConfig, device: str = "auto"):
+        self.device = resolve_device(device)
         self.extractor = build_extractor(cfg).to(self.device)
         self.pre = Preprocess(cfg).to(self.device)
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
 
     def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(np.stack([decode_png(b) for b in batch["src.png"]])).to(self.device)
+        x = torch.from_numpy(np.stack([decode_png(b) for b in source_png(batch)])).to(self.device)
         with torch.inference_mode(), self.autocast:
             feats = self.extractor(self.pre(x)).float().cpu().numpy()
-        return {"__key__": batch["__key__"], "features": feats}
+        return {"__key__": batch["__key__"], "features": feats, "device": [str(self.device)] * len(feats)}
 
 
 def extract_features_spread(cfg: EncoderConfig, engine, images_dir: Path, out_dir: Path, chunk_rows: int = 256,
-                            log: Callable[[str], None] = print) -> dict:
+                            log: Callable[[str], None] = print, device: str = "auto") -> dict:
     """extract_features with the encoder forward spread over the engine's workers (`map_shards`)."""
     ids = read_manifest(images_dir).column("id").to_pylist()
     row_of = {key: i for i, key in enumerate(ids)}
@@ -141,7 +153,9 @@ def extract_features_spread(cfg: EncoderConfig, engine, images_dir: Path, out_di
     step = arr.chunks[0]
     # Batches arrive in any order: each chunk fills in a buffer and is written once, whole, when its last row lands.
     pending: dict[int, tuple[np.ndarray, int]] = {}
-    for batch in engine.map_shards([str(p) for p in image_shards(images_dir)], Encode, {"cfg": cfg}, cfg.batch_size):
+    devices = set()  # where the workers computed, as each resolved compute.device
+    for batch in engine.map_shards([str(p) for p in image_shards(images_dir)], Encode, {"cfg": cfg, "device": device}, cfg.batch_size):
+        devices.update(batch["device"])
         for key, feat in zip(batch["__key__"], batch["features"]):
             if key not in row_of:
                 raise RuntimeError(f"image shards hold '{key}', which the manifest does not list")
@@ -155,7 +169,7 @@ def extract_features_spread(cfg: EncoderConfig, engine, images_dir: Path, out_di
     if row_of or pending:
         raise RuntimeError(f"image shards miss {len(row_of)} of the manifest's {len(ids)} images")
     log(f"features on {engine.name}: {len(ids)} images through its encoder workers")
-    return feature_metadata(cfg, arr, out_dir, log)
+    return feature_metadata(cfg, arr, out_dir, log, ",".join(sorted(devices)))
 
 
 def create_feature_array(cfg: EncoderConfig, out_dir: Path, n: int, chunk_rows: int = 256) -> zarr.Array:
@@ -170,10 +184,11 @@ def create_feature_array(cfg: EncoderConfig, out_dir: Path, n: int, chunk_rows: 
                              compressors=[zarr.codecs.BloscCodec(cname="zstd", clevel=3)], attributes=attrs)
 
 
-def feature_metadata(cfg: EncoderConfig, arr: zarr.Array, out_dir: Path, log: Callable[[str], None]) -> dict:
-    log(f"features: {arr.shape[0]} images -> {arr.shape} in {out_dir / FEATURES}")
+def feature_metadata(cfg: EncoderConfig, arr: zarr.Array, out_dir: Path, log: Callable[[str], None],
+                     device) -> dict:
+    log(f"features: {arr.shape[0]} images -> {arr.shape} in {out_dir / FEATURES} on {device} ({cfg.dtype})")
     return {"shape": list(arr.shape), "encoder": cfg.name, "layer": cfg.layer, "input_size": cfg.input_size,
-            "checkpoint_sha256": arr.attrs["checkpoint_sha256"],
+            "checkpoint_sha256": arr.attrs["checkpoint_sha256"], "device": str(device), "precision": cfg.dtype,
             "bytes_on_disk": sum(f.stat().st_size for f in (out_dir / FEATURES).rglob("*") if f.is_file())}
 
 

@@ -15,6 +15,7 @@ depends on a kind asks it here; the schema (pipeline/schema.py) only names the k
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,13 +25,15 @@ import torch
 
 from models.matryoshka import MATRYOSHKA_SIZES, pack, state_shape, unpack
 
-from .data import collect, decode_vae, encode_vae, iter_latents, iter_pixels, vae_latents, vae_shape
-from .features import Preprocess, build_extractor, open_features
+from .data import collect, iter_latents, iter_pixels
+from .features import encoder_features, open_features
 from .ingest import read_manifest
 from .levels import build_latents, load_stats, project
 from .pixel_levels import add_base, build_pixel_latents, downsample, residual_target, standardize
+from .runtime import resolve_device
 from .schema import Config
 from .svd import load_basis
+from .vae_latents import build_vae_latents, decode_vae, encode_vae, vae_identity, vae_shape
 
 
 @dataclass
@@ -102,7 +105,8 @@ class PixelLevel:
                 "level0": cfg.level0.model_dump(mode="json", exclude={"train"})}
 
     def latent_inputs(self, cfg: Config, plan: dict, level: int) -> dict:
-        return {"images": plan["images"]}
+        own = level_kind(cfg, 0).latents_stage  # a VAE level 0 is read from its latents
+        return {"images": plan["images"], **({"level_0": plan[own]} if own else {})}
 
     def build_latents(self, cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None], level: int) -> dict:
         space = level_kind(cfg, 0)
@@ -132,6 +136,7 @@ class PixelSpace:
     name = "pixels"
     is_pixels = True  # samples are images as they come: thresholded while sampled, clamped in their statistics
     what = "pixels"
+    latents_stage = None  # read from the image shards themselves
 
     def stream(self, cfg: Config, plan: dict, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
         """(key, (3, H, W) float32, label) of a split, one image at a time in manifest order."""
@@ -152,22 +157,43 @@ class PixelSpace:
 
 
 class VaeSpace:
-    """Level 0 as an AutoencoderKL latent of the pixels (the paper: SD's VAE), scaled by level0.vae_scale."""
+    """Level 0 as an AutoencoderKL latent of the pixels (the paper: SD's VAE), scaled by level0.vae_scale: encoded
+    once by its own stage, `level_0_latents` (pipeline/vae_latents.py), and read from its shards."""
     name = "vae"
     is_pixels = False
     what = "VAE latents"
+    latents_stage = "level_0_latents"
+
+    def latent_settings(self, cfg: Config, level: int = 0) -> dict:
+        return {"scale": cfg.level0.vae_scale, "shard_size": cfg.dataset.shard_size, "stored": "float16"}
+
+    def latent_inputs(self, cfg: Config, plan: dict, level: int = 0) -> dict:
+        return {"images": plan["images"], "vae": vae_identity(cfg.level0.vae)}
+
+    def build_latents(self, cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None], level: int = 0) -> dict:
+        return build_vae_latents(cfg, plan, out_dir, log)
+
+    def stream(self, cfg: Config, plan: dict, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
+        """(key, (c, h, w) float16, label) of a split, one latent at a time in manifest order."""
+        return iter_latents(plan[self.latents_stage].artifact.require(), split)
 
     def data(self, cfg: Config, plan: dict, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        return vae_latents(cfg, plan["images"], split)
+        return collect(self.stream(cfg, plan, split))
 
     def encode(self, cfg: Config, pixels: torch.Tensor) -> torch.Tensor:
-        return encode_vae(pixels, cfg.level0.vae, cfg.level0.vae_scale)
+        return encode_vae(pixels, cfg.level0.vae, cfg.level0.vae_scale, cfg.encoder.batch_size,
+                          resolve_device(cfg.compute.device))
 
     def decode(self, cfg: Config, z: torch.Tensor) -> torch.Tensor:
-        return decode_vae(z, cfg.level0.vae, cfg.level0.vae_scale)
+        return decode_vae(z, cfg.level0.vae, cfg.level0.vae_scale, cfg.encoder.batch_size,
+                          resolve_device(cfg.compute.device))
 
     def shape(self, cfg: Config) -> tuple[int, int, int]:
         return vae_shape(cfg.level0.vae, cfg.dataset.resolution)
+
+    def describe(self, cfg: Config) -> str:
+        return (f"Level 0 latents: every image encoded by the AutoencoderKL {cfg.level0.vae} (latent means x "
+                f"{cfg.level0.vae_scale}), float16 WebDataset shards keyed by manifest id.")
 
 
 # -- level 0: transforms of its target ---------------------------------------------------------------------------
@@ -193,6 +219,25 @@ class MsfResidual:
             scale = residual_target(xt.float(), bt, stats)[1]["scale"]
         return residual_target(data.x.float(), data.conds[cfg.conditions_of(0).index(base)], stats, scale)
 
+    def stream_entry(self, cfg: Config, plan: dict, shape, total: Callable) -> dict:
+        """to_target's entry for a streamed training split: the residual's std over the whole split, from its
+        count, sum and sum of squares (float64) in one pass (`total`)."""
+        base = 1
+        stats = load_stats(plan[f"level_{base}_latents"].artifact.require())
+        at = cfg.conditions_of(0).index(base)
+
+        def moments(x: torch.Tensor, conds: list[torch.Tensor]) -> torch.Tensor:
+            r = residual_target(x.float(), conds[at], stats, 1.0)[0].double()
+            return torch.stack([torch.tensor(float(r.numel()), dtype=torch.float64), r.sum(), r.square().sum()])
+
+        n, s, ss = total(moments).tolist()
+        scale = max(math.sqrt(max(ss - s * s / n, 0.0) / max(n - 1, 1)), 1e-6)  # torch.std's (unbiased), clamped
+        return {"level": base, "scale": scale, "mean": [float(v) for v in stats["mean"]],
+                "std": [float(v) for v in stats["std"]]}
+
+    def batch_target(self, cfg: Config, x: torch.Tensor, conds: list[torch.Tensor], entry: dict) -> torch.Tensor:
+        return residual_target(x.float(), conds[cfg.conditions_of(0).index(entry["level"])], entry, entry["scale"])[0]
+
     def state_shape(self, shape, entry: dict):
         return shape
 
@@ -215,6 +260,12 @@ class MatryoshkaState:
     def to_target(self, cfg: Config, plan: dict, data: LevelData, split: str) -> tuple[torch.Tensor, dict]:
         nest = MATRYOSHKA_SIZES[cfg.level0.train.size]["nest"]
         return pack(data.x.float(), nest), {"nest": nest, "image_shape": list(data.shape)}
+
+    def stream_entry(self, cfg: Config, plan: dict, shape, total: Callable) -> dict:
+        return {"nest": MATRYOSHKA_SIZES[cfg.level0.train.size]["nest"], "image_shape": list(shape)}
+
+    def batch_target(self, cfg: Config, x: torch.Tensor, conds: list[torch.Tensor], entry: dict) -> torch.Tensor:
+        return pack(x.float(), entry["nest"])
 
     def state_shape(self, shape, entry: dict):
         return state_shape(shape, entry["nest"])
@@ -274,6 +325,26 @@ def load_level_data(cfg: Config, plan: dict, level: int, split: str = "train") -
     return data
 
 
+def stream_targets(cfg: Config, plan: dict, shape: tuple[int, ...], total: Callable) -> dict:
+    """load_level_data's target transforms of level 0 for a streamed training split: each one's spec entry, by key
+    (`shape`: the level's data shape). `total(fn)` sums fn(x, conds) over every batch of the split, all ranks'
+    shares; each transform sees the batches the ones before it made."""
+    entries = {}
+    for t in targets(cfg):
+        before = dict(entries)
+        entries[t.key] = t.stream_entry(cfg, plan, shape, lambda fn, before=before: total(
+            lambda x, conds: fn(batch_target(cfg, x, conds, before), conds)))
+    return entries
+
+
+def batch_target(cfg: Config, x: torch.Tensor, conds: list[torch.Tensor], entries: dict) -> torch.Tensor:
+    """One batch's target: level 0's data x (with its clean conditions) through the transforms of `entries`."""
+    for t in TARGETS:
+        if t.key in entries:
+            x = t.batch_target(cfg, x, conds, entries[t.key])
+    return x.float()
+
+
 def sampled_shape(spec: dict) -> tuple[int, ...]:
     """The shape a level's sampler draws: its data's, or the state a target transform of its spec denoises."""
     shape = spec["in_shape"]
@@ -319,9 +390,8 @@ class NewImages:
     @torch.inference_mode()
     def features(self, cfg: Config, plan: dict) -> np.ndarray:
         if self._features is None:
-            extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
-            self._features = np.concatenate([extractor(pre(torch.tensor(self.src[i:i + self.batch_size]))).float().numpy()
-                                             for i in range(0, len(self.src), self.batch_size)])
+            self._features = encoder_features(cfg.encoder, self.src, resolve_device(cfg.compute.device),
+                                              self.batch_size).numpy()
         return self._features
 
     def basis(self, plan: dict) -> dict:

@@ -81,7 +81,11 @@ def image_chain(cfg: Config, plan: dict[str, Stage], path: Path) -> tuple[list[L
     """The same for an image file: its latents as the latents stage would encode it."""
     small, large = prepare_image(Path(path).read_bytes(), cfg.dataset)
     encoded = encode_images(cfg, plan, large[None], small[None])
-    links = [Link(0, small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1, f"the image {Path(path).name}")]
+    pixels = small.transpose(2, 0, 1).astype(np.float32) / 127.5 - 1
+    space = level_kind(cfg, 0)
+    level0 = pixels if space.is_pixels else space.encode(cfg, torch.from_numpy(pixels)[None])[0].numpy()
+    links = [Link(0, level0, f"the image {Path(path).name}" + ("" if space.is_pixels else
+                                                               f", encoded by the VAE {cfg.level0.vae}"))]
     links += [Link(level, encoded[level][0].numpy(), f"encoded as level_{level}_latents "
                    f"{plan[f'level_{level}_latents'].fingerprint} are: {level_kind(cfg, level).made_from(cfg, plan, level)}")
               for level in range(1, cfg.num_levels)]
@@ -89,14 +93,12 @@ def image_chain(cfg: Config, plan: dict[str, Stage], path: Path) -> tuple[list[L
 
 
 def neighbours_of(cfg: Config, plan: dict[str, Stage], links: list[Link], k: int) -> dict[int, list[str]]:
-    """Each link's k nearest training images (manifest ids) in its level's space (level 0: pixels), the space
+    """Each link's k nearest training images (manifest ids) in its level's space (level 0: its data's), the space
     streamed block by block (knn.RunningNearest): the training set is never held whole."""
     out = {}
     for link in links:
-        if link.level == 0:
-            if not level_kind(cfg, 0).is_pixels:
-                continue  # VAE latents are not stored per training image
-            stream = iter_pixels(plan["images"].artifact.require())
+        if link.level == 0:  # in level 0's own space: pixels, or the VAE latents of level_0_latents
+            stream = level_kind(cfg, 0).stream(cfg, plan, "train")
         else:
             stream = iter_latent_samples(plan[f"level_{link.level}_latents"].artifact.require(), "train")
         top = RunningNearest(link.latent.reshape(1, -1), k)

@@ -130,7 +130,8 @@ def noisy_conditions(cfg: Config, level: int, latents: dict[int, torch.Tensor],
 
 def load_models(cfg: Config, plan: dict[str, Stage], use_ema: bool = True, skip=()) -> dict:
     """Each level's (model, spec), on the GPU where there is one (sampling's draws stay on the CPU)."""
-    return {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema, sampling_device())
+    device = sampling_device(cfg.compute.device)
+    return {level: load_level_model(plan[f"level_{level}_model"].artifact.require(), use_ema, device)
             for level in range(cfg.num_levels) if level not in skip}
 
 
@@ -196,7 +197,11 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     summary = {str(level): st.summary() for level, st in stats.items() if level > 0 or not pixels}
     if pixels:
         summary["pixels"] = stats[0].summary()
-    log(f"samples: {count} images in {seconds:.1f} s ({count / seconds:.1f} img/s)")
+    # an engine's workers resolve compute.device themselves (a Ray worker's GPU, where it was given one)
+    device = f"{engine.name} workers ({cfg.compute.device})" if engine.distributed else str(
+        sampling_device(cfg.compute.device))
+    log(f"samples: {count} images in {seconds:.1f} s ({count / seconds:.1f} img/s) on {device}")
     return {"num_samples": count, "sample_seconds": round(seconds, 2),
             "images_per_sec": round(count / seconds, 2), "level_stats": summary, "pictures": ["grid.png", *rows],
-            "guidance": cfg.guidance(), "steps": sc.steps, "level_steps": cfg.sampling_steps(), "sampler": sc.sampler}
+            "guidance": cfg.guidance(), "steps": sc.steps, "level_steps": cfg.sampling_steps(), "sampler": sc.sampler,
+            "device": device, "precision": "float32"}

@@ -52,8 +52,8 @@ def encoder_settings(cfg: Config, level=None) -> dict:
 
 
 def latents_settings(cfg: Config, level: int) -> dict:
-    """The settings that decide level `level`'s latents (its kind's; sigma is not one: it only acts when z_l
-    conditions)."""
+    """The settings that decide level `level`'s latents (its kind's, level 0's space's; sigma is not one: it only
+    acts when z_l conditions)."""
     return level_kind(cfg, level).latent_settings(cfg, level)
 
 
@@ -68,7 +68,7 @@ def model_settings(cfg: Config, level: int) -> dict:
 
 def sampling_settings(cfg: Config) -> dict:
     """What decides how samples are drawn (not how they are scored): the samples' and variations' own settings."""
-    evaluation_only = {"reference_images", "inception_weights", "eval_seeds", "oracle"}
+    evaluation_only = {"reference_images", "pr_reference", "reference_npz", "inception_weights", "eval_seeds", "oracle"}
     sampling = cfg.sampling.model_dump(mode="json", exclude=evaluation_only)
     return without_new_defaults({"sampling": sampling})["sampling"]
 
@@ -81,6 +81,22 @@ def inception_identity(cfg: Config) -> str:
     if not path.is_file():  # checkpoint_sha256 would call it an encoder checkpoint
         raise FileNotFoundError(f"sampling.inception_weights: file not found: {path}")
     return checkpoint_sha256(str(path))
+
+
+def reference_npz_identity(cfg: Config) -> str:
+    """Where the FID statistics come from: "training images", or the content hash of sampling.reference_npz."""
+    path = cfg.sampling.reference_npz
+    if path is None:
+        return "training images"
+    if not path.is_file():
+        raise FileNotFoundError(f"sampling.reference_npz: file not found: {path}")
+    return checkpoint_sha256(str(path))
+
+
+def reference_settings(cfg: Config, level=None) -> dict:
+    sc = cfg.sampling
+    return {"max_images": sc.reference_images, "inception": inception_identity(cfg), "pr_reference": sc.pr_reference,
+            "statistics": reference_npz_identity(cfg)}
 
 
 def folder_identity(folder: Path | None) -> str:
@@ -99,7 +115,8 @@ def semantic_levels(cfg: Config) -> range:
 
 
 def model_inputs(cfg: Config, plan: dict, level: int) -> dict:
-    return {"target": plan["images" if level == 0 else f"level_{level}_latents"],
+    target = (level_kind(cfg, 0).latents_stage or "images") if level == 0 else f"level_{level}_latents"
+    return {"target": plan[target],
             "conditions": {k: plan[f"level_{k}_latents"] for k in cfg.conditions_of(level)}}
 
 
@@ -116,6 +133,18 @@ STAGE_KINDS: tuple[StageKind, ...] = (
         build=build_images,
         checks=(Check("shards_match_manifest", "Every manifest row is in the image shards, and nothing else.",
                       lambda cfg, plan, st: checks.images_match_manifest(st.artifact.require())),)),
+    # Level 0's own latents, where its space has them (a VAE's): encoded once, read by everything after.
+    StageKind(
+        name="vae_latents", code_version="1",
+        stages=lambda cfg: [(name, 0)] if (name := level_kind(cfg, 0).latents_stage) else [],
+        settings=latents_settings,
+        inputs=lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
+        build=build_level_latents,
+        checks=(Check("consistent", "Latents are finite and their training statistics are those stored when built.",
+                      lambda cfg, plan, st: checks.vae_latents_are_consistent(st.artifact.require())),
+                Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's splits.",
+                      lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
+                                                                         _require(plan, "images"))))),
     StageKind(
         name="features", code_version="1", stages=one("encoder_features"), settings=encoder_settings,
         inputs=lambda cfg, plan, level, home: {"images": plan["images"],
@@ -159,17 +188,20 @@ STAGE_KINDS: tuple[StageKind, ...] = (
                       lambda cfg, plan, st: checks.samples_are_complete(st.artifact.require(),
                                                                        cfg.sampling.num_samples)),)),
     # The FID reference, its Inception file, the extra seeds and the oracle are the evaluation's business.
+    # 2: streamed float64 statistics, capped subsamples (sampling.pr_reference), or an ADM-style .npz's statistics.
     StageKind(
-        name="reference", code_version="1", stages=one("reference_stats"),
-        settings=lambda cfg, level: {"max_images": cfg.sampling.reference_images, "inception": inception_identity(cfg)},
+        name="reference", code_version="2", stages=one("reference_stats"), settings=reference_settings,
         inputs=lambda cfg, plan, level, home: {"images": plan["images"]},
         build=build_reference,
-        checks=(Check("consistent", "Inception features of every reference and held-out image, finite; mu is their "
-                      "mean.", lambda cfg, plan, st: checks.reference_is_consistent(
+        checks=(Check("consistent", "FID statistics finite, sigma symmetric and positive semi-definite; min(cap, N) "
+                      "finite reference and held-out features kept, whose mean agrees with mu.",
+                      lambda cfg, plan, st: checks.reference_is_consistent(
                           st.artifact.require(), st.artifact.metadata()["num_reference"],
-                          st.artifact.metadata()["num_holdout"])),)),
+                          st.artifact.metadata()["num_holdout"], cfg.sampling.pr_reference,
+                          st.artifact.metadata()["pr_source"])),)),
+    # 3: the FID against the reference's stored statistics; precision/recall against its subsample.
     StageKind(
-        name="evaluation", code_version="2", stages=one("evaluation"),
+        name="evaluation", code_version="3", stages=one("evaluation"),
         settings=lambda cfg, level: {"k": EVAL_K, "eval_seeds": cfg.sampling.eval_seeds,
                                      "oracle": cfg.sampling.oracle and cfg.num_levels > 1},
         inputs=lambda cfg, plan, level, home: {"samples": plan["samples"], "reference": plan["reference_stats"]},

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from .data import iter_pixels
-from .features import Preprocess, build_extractor
+from .features import encoder_features
 from .ingest import label_names, prepare_image
 from .level_kinds import encode_images
 from .levels import read_latents
 from .pictures import labelled_grid
+from .runtime import resolve_device
 from .sample import decode_level0, sample_hierarchy, to_uint8
 from .schema import Config
 from .stage import Stage
@@ -87,12 +88,9 @@ def plan_label_names(plan: dict[str, Stage]) -> list[str]:
     return label_names(plan["images"].artifact.require())
 
 
-@torch.inference_mode()
 def pooled_features(cfg: Config, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, C) global-average-pooled encoder features of (N, H, W, 3) uint8 images, unit length."""
-    extractor, pre = build_extractor(cfg.encoder), Preprocess(cfg.encoder)
-    f = torch.cat([extractor(pre(torch.tensor(images[i:i + batch_size]))).float().mean(dim=(1, 2))
-                   for i in range(0, len(images), batch_size)])
+    f = encoder_features(cfg.encoder, images, resolve_device(cfg.compute.device), batch_size).mean(dim=(1, 2))
     return torch.nn.functional.normalize(f, dim=1).numpy()
 
 
@@ -141,6 +139,7 @@ def build_variations(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     (out_dir / TABLE).write_text(json.dumps({"sources": names, "columns": list(images), "seeds": vc.seeds,
                                              "similarity": table}, indent=1))
     return {"num_images": n, "sources": names, "columns": list(images), "seeds": vc.seeds, "similarity": table,
+            "device": str(resolve_device(cfg.compute.device)), "precision": "float32",
             "layout": "one row per source image (first column); then, per kept set, its variations (one per "
                       "seed): none kept (plain samples), the coarsest latent only, ..., every semantic latent",
             "variation_ids": "'<column>/seed<m>/<row>', e.g. 'z2/seed0/3' (python -m pipeline.lineage)"}

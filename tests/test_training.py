@@ -1,12 +1,15 @@
 """Per-level training on configs/tiny.yaml: loss, condition dropout, checkpoints, resume, torchrun, Pipes."""
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+import yaml
 
 from assets.training import train_command
 from assets.testing import run_assets
@@ -161,6 +164,12 @@ def test_cost_table_against_the_trained_models(tiny_run):
 def test_level0_as_a_vae_latent(tiny_run, tmp_path):
     from diffusers import AutoencoderKL
 
+    from pipeline import gc
+    from pipeline.data import iter_pixels
+    from pipeline.level_kinds import level_shape
+    from pipeline.levels import read_latents
+    from pipeline.vae_latents import encode_vae
+
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                         block_out_channels=(16, 32), latent_channels=4, norm_num_groups=8, sample_size=16)
     vae.save_pretrained(tmp_path / "vae")
@@ -168,13 +177,30 @@ def test_level0_as_a_vae_latent(tiny_run, tmp_path):
     data["level0"].update(space="vae", vae=str(tmp_path / "vae"))
     data["level0"]["train"].update(steps=10)
     cfg = parse_config(data)
-    result = run_assets(cfg, tiny_run["home"], names=["level_0_model"])
+    plan = build_plan(cfg, tiny_run["home"])
+    assert "images" in plan["level_0_latents"].inputs and "level_0_latents" in plan["level_0_model"].inputs
+    result = run_assets(cfg, tiny_run["home"], names=["level_0_latents", "level_0_model"])
     assert result.success
-    _, spec = load_level_model(build_plan(cfg, tiny_run["home"])["level_0_model"].path)
+    # the latents are an asset with its checks, in the level_0 group, saying where they were encoded
+    md = result.asset_materializations_for_node("level_0_latents")[0].metadata
+    assert md["device"].value == "cpu" and md["stored_dtype"].value == "float16" and md["num_train"].value > 0
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert all(checks.values()) and {name for asset, name in checks if asset == "level_0_latents"} == {
+        "files_intact", "consistent", "shards_match_manifest"}
+    # stored in float16, equal to a float32 encode of the same images up to float16's rounding
+    keys, z, _ = read_latents(plan["level_0_latents"].path, "train")
+    assert z.dtype == np.float16 and z.shape[1:] == (4, 8, 8)
+    pixels = torch.stack([torch.from_numpy(x) for _, x, _ in itertools.islice(iter_pixels(plan["images"].path), 4)])
+    exact = encode_vae(pixels, cfg.level0.vae, cfg.level0.vae_scale)
+    np.testing.assert_allclose(z[:4].astype(np.float32), exact.numpy(), atol=2e-3, rtol=2e-3)
+    _, spec = load_level_model(plan["level_0_model"].path)
     assert spec["in_shape"] == [4, 8, 8]  # 16 px through a 2x-downsampling VAE with 4 latent channels
-    from pipeline.level_kinds import level_shape
     assert level_shape(cfg, 0) == (4, 8, 8)
-    assert list((tiny_run["home"] / "vae_latents").glob("*/latents.safetensors"))  # encoded once, cached
+    # gc knows the kind: the latents are in use while a config refers to them
+    config = tmp_path / "vae.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert plan["level_0_latents"].path in gc.referenced([config], tiny_run["home"]).paths
+    assert "vae_latents" in gc.kinds()
 
 
 def test_ema_warms_up_and_survives_a_checkpoint(tmp_path):
