@@ -1,0 +1,51 @@
+"""compute.device, the CPU side: refused when wrong, resolved where the stages run, recorded in every heavy stage's
+metadata, and never part of a fingerprint (the GPU side: benchmarks/gpu_smoke.sh)."""
+import pytest
+import torch
+
+from pipeline.config import ConfigError, parse_config
+from pipeline.plan import build_plan
+from pipeline.runtime import device_for, resolve_device, sampling_device
+
+no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side: this process sees a GPU")
+
+# Every stage whose work a GPU would do, and what its metadata must say here.
+HEAVY = ("encoder_features", "level_0_model", "level_1_model", "level_2_model", "samples", "reference_stats",
+         "evaluation", "variations")
+
+
+def with_device(cfg, device):
+    data = cfg.model_dump(mode="json")
+    data["compute"]["device"] = device
+    return parse_config(data)
+
+
+def test_an_unknown_device_is_refused_with_its_field(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"compute\.device"):
+        with_device(tiny_cfg, "gpu")
+    with pytest.raises(ValueError, match="compute.device"):
+        resolve_device("tpu")
+
+
+@no_gpu
+def test_cuda_without_a_gpu_is_refused_and_auto_falls_back_to_the_cpu():
+    with pytest.raises(RuntimeError, match="compute.device: cuda, but torch sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(RuntimeError, match="compute.device: cuda"):
+        device_for(0, "cuda")  # a training rank asks the same question
+    assert resolve_device("auto") == resolve_device("cpu") == sampling_device("auto") == torch.device("cpu")
+    assert device_for(0, "auto") == torch.device("cpu")
+
+
+def test_the_device_changes_no_fingerprint(tiny_cfg, tmp_path):
+    plans = [build_plan(with_device(tiny_cfg, d), tmp_path) for d in ("auto", "cpu", "cuda")]
+    assert [{n: st.fingerprint for n, st in p.items()} for p in plans[1:]] == [
+        {n: st.fingerprint for n, st in plans[0].items()}] * 2
+
+
+@no_gpu
+def test_every_heavy_stage_says_where_it_ran(tiny_run):
+    plan = build_plan(tiny_run["cfg"], tiny_run["home"])
+    said = {name: plan[name].artifact.metadata() for name in HEAVY}
+    assert {name: meta.get("device") for name, meta in said.items()} == {name: "cpu" for name in HEAVY}
+    assert all(meta.get("precision") in ("float32", "bfloat16") for meta in said.values())
