@@ -67,6 +67,7 @@ def level_neighbours(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
                   "coarse levels find the same kind of thing, fine levels the same look",
                   [("query", 1), (f"its {K} nearest training images (nearest first)", K)], labels)
     (out_dir / "neighbours.json").write_text(json.dumps(found, indent=1))
-    return {"queries": query_keys, "k": K, "levels": list(spaces),
+    # A few queries against blocks of at most 2,048 rows: faiss on the CPU, where a GPU would only add copies.
+    return {"queries": query_keys, "k": K, "levels": list(spaces), "device": "cpu", "precision": "float32",
             "layout": "one row per (query, level), each labelled: levels 0 (pixels) .. L-1; the first column is "
                       "the query, then its nearest training images, nearest first"}
