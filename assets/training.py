@@ -44,6 +44,7 @@ def _model(cfg, plan, stage, meta, log) -> dict:
         "resumed_from_step": meta["resumed_from_step"] if meta["resumed_from_step"] is not None else "none",
         "sec_per_step": meta["sec_per_step"], "samples_per_sec": meta["samples_per_sec"],
         "device": meta.get("device"), "precision": meta.get("precision"),
+        "loader": meta.get("loader", "memory"), "loader_workers": meta.get("loader_workers", 0),
         "nested_gflops_per_step": round(costs["total_gflops_per_forward"], 4),
         "nested_vs_L1_gflops": round(costs["relative_to_baseline"], 3),
         "cost_table": MetadataValue.md(cost_markdown(costs)),

@@ -21,6 +21,7 @@ from .sources import get_source
 # Precision/recall take each point's k-th nearest neighbour (k = 3): a set needs k + 1 points.
 EVAL_K = 3
 MAX_SAMPLES = 1_000_000  # sampling.num_samples cap: the paper evaluates 50k; 1e12 is a typo, not a run
+PR_REFERENCE = 50_000  # reference features kept for precision/recall: ADM's evaluator's reference batch size
 MAX_SEED = 2**63 - 1  # torch and numpy take 64-bit seeds
 FLOAT32_MAX = 3.4028234663852886e38  # every float setting ends up in a float32 tensor or parameter
 MAX_SIGMA = 100.0  # latents are standardized to unit variance: sigma 100 leaves 1e-4 of the signal's variance
@@ -170,6 +171,12 @@ class SamplingConfig(_Strict):
     pixel_thresholding: bool = True  # dynamic thresholding of pixel-space x0 estimates (keeps them in [-1, 1])
     shared_rows: int = Field(4, ge=0, description="rows of the shared-coarse-latent picture (paper Figure 1)")
     reference_images: int | None = Field(None, description="training images in the FID reference (all: None)")
+    pr_reference: int = Field(PR_REFERENCE, le=MAX_SAMPLES, description="reference (and held-out) features kept for "
+                              "precision/recall and the nearest-training-image distances: a deterministic subsample, "
+                              "by hashed image key; the FID statistics still cover every reference image")
+    reference_npz: Path | None = Field(None, description="FID statistics from an ADM-style .npz (mu, sigma; arr_0, "
+                                       "images or 2048-d activations, if present, for precision/recall) instead of "
+                                       "the training images'")
     eval_seeds: int = Field(1, ge=1, le=16, description="sampling seeds the FID is measured over (seed, seed + 1, "
                             "...): the evaluation row has their mean and std")
     oracle: bool = Field(True, description="nested runs: also the FID of level 0 sampled from the held-out images' "
@@ -184,7 +191,7 @@ class SamplingConfig(_Strict):
             raise ValueError(f"{list(v)}: every level takes at least one sampling step")
         return v
 
-    @field_validator("num_samples", "reference_images")
+    @field_validator("num_samples", "reference_images", "pr_reference")
     @classmethod
     def _enough_points(cls, v):
         if v is not None and v < EVAL_K + 1:
@@ -236,6 +243,18 @@ class ComputeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # torch.compile of the training step: 'auto' compiles on a GPU only (pipeline.train.use_compile)
     compile: bool | Literal["auto"] = "auto"
+    # Processes that decode, resize and PNG-encode the images stage's images (pipeline.ingest.ingest_workers);
+    # the shards are the same bytes for any number.
+    ingest_workers: int | None = Field(None, ge=1, le=4096, description="image ingest processes (None: the CPUs "
+                                                                       "this process may use)")
+    # How training reads a level's split (pipeline/loader.py): `memory` decodes it into tensors before step 1 (faster
+    # where it fits), `stream` reads it shard by shard through a DataLoader in bounded memory; `auto` streams when
+    # the split's estimated size in memory exceeds memory_budget_gb. The order batches come in, not what is learned.
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_gb: float = Field(8.0, gt=0, description="per training process: a larger split is streamed (auto)")
+    loader_workers: int = Field(4, ge=0, le=256, description="DataLoader processes reading a streamed split (0: the "
+                                                             "training process itself)")
+    shuffle_buffer: int = Field(2000, ge=1, le=10_000_000, description="samples each streaming worker shuffles among")
     ray: RayComputeConfig = RayComputeConfig()
     k8s: K8sComputeConfig = K8sComputeConfig()
 

@@ -2,7 +2,8 @@
 
 Runs by hand (``python -m pipeline.train_cli``), under ``torchrun`` and on an engine's process group (Ray Train;
 DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the same `train_level` in a process of its own
-(assets/train_entry.py). A killed run resumes from the last checkpoint of the same fingerprint.
+(assets/train_entry.py). A killed run resumes from the last checkpoint of the same fingerprint. The batches come
+from pipeline/loader.py: the split in memory, or streamed from its shards (compute.loader), on every path.
 
 Loss (paper eq. 4): || eps - D(alpha_t z_l + sigma_t eps, z_hat_{>l}, t) ||^2 with z_hat_k = z_k + sigma_k * n,
 n ~ N(0, I) drawn fresh every step. For classifier-free guidance a sample's conditions and label are dropped
@@ -26,7 +27,7 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .costs import model_cost
 from .engine import LocalEngine
-from .level_kinds import load_level_data
+from .loader import stream_seed, training_batches
 from .model_io import build_model, make_scheduler, model_spec, save_model
 from .plots import line_plot
 from .runtime import close_distributed, cpu_has_native_bf16, device_for, init_distributed, resolve_precision, world_size
@@ -108,16 +109,18 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     tc = cfg.train_config(level)
 
     # -- setup: process, data, model, EMA, optimizer, noise schedule
-    rank, world = init_distributed()
-    device = device_for(rank)
+    rank, world = init_distributed(cfg.compute.device)
+    device = device_for(rank, cfg.compute.device)
     precision = resolve_precision(tc.precision, device)
     if tc.precision == "bfloat16" and device.type == "cpu" and cpu_has_native_bf16() is False:
         log(f"warning: level {level} trains in bfloat16 on a CPU without AVX512-BF16 or AMX, where bf16 "
             f"is emulated and many times slower than float32: set precision: float32 for this machine")
-    data = load_level_data(cfg, plan, level)
-    num_classes = int(data.labels.max()) + 1 if cfg.class_conditional else 0
+    per_rank = max(1, tc.batch_size // world)
+    # in memory or streamed (pipeline/loader.py: compute.loader, by the split's size against the memory budget)
+    data, loader_meta = training_batches(cfg, plan, level, per_rank, device, rank, world, log)
+    num_classes = data.num_classes if cfg.class_conditional else 0
     shape = data.shape  # the level's data; a target transform's state (matryoshka's) is the backbone's business
-    spec = model_spec(cfg, level, shape, [c.shape[1:] for c in data.conds], num_classes)
+    spec = model_spec(cfg, level, shape, data.cond_shapes, num_classes)
     spec.update(data.target)  # how sampling undoes level 0's target transforms (pipeline.level_kinds.finish_sample)
     torch.manual_seed(cfg.training_seed)  # same initial weights on every rank
     model = build_model(spec).to(device)
@@ -146,12 +149,11 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
 
     params, gflops = model_cost(tc, tuple(spec["in_shape"]), [tuple(s) for s in spec["cond_shapes"]], num_classes)
     log(f"level {level}: {spec['backbone']}-{spec['size']} {params / 1e6:.2f}M params, {gflops:.3f} "
-        f"GFLOPs/forward, {len(data)} samples, steps {start}->{tc.steps}, world {world}, {precision}"
+        f"GFLOPs/forward, {data.num_samples} samples, steps {start}->{tc.steps}, world {world}, {precision}"
         f"{', compiled' if compiled else ''}")
 
     # -- train
-    per_rank = max(1, tc.batch_size // world)
-    x_all, conds_all, labels_all = data.x.to(device), [c.to(device) for c in data.conds], data.labels.to(device)
+    data.begin(stream_seed(cfg.training_seed, level, start))  # a streamed split: a resumed run reseeds from its step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     model.train()
     # On a GPU nothing in a step waits for the GPU: the step's random draws are made there, and the losses are read
@@ -160,18 +162,18 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     check_every = 1 if device.type == "cpu" else tc.log_every
     t0, timed_steps, window, unchecked = None, 0, [], []
     for step in range(start, tc.steps):
-        # The step's batch, noise, timesteps, condition noise and dropout, all drawn from the step's own generator.
+        # The step's batch (in memory: its indices), noise, timesteps, condition noise and dropout, all drawn from the
+        # step's own generator.
         g = step_generator(cfg.training_seed, level, rank, step, device)
-        idx = torch.randint(0, len(data), (per_rank,), generator=g, device=g.device).to(device)
-        x0 = x_all[idx]
+        x0, clean_conds, batch_labels = data.batch(g)
         noise = torch.randn(x0.shape, generator=g, device=g.device).to(device)
         t = torch.randint(0, tc.num_train_timesteps, (per_rank,), generator=g, device=g.device).to(device)
         xt = sched.add_noise(x0, noise, t)
         target = noise if tc.prediction == "epsilon" else sched.get_velocity(x0, noise, t)
-        conds = [c[idx] + s * torch.randn(c[idx].shape, generator=g, device=g.device).to(device)
-                 for c, s in zip(conds_all, sigmas)]
+        conds = [c + s * torch.randn(c.shape, generator=g, device=g.device).to(device)
+                 for c, s in zip(clean_conds, sigmas)]
         drop = drop_mask(per_rank, tc.p_uncond, g).to(device)  # conditions and label together
-        labels = torch.where(drop, num_classes, labels_all[idx]) if num_classes else None
+        labels = torch.where(drop, num_classes, batch_labels) if num_classes else None
 
         for group in opt.param_groups:  # linear warm-up
             group["lr"] = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
@@ -228,9 +230,9 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     return dict(level=level, steps=tc.steps, resumed_from_step=resumed_from, params=params,
                 gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                 samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
-                loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=len(data),
+                loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=data.num_samples,
                 condition_levels=cfg.conditions_of(level), device=str(device), precision=precision, compiled=compiled,
-                seconds=round(time.perf_counter() - began, 1))
+                **loader_meta, seconds=round(time.perf_counter() - began, 1))
 
 
 def work_dir(stage: Stage) -> Path:

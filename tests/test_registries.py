@@ -44,16 +44,23 @@ def test_every_stage_kind_has_one_declaration_per_layer(tiny_cfg, tmp_path):
     """pipeline/stages.py declares each kind once (settings, code version, build, checks), assets/views.py its View;
     the plan holds exactly the stages they declare, each under its kind's folder."""
     from assets.views import VIEWS
+    from pipeline.config import parse_config
     from pipeline.plan import build_plan
     from pipeline.stages import KINDS, STAGE_KINDS
 
     assert len(KINDS) == len(STAGE_KINDS) and set(KINDS) == set(VIEWS)
-    plan = build_plan(tiny_cfg, tmp_path)
-    declared = [asset for kind in STAGE_KINDS for asset, _ in kind.stages(tiny_cfg)]
-    assert list(plan) == declared and {st.kind for st in plan.values()} == set(KINDS)
-    for st in plan.values():
-        assert st.path.parent.name == st.kind and all(name in plan for name in st.inputs)
-        assert list(plan).index(st.asset) > max((list(plan).index(n) for n in st.inputs), default=-1)  # upstream first
+    vae = tiny_cfg.model_dump(mode="json")
+    vae["level0"].update(space="vae", vae="stabilityai/sd-vae-ft-ema")  # a VAE level 0 adds its latents' kind
+    seen = set()
+    for cfg in (tiny_cfg, parse_config(vae)):
+        plan = build_plan(cfg, tmp_path)
+        declared = [asset for kind in STAGE_KINDS for asset, _ in kind.stages(cfg)]
+        assert list(plan) == declared
+        seen |= {st.kind for st in plan.values()}
+        for st in plan.values():
+            assert st.path.parent.name == st.kind and all(name in plan for name in st.inputs)
+            assert list(plan).index(st.asset) > max((list(plan).index(n) for n in st.inputs), default=-1)  # upstream first
+    assert seen == set(KINDS)
     assert all(len({c.name for c in kind.checks}) == len(kind.checks) for kind in STAGE_KINDS)
 
 
