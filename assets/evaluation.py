@@ -44,10 +44,13 @@ SAMPLES = View(group="generation", kinds=("pytorch", "webdataset"), resources=CP
 
 REFERENCE = View(
     group="evaluation", kinds=("pytorch", "safetensors"), resources=CPU,
-    describe=lambda cfg, stage: "Inception features, mean and covariance of the training images (FID reference, "
-                                "precision/recall), and of the held-out images (the real-data FID floor).",
-    metadata=lambda cfg, plan, stage, meta, log: {"num_reference": meta["num_reference"],
-                                                  "num_holdout": meta["num_holdout"], "fid_floor": meta["fid_floor"]})
+    describe=lambda cfg, stage: "Inception mean and covariance of the training images, streamed (the FID reference), "
+                                f"and a hashed subsample of at most {cfg.sampling.pr_reference:,} of their features "
+                                "(precision/recall); the same for the held-out images (the real-data FID floor).",
+    metadata=lambda cfg, plan, stage, meta, log: {
+        "num_reference": meta["num_reference"], "num_pr_reference": meta.get("num_pr_reference"),
+        "num_holdout": meta["num_holdout"], "fid_floor": meta["fid_floor"], "device": meta.get("device"),
+        "inception_precision": meta.get("inception_precision")})
 
 
 def _evaluation(cfg, plan, stage, meta, log) -> dict:
