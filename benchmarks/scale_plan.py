@@ -180,11 +180,12 @@ def main() -> None:
           f"{vae_enc:.1f} and decoder {vae_dec:.1f} at {cfg.dataset.resolution} px; Inception-v3 at 299 px {inc_gf:.2f}.")
 
     # --- storage
-    img_sample = 2 * tar_member(png) + 2 * tar_member(200)  # img.png, src.png, cls, json
+    pngs = 1 if cfg.dataset.resolution == cfg.dataset.source_size else 2  # ingest writes src.png only if it differs
+    img_sample = pngs * tar_member(png) + 2 * tar_member(200)  # img.png (and src.png), cls, json
     lat = {lv: shard_bytes((shapes[lv][0], shapes[lv][1], shapes[lv][2])) for lv in range(1, L)}
     feat_raw = N_IMAGES * h * w * c * 4
     rows = [
-        ("images: shards", f"N x (2 PNGs of {png / 1e3:.0f} kB (img.png = src.png at 256 px) + tar headers)",
+        ("images: shards", f"N x ({pngs} PNG(s) of {png / 1e3:.0f} kB at {cfg.dataset.resolution} px + tar headers)",
          N_IMAGES * img_sample),
         ("encoder_features, float32 raw", f"N x {h} x {w} x {c} x 4 B = N x {h * w * c * 4:,} B", feat_raw),
         (f"encoder_features, Blosc zstd-3 ({r32:.2f}x measured)", "raw / ratio", feat_raw / r32),

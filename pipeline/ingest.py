@@ -1,34 +1,50 @@
 """Ingest: turn a raw image source into RGB WebDataset shards plus a Parquet manifest.
 
 The sources (the emoji npm tgz, a folder of class subfolders, an npz of arrays, and two small sets that ship
-inside wheels) are pipeline/sources.py's registry. Every image leaves here as square RGB PNGs at two sizes:
-``img.png`` (cfg.resolution, level 0 of the diffusion model) and ``src.png`` (cfg.source_size, what the
-encoder reads). Unreadable files are skipped and reported rather than failing the whole run.
+inside wheels) are pipeline/sources.py's registry. Every image leaves here as square RGB PNGs: ``img.png`` at
+cfg.resolution (level 0 of the diffusion model) and ``src.png`` at cfg.source_size (what the encoder reads),
+or ``img.png`` alone where the two sizes are equal (the readers, `level0_png` and `source_png`, read it for
+both). Decoding, resizing and PNG encoding run in `compute.ingest_workers` processes; the shards are written
+here, in source order, so the output is the same bytes whatever the number of workers. Unreadable files are
+skipped and reported rather than failing the whole run.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import closing
+from functools import partial
+from itertools import chain, islice
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .cache import changed_lately, file_sha256, listed_files, stat_key
-from .schema import Config, DatasetConfig
-from .sources import get_source
+from .schema import ComputeConfig, Config, DatasetConfig
+from .sources import Item, get_source
 
 SHARD_PATTERN = "images-%06d.tar"
 MANIFEST = "manifest.parquet"
+LEVEL0_PNG = "img.png"   # dataset.resolution: level 0; always stored
+SOURCE_PNG = "src.png"   # dataset.source_size: the encoder's input; stored only where it differs from level 0
+SHARD_MTIME = 0          # every tar member's mtime: the shards are the same bytes on every run
+CHUNK = 32               # images per task of a worker: large enough that the hand-over costs nothing beside them
+AHEAD = 2                # chunks in flight per worker: keeps every worker busy, and memory bounded whatever N
+ROW_GROUP = 8192         # manifest rows written at a time (a Parquet row group: ~157 for ImageNet)
 
 MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("label", pa.int32()), ("label_name", pa.string()), ("source", pa.string()),
@@ -119,7 +135,12 @@ def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str
 def _decode(data: bytes | np.ndarray) -> Image.Image:
     if isinstance(data, np.ndarray):
         return Image.fromarray(data)
-    img = Image.open(io.BytesIO(data))
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        # PIL's message names the buffer by its memory address: said again without it, a skip reads the same in
+        # every run and from any worker.
+        raise UnidentifiedImageError("cannot identify image file: not an image format PIL reads") from None
     img.load()  # open() is lazy: without this a truncated file would pass here and fail (or not) later
     return ImageOps.exif_transpose(img)
 
@@ -150,10 +171,23 @@ def _png(img: Image.Image, size: int) -> bytes:
     return buf.getvalue()
 
 
+def png_members(img: Image.Image, resolution: int, source_size: int) -> dict[str, bytes]:
+    """An RGB image as a sample's PNG members: level 0, and the encoder's size where it is another size (at equal
+    sizes the two would be the same bytes: the paper's 256 px ImageNet would store every image twice)."""
+    members = {LEVEL0_PNG: _png(img, resolution)}
+    if source_size != resolution:
+        members[SOURCE_PNG] = _png(img, source_size)
+    return members
+
+
 def prepare_image(data: bytes, cfg: DatasetConfig) -> tuple[np.ndarray, np.ndarray]:
     """One raw image as ingest stores it: (level-0 image, encoder-size image), each uint8 (H, W, 3)."""
     img = to_rgb(_decode(data))
     return np.asarray(_fit(img, cfg.resolution)), np.asarray(_fit(img, cfg.source_size))
+
+
+def _content_hash(raw: bytes | np.ndarray) -> str:
+    return hashlib.sha256(raw if isinstance(raw, bytes) else np.ascontiguousarray(raw).tobytes()).hexdigest()
 
 
 def _is_holdout(content_hash: str, fraction: float) -> bool:
@@ -161,18 +195,89 @@ def _is_holdout(content_hash: str, fraction: float) -> bool:
     return int(hashlib.sha256(content_hash.encode()).hexdigest()[:8], 16) / 2**32 < fraction
 
 
+# ---------------------------------------------------------------- the workers' part
+
+# One image's task: (its data, whether the source gave it a label). Its result: (PNG members, content hash), or why
+# it was skipped ("TypeName: message").
+Task = tuple[bytes | np.ndarray | Path, bool]
+Prepared = tuple[dict[str, bytes], str]
+
+
+def _prepare(task: Task, resolution: int, source_size: int) -> Prepared:
+    data, labelled = task
+    if not labelled:
+        raise ValueError("no label for this image in the source's metadata")
+    raw = data.read_bytes() if isinstance(data, Path) else data  # read here, in the worker: folders can be large
+    return png_members(to_rgb(_decode(raw)), resolution, source_size), _content_hash(raw)
+
+
+def prepare_chunk(tasks: list[Task], resolution: int, source_size: int) -> list[Prepared | str]:
+    """A worker's job: each image decoded, fitted and PNG-encoded, or the reason it could not be."""
+    out: list[Prepared | str] = []
+    for task in tasks:
+        try:
+            out.append(_prepare(task, resolution, source_size))
+        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def _worker_context() -> mp.context.BaseContext:
+    # Forked workers start at once with this module imported (it imports the schema, and so torch: a spawned
+    # worker would spend seconds and ~1 GB importing it again); they run no thread of their own, and only PIL,
+    # numpy and hashlib, as PyTorch's DataLoader forks its workers on Linux.
+    return mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
+
+
+def _start(pool: ProcessPoolExecutor, fn: Callable, chunk: list):
+    """Submit the first chunk, which forks every worker: the objects alive now (the source's item list among them)
+    are frozen out of the garbage collector first, so a worker's collection cannot touch, and copy, their pages."""
+    gc.freeze()
+    try:
+        return pool.submit(fn, chunk)
+    finally:
+        gc.unfreeze()
+
+
+def map_in_order(fn: Callable[[list], list], chunks: Iterable[list], workers: int) -> Iterator[list]:
+    """fn over the chunks, results in the chunks' order: here with one worker, else in `workers` processes with at
+    most AHEAD x workers chunks submitted and not yet consumed (memory bounded whatever the number of chunks)."""
+    if workers == 1:
+        yield from map(fn, chunks)
+        return
+    chunks = iter(chunks)
+    first = next(chunks, None)
+    if first is None:
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=_worker_context())
+    try:
+        pending = deque([_start(pool, fn, first)])
+        while pending:
+            # A chunk is drawn (and, for a folder, its files read) only when there is room for it.
+            while len(pending) < AHEAD * workers and (chunk := next(chunks, None)) is not None:
+                pending.append(pool.submit(fn, chunk))
+            yield pending.popleft().result()
+    finally:  # also when the consumer stops early or fails: queued chunks are dropped, not computed
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def ingest_workers(compute: ComputeConfig) -> int:
+    """compute.ingest_workers, or (None) the CPUs this process may run on."""
+    if compute.ingest_workers is not None:
+        return compute.ingest_workers
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 # ---------------------------------------------------------------- ingest
 
 def build_images(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None] = print) -> dict:
     """The images stage: the configured source as shards and a manifest, split by content (`cfg.seed` picks
     the `max_images` subset)."""
-    return ingest(cfg.dataset, out_dir, cfg.seed, log)
+    return ingest(cfg.dataset, out_dir, cfg.seed, log, workers=ingest_workers(cfg.compute))
 
 
-def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print) -> dict:
-    """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata."""
-    out_dir = Path(out_dir)
-    origin = str(cfg.path) if cfg.path is not None else cfg.source
+def _select(cfg: DatasetConfig, seed: int, log: Callable[[str], None]) -> tuple[list[Item], list[str], Counter]:
+    """The source's items and label names, less `drop_categories`, subsampled to `max_images` (by `seed`)."""
     items, names = get_source(cfg.source).read(cfg)
     drop = set(cfg.drop_categories)
     dropped = Counter(it.label_name for it in items if it.label_name in drop)
@@ -183,54 +288,122 @@ def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str]
     if cfg.max_images is not None and cfg.max_images < len(items):
         keep = np.sort(np.random.default_rng(seed).choice(len(items), cfg.max_images, replace=False))
         items = [items[i] for i in keep]
-    label_id = {n: i for i, n in enumerate(names)}
+    return items, names, dropped
 
-    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    rows = {k: [] for k in MANIFEST_SCHEMA.names}
-    skipped = []
-    with wds.ShardWriter(str(out_dir / "shards" / SHARD_PATTERN), maxcount=cfg.shard_size, verbose=0) as sink:
-        for it in tqdm(items, desc=f"ingest {cfg.source}", unit="img", mininterval=5):
-            try:
-                if it.label_name not in label_id:
-                    raise ValueError("no label for this image in the source's metadata")
-                data = it.data.read_bytes() if isinstance(it.data, Path) else it.data
-                img = to_rgb(_decode(data))
-                img_png, src_png = _png(img, cfg.resolution), _png(img, cfg.source_size)
-            except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-                skipped.append(f"{it.name}: {type(e).__name__}: {e}")
+
+def _task_chunks(items: list[Item], label_id: dict[str, int]) -> Iterator[list[Task]]:
+    """The items' tasks, CHUNK at a time, made only as they are submitted."""
+    tasks = ((it.data, it.label_name in label_id) for it in items)
+    while chunk := list(islice(tasks, CHUNK)):
+        yield chunk
+
+
+class _Manifest:
+    """The manifest, written ROW_GROUP rows at a time as the shards fill (the stage's memory holds no column of N
+    rows), and the counts the stage's summary reports."""
+
+    def __init__(self, path: Path, names: list[str], source: str):
+        self.schema = MANIFEST_SCHEMA.with_metadata({"label_names": json.dumps(names), "source": source})
+        self.writer = pq.ParquetWriter(path, self.schema)
+        self.buffer: dict[str, list] = {k: [] for k in MANIFEST_SCHEMA.names}
+        self.num_rows, self.num_holdout = 0, 0
+        self.label_counts: Counter = Counter()
+        self.shards: list[str] = []
+
+    def append(self, *row) -> None:
+        for k, v in zip(MANIFEST_SCHEMA.names, row):
+            self.buffer[k].append(v)
+        _, _, label_name, _, _, split, shard = row
+        self.num_rows += 1
+        self.num_holdout += split == "holdout"
+        self.label_counts[label_name] += 1
+        if not self.shards or self.shards[-1] != shard:
+            self.shards.append(shard)
+        if len(self.buffer["id"]) == ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer["id"]:
+            self.writer.write_table(pa.Table.from_pydict(self.buffer, schema=self.schema))
+            self.buffer = {k: [] for k in MANIFEST_SCHEMA.names}
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _write_shards(cfg: DatasetConfig, items: list[Item], label_id: dict[str, int], out_dir: Path, names: list[str],
+                  workers: int, log: Callable[[str], None]) -> tuple[_Manifest, list[str]]:
+    """Every readable item into the shards and the manifest, in the items' order; (the manifest, the skipped)."""
+    skipped: list[str] = []
+    work = partial(prepare_chunk, resolution=cfg.resolution, source_size=cfg.source_size)
+    manifest = _Manifest(out_dir / MANIFEST, names, cfg.source)
+    # closing(): the workers are gone when this returns or raises, not whenever the generator is collected.
+    with closing(map_in_order(work, _task_chunks(items, label_id), workers)) as done, closing(manifest), \
+            wds.ShardWriter(str(out_dir / "shards" / SHARD_PATTERN), maxcount=cfg.shard_size, verbose=0,
+                            mtime=SHARD_MTIME) as sink, \
+            tqdm(total=len(items), desc=f"ingest {cfg.source}", unit="img", mininterval=5) as bar:
+        for it, result in zip(items, chain.from_iterable(done)):
+            bar.update()
+            if isinstance(result, str):
+                skipped.append(f"{it.name}: {result}")
                 log(f"ingest: skipped {skipped[-1]}")
                 continue
-            raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
-            content_hash = hashlib.sha256(raw).hexdigest()
+            members, content_hash = result
             split = "holdout" if _is_holdout(content_hash, cfg.holdout_fraction) else "train"
-            key = f"{len(rows['id']):07d}"
-            sink.write({"__key__": key, "img.png": img_png, "src.png": src_png, "cls": label_id[it.label_name],
+            key = f"{manifest.num_rows:07d}"
+            sink.write({"__key__": key, **members, "cls": label_id[it.label_name],
                         "json": {"source": it.name, "split": split}})
-            for k, v in zip(MANIFEST_SCHEMA.names, (key, label_id[it.label_name], it.label_name, it.name,
-                                                    content_hash, split, os.path.basename(sink.fname))):
-                rows[k].append(v)
+            manifest.append(key, label_id[it.label_name], it.label_name, it.name, content_hash, split,
+                            os.path.basename(sink.fname))
+    return manifest, skipped
 
-    n = len(rows["id"])
+
+def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print,
+           workers: int = 1) -> dict:
+    """Write out_dir/shards/images-*.tar and out_dir/manifest.parquet; return summary metadata. The images are
+    prepared in `workers` processes; the output is the same bytes for any number of them."""
+    out_dir = Path(out_dir)
+    origin = str(cfg.path) if cfg.path is not None else cfg.source
+    items, names, dropped = _select(cfg, seed, log)
+    label_id = {n: i for i, n in enumerate(names)}
+    workers = max(1, min(workers, -(-len(items) // CHUNK)))  # no more workers than chunks
+
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    manifest, skipped = _write_shards(cfg, items, label_id, out_dir, names, workers, log)
+    seconds = time.perf_counter() - start
+
+    n, num_holdout, shards = manifest.num_rows, manifest.num_holdout, manifest.shards
     if n == 0:
         raise ValueError(f"no readable image in {origin} ({cfg.source}): tried {len(items)} files"
                          + (f"; first failure: {skipped[0]}" if skipped else ""))
-    schema = MANIFEST_SCHEMA.with_metadata({"label_names": json.dumps(names), "source": cfg.source})
-    pq.write_table(pa.Table.from_pydict(rows, schema=schema), out_dir / MANIFEST)
-
-    counts = Counter(rows["label_name"])
-    num_holdout = rows["split"].count("holdout")
-    shards = sorted(set(rows["shard"]))
+    rate = len(items) / max(seconds, 1e-9)
     log(f"ingest: {n} images from {origin} ({n - num_holdout} train, {num_holdout} holdout) in {len(shards)} "
-        f"shards; {len(skipped)} skipped")
+        f"shards; {len(skipped)} skipped; {seconds:.1f} s, {rate:.0f} images/s on {workers} worker(s)")
     return {
         "num_images": n, "num_train": n - num_holdout, "num_holdout": num_holdout,
         "num_skipped": len(skipped), "skipped": skipped, "num_dropped": sum(dropped.values()),
-        "label_counts": {name: counts.get(name, 0) for name in names}, "label_names": names,
+        "label_counts": {name: manifest.label_counts.get(name, 0) for name in names}, "label_names": names,
         "shards": shards, "source": cfg.source,
+        "pngs_per_image": 1 if cfg.resolution == cfg.source_size else 2,
+        "ingest_workers": workers, "images_per_second": round(rate, 1),
     }
 
 
 # ---------------------------------------------------------------- readers
+
+def level0_png(sample: Mapping) -> bytes:
+    """The level-0 image (dataset.resolution) of an images-shard sample, or the column of a batch of samples."""
+    return sample[LEVEL0_PNG]
+
+
+def source_png(sample: Mapping) -> bytes:
+    """The encoder's image (dataset.source_size) of an images-shard sample, or the column of a batch of samples:
+    `src.png`, or `img.png` where ingest stored one copy because the two sizes are equal (artifacts written
+    before that hold both, and read as they did)."""
+    return sample[SOURCE_PNG] if SOURCE_PNG in sample else sample[LEVEL0_PNG]
+
 
 def read_manifest(images_dir: Path, columns: list[str] | None = None, split: str | None = None) -> pa.Table:
     """The manifest (`columns` of it, the rows of one `split`): rows in shard order."""

@@ -9,12 +9,21 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+import yaml
 from PIL import Image
 
-from pipeline.schema import DatasetConfig
-from pipeline.ingest import (image_shards, ingest, label_names, read_manifest, source_fingerprint, to_rgb)
+import pipeline.ingest as ingest_module
+from pipeline.config import ConfigError, parse_config
+from pipeline.data import iter_pixels
+from pipeline.engine import LocalEngine
+from pipeline.features import image_batches
+from pipeline.fingerprints import config_fingerprint
+from pipeline.ingest import (LEVEL0_PNG, SOURCE_PNG, image_shards, ingest, ingest_workers, label_names, level0_png,
+                             map_in_order, prepare_image, read_manifest, source_fingerprint, source_png, to_rgb)
+from pipeline.schema import ComputeConfig, DatasetConfig
 
 RES, SRC = 16, 24
 
@@ -275,3 +284,133 @@ def test_directory_links_are_not_followed_out_of_or_back_into_the_root(tmp_path:
     assert names == ["c1", "c2"] and len(items) == 24
     assert {it.label_name for it in items} == {"c1", "c2"} and not any("loop" in it.name for it in items)
     assert source_fingerprint(cfg) == before
+
+
+# ---------------------------------------------------------------- parallel ingest, one copy at equal sizes
+
+TIMING = ("ingest_workers", "images_per_second")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_bytes_whatever_the_number_of_workers(folder: Path, tmp_path: Path, monkeypatch):
+    """Shards, manifest (keys, splits, labels) and the skipped files, byte for byte, from 1 and 2 worker processes;
+    chunks of 2 images, so that 2 workers each get several and more are in flight than there are workers."""
+    monkeypatch.setattr(ingest_module, "CHUNK", 2)
+    monkeypatch.setattr(ingest_module, "ROW_GROUP", 4)  # the manifest in two row groups
+    cfg = DatasetConfig(source="folder", path=folder, resolution=RES, source_size=SRC, shard_size=3)
+    metas = {w: ingest(cfg, tmp_path / f"w{w}", log=_quiet, workers=w) for w in (1, 2)}
+    assert pq.ParquetFile(tmp_path / "w2" / "manifest.parquet").num_row_groups == 2
+    assert read_manifest(tmp_path / "w2").column("id").to_pylist() == [f"{i:07d}" for i in range(6)]
+    assert label_names(tmp_path / "w2") == ["cats", "dogs", "unlabeled"]
+    assert metas[1]["ingest_workers"] == 1 and metas[2]["ingest_workers"] == 2
+    assert _files(tmp_path / "w1") == _files(tmp_path / "w2")
+    assert len(_files(tmp_path / "w1")) == 3  # two shards and the manifest
+    strip = [{k: v for k, v in m.items() if k not in TIMING} for m in metas.values()]
+    assert strip[0] == strip[1]
+    assert [s.split(":")[0] for s in metas[2]["skipped"]] == ["cats/bad.png", "dogs/trunc.jpg"]
+
+
+def test_rebuilding_gives_the_same_bytes(tmp_path: Path):
+    """The tar members carry a fixed mtime: a second build is the same files (and the same content digest)."""
+    cfg = DatasetConfig(source="digits", resolution=8, source_size=16, max_images=10)
+    ingest(cfg, tmp_path / "a", log=_quiet)
+    ingest(cfg, tmp_path / "b", log=_quiet)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+
+
+def test_in_flight_chunks_are_bounded():
+    """map_in_order draws a chunk only when one of AHEAD x workers is consumed: memory does not grow with N."""
+    drawn = 0
+
+    def chunks():
+        nonlocal drawn
+        for i in range(40):
+            drawn += 1
+            yield [i]
+
+    for consumed, result in enumerate(map_in_order(list, chunks(), workers=2), start=1):
+        assert result == [consumed - 1]  # in order
+        assert drawn - consumed < ingest_module.AHEAD * 2
+    assert drawn == 40
+
+
+def _equal_size_folder(root: Path) -> Path:
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            _noise((40 + 7 * i, 30), seed=10 * i + (c == "b")).save(root / c / f"{i}.png")
+    return root
+
+
+class _SourcePngs:
+    """An engine worker as the features stage's Encode is one: fed column batches of undecoded samples."""
+
+    def __call__(self, batch: dict) -> dict:
+        return {"__key__": batch["__key__"], "src": [np.asarray(_decode(b)) for b in source_png(batch)]}
+
+
+def test_equal_sizes_store_one_png_that_every_reader_reads(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(ingest_module, "CHUNK", 2)
+    root = _equal_size_folder(tmp_path / "src")
+    cfg = DatasetConfig(source="folder", path=root, resolution=RES, source_size=RES, holdout_fraction=0.3)
+    out = tmp_path / "out"
+    meta = ingest(cfg, out, log=_quiet, workers=2)
+    assert meta["pngs_per_image"] == 1
+    samples = _read_back(out)
+    assert all({k for k in s if not k.startswith("__")} == {LEVEL0_PNG, "cls", "json"} for s in samples)
+    assert all(source_png(s) is level0_png(s) for s in samples)
+
+    # What each reader gets is what ingest prepares from the raw file, at the one size.
+    m = read_manifest(out).to_pylist()
+    expected = {r["id"]: prepare_image((root / r["source"]).read_bytes(), cfg) for r in m}
+    assert all(np.array_equal(level0, src) for level0, src in expected.values())
+    split = {r["id"]: r["split"] for r in m}
+    pixels = {k: x for sp in ("train", "holdout") for k, x, _ in iter_pixels(out, sp)}
+    assert sorted(pixels) == sorted(expected) and set(split.values()) == {"train", "holdout"}
+    for key, x in pixels.items():
+        np.testing.assert_array_equal(np.rint((x + 1.0) * 127.5).astype(np.uint8), expected[key][0].transpose(2, 0, 1))
+    encoder_input = {k: a for keys, batch in image_batches(out, 4) for k, a in zip(keys, batch)}
+    assert all(np.array_equal(encoder_input[k], expected[k][1]) for k in expected)
+    spread = {k: a for b in LocalEngine().map_shards(image_shards(out), _SourcePngs, {}, 4)
+              for k, a in zip(b["__key__"], b["src"])}
+    assert all(np.array_equal(spread[k], expected[k][1]) for k in expected)
+
+
+def test_two_sizes_keep_both_pngs_and_each_reader_its_own(tmp_path: Path):
+    """Artifacts with both members (other sizes, or ingested before one copy sufficed) read as they always did."""
+    root = _equal_size_folder(tmp_path / "src")
+    out = tmp_path / "out"
+    meta = ingest(DatasetConfig(source="folder", path=root, resolution=RES, source_size=SRC), out, log=_quiet)
+    assert meta["pngs_per_image"] == 2
+    assert all({LEVEL0_PNG, SOURCE_PNG} <= set(s) for s in _read_back(out))
+    assert {x.shape for _, x, _ in iter_pixels(out, "train")} == {(3, RES, RES)}
+    assert {batch.shape[1:] for _, batch in image_batches(out, 4)} == {(SRC, SRC, 3)}
+    both = {LEVEL0_PNG: b"level 0", SOURCE_PNG: b"encoder"}
+    assert (level0_png(both), source_png(both)) == (b"level 0", b"encoder")
+
+
+TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
+
+
+@pytest.mark.parametrize("value,reason", [(0, "greater than or equal to 1"), (-2, "greater than or equal to 1"),
+                                          ("many", "valid integer")])
+def test_ingest_workers_refused_by_field(value, reason):
+    data = yaml.safe_load(TINY.read_text())
+    data.setdefault("compute", {})["ingest_workers"] = value
+    with pytest.raises(ConfigError) as e:
+        parse_config(data, "test.yaml")
+    assert "compute.ingest_workers" in str(e.value) and reason in str(e.value), str(e.value)
+
+
+def test_ingest_workers_change_no_fingerprint():
+    data = yaml.safe_load(TINY.read_text())
+    fps = set()
+    for workers in (None, 1, 3):
+        data.setdefault("compute", {})["ingest_workers"] = workers
+        fps.add(config_fingerprint(parse_config(data, "test.yaml")))
+    assert len(fps) == 1
+    assert ingest_workers(ComputeConfig(ingest_workers=3)) == 3
+    assert ingest_workers(ComputeConfig()) == len(os.sched_getaffinity(0))
