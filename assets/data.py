@@ -20,7 +20,9 @@ def _images(cfg, plan, stage, meta, log) -> dict:
     return {"num_images": meta["num_images"], "num_train": meta["num_train"], "num_holdout": meta["num_holdout"],
             "num_skipped": meta["num_skipped"], "skipped": MetadataValue.json(meta["skipped"]),
             "labels": md_table(("label", "images"), sorted(meta["label_counts"].items())),
-            "manifest": MetadataValue.path(str(stage.path / MANIFEST))}
+            "manifest": MetadataValue.path(str(stage.path / MANIFEST)),
+            # artifacts built before parallel ingest lack these: shown where recorded
+            **{k: meta[k] for k in ("pngs_per_image", "ingest_workers", "images_per_second") if k in meta}}
 
 
 IMAGES = View(
