@@ -82,5 +82,4 @@ def test_tiny_plan_says_cpu(smoke, tiny_run):
     smoke.print_table(rows)
     assert not failures, "\n".join(failures)
     assert {r["stage"] for r in rows if r["heavy"]} >= {"encoder_features", "level_0_model", "samples",
-                                                         "reference_stats", "evaluation", "level_neighbours",
-                                                         "variations"}
+                                                         "reference_stats", "evaluation", "variations"}
