@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+import pipeline.loader
 import pipeline.train
 from assets.testing import run_assets
 from pipeline.plan import build_plan
@@ -20,7 +21,7 @@ def data_home(tiny_cfg, tmp_path_factory):
 
 def poisoned(monkeypatch, where: str):
     """load_level_data whose targets (or conditions) are NaN: a config can no longer ask for inf."""
-    load = pipeline.train.load_level_data
+    load = pipeline.loader.load_level_data  # the in-memory path (a tiny split) reads through it
 
     def fake(cfg, plan, level, split="train"):
         data = load(cfg, plan, level, split)
@@ -28,7 +29,7 @@ def poisoned(monkeypatch, where: str):
             return dataclasses.replace(data, x=torch.full_like(data.x, float("nan")))
         return dataclasses.replace(data, conds=[torch.full_like(c, float("nan")) for c in data.conds])
 
-    monkeypatch.setattr(pipeline.train, "load_level_data", fake)
+    monkeypatch.setattr(pipeline.loader, "load_level_data", fake)
 
 
 @pytest.mark.parametrize("level, where", [(2, "target"), (1, "conditions")])
