@@ -4,7 +4,7 @@ each stage materialized in a fresh process of its own, on artifacts built before
 benchmarks/results/scale.json: one run per stage, config, resolution and N, and the 8N / N check of each stage.
 
     .venv/bin/python benchmarks/scale.py --n 4000                     # N = 4,000 and 8N = 32,000 at 32 px
-    .venv/bin/python benchmarks/scale.py --n 500 --res 256            # the smaller run at 256 px
+    .venv/bin/python benchmarks/scale.py --n 500 --res 256            # the smaller run at 256 px (unet-small)
     .venv/bin/python benchmarks/scale.py --n 100 --configs pixels --stages images,encoder_features --out /tmp/s.json
     .venv/bin/python benchmarks/scale.py --table                      # RESULTS.md's table from the stored JSON
     .venv/bin/python benchmarks/scale.py --project 1281167            # each stage extrapolated to ImageNet-1k
@@ -99,17 +99,24 @@ def make_vae(folder: Path) -> Path:
 
 # -- the configs ------------------------------------------------------------------------------------------------
 
-def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int, batch: int,
+def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int | None, batch: int | None,
            reference_images: int, threads: int) -> tuple[dict, dict]:
     """The benchmark's config `name` (pixels | vae) and the settings that bound its cost: configs/emoji.yaml's
-    encoder and level shapes on the synthetic folder, training cut to `steps` at `batch`, sampling and the FID
-    reference capped. Settings the schema does not have yet are left out (and so absent from `settings`)."""
+    encoder and level shapes on the synthetic folder, training cut to `steps` (level 0 at `batch`), sampling and the
+    FID reference capped. Settings the schema does not have yet are left out (and so absent from `settings`)."""
     from pipeline.schema import ComputeConfig, SamplingConfig
 
-    train = {"steps": steps, "batch_size": batch, "lr": 1.0e-3, "warmup_steps": 1, "precision": "float32",
+    # Above 64 px, level 0 is configs/imagenet256_mocov3.yaml's as written, unet-small (unet-tiny attends over
+    # 128 x 128 tokens at 256 px: 1 GiB per image and head, killed for memory at batch 16), which costs 241 GFLOPs
+    # a forward: few steps, a small batch, and the fewest samples the evaluation takes (k + 1 = 4).
+    big = res > 64
+    steps = steps or (3 if big else 10)
+    train = {"steps": steps, "batch_size": 64, "lr": 1.0e-3, "warmup_steps": 1, "precision": "float32",
              "checkpoint_every": steps, "log_every": steps}
-    sampling = {"num_samples": 64, "steps": 10, "batch_size": 32, "guidance": [0.1, 0.3, 0.5], "shared_rows": 2,
-                "reference_images": reference_images, "eval_seeds": 1, "oracle": True}
+    sampling = {"num_samples": 4 if big else 64, "steps": 5 if big else 10, "batch_size": 4 if big else 32,
+                "guidance": [0.1, 0.3, 0.5], "shared_rows": 1 if big else 2, "reference_images": reference_images,
+                "eval_seeds": 1, "oracle": True}
+    variations = {"num_images": 1, "seeds": 1} if big else {}
     compute = {"device": "cpu"}
     # Where the schema has them: the streamed training loader (the path a large split takes: `auto` would hold
     # these small splits in memory), the precision/recall subsample capped (bounded evaluation), one ingest
@@ -117,7 +124,8 @@ def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int
     optional = {"compute": {"loader": "stream", "ingest_workers": threads}, "sampling": {"pr_reference": 500}}
     compute |= {k: v for k, v in optional["compute"].items() if k in ComputeConfig.model_fields}
     sampling |= {k: v for k, v in optional["sampling"].items() if k in SamplingConfig.model_fields}
-    level0 = {"space": "pixels", "train": {**train, "backbone": "unet", "size": "tiny"}}
+    level0 = {"space": "pixels", "train": {**train, "backbone": "unet", "size": "small" if big else "tiny",
+                                           "batch_size": batch or (4 if big else 64)}}
     if name == "vae":
         level0 = {**level0, "space": "vae", "vae": str(vae_dir)}
     elif name != "pixels":
@@ -130,8 +138,8 @@ def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int
                     "layer": "bn2", "input_size": 128, "batch_size": 64},
         "levels": [{"pool": 4, "channels": 32, "sigma": 0.5, "train": {**train, "backbone": "uvit", "size": "tiny"}},
                    {"pool": 2, "channels": 16, "sigma": 1.0, "train": {**train, "backbone": "uvit", "size": "tiny"}}],
-        "level0": level0, "sampling": sampling, "compute": compute}
-    settings = {"train": train, "sampling": sampling, "compute": compute, "level0": level0["space"],
+        "level0": level0, "sampling": sampling, "variations": variations, "compute": compute}
+    settings = {"train": train, "level0": level0, "sampling": sampling, "variations": variations, "compute": compute,
                 "encoder": "configs/emoji.yaml's: tf_efficientnet_lite0 bn2 at 128 px, batch 64"}
     if name == "vae":
         settings["vae"] = "untrained AutoencoderKL, block_out_channels (32, 64), 4 latent channels"
@@ -346,8 +354,8 @@ def main(argv=None) -> None:
     ap.add_argument("--res", type=int, default=32, help="level-0 resolution, px")
     ap.add_argument("--configs", default="pixels,vae")
     ap.add_argument("--stages", help="comma-separated stages to measure (default: every stage of the plan)")
-    ap.add_argument("--steps", type=int, default=10, help="training steps per level")
-    ap.add_argument("--batch", type=int, help="training batch (default 64; 16 above 64 px)")
+    ap.add_argument("--steps", type=int, help="training steps per level (default 10; 3 above 64 px)")
+    ap.add_argument("--batch", type=int, help="level 0's training batch (default 64; 4 above 64 px)")
     ap.add_argument("--reference-images", type=int, default=500, help="sampling.reference_images: Inception is the "
                     "slowest per image on a CPU")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads of each measuring process")
@@ -363,7 +371,6 @@ def main(argv=None) -> None:
     from pipeline.config import parse_config
     from pipeline.plan import build_plan
 
-    batch = args.batch or (64 if args.res <= 64 else 16)
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_"))
     vae_dir = make_vae(work / "vae")
     stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": [], "settings": {}}
@@ -391,7 +398,7 @@ def main(argv=None) -> None:
         home = work / f"home_{args.res}_{n}"  # one per set: a stage two configs share is built and measured once
         plans = {}
         for name in args.configs.split(","):
-            data, settings[f"{name}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, batch,
+            data, settings[f"{name}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, args.batch,
                                                           args.reference_images, args.threads)
             cfg = parse_config(data)
             plans[name] = data, cfg, build_plan(cfg, home)

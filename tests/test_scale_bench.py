@@ -62,6 +62,10 @@ def test_configs_validate_and_count_their_work(scale, tmp_path):
     cfg, vae_cfg = parse_config(pixels), parse_config(vae)
     assert cfg.compute.device == "cpu" and cfg.sampling.reference_images == 8 and settings["train"]["steps"] == 3
     assert vae_cfg.level0.space == "vae" and vae_cfg.level0.vae == str(vae_dir)
+    assert cfg.train_config(0).batch_size == 16 and cfg.train_config(1).batch_size == 64
+    big = parse_config(scale.config("pixels", folder, 256, vae_dir, None, None, 8, 1)[0])  # unet-tiny: out of memory
+    assert (big.train_config(0).size, big.train_config(0).batch_size, big.train_config(0).steps) == ("small", 4, 3)
+    assert big.sampling.num_samples == 4 and big.dataset.source_size == 256
     with pytest.raises(ValueError, match="pixels or vae"):
         scale.config("latent", folder, 32, vae_dir, 3, 16, 8, 1)
 
