@@ -7,7 +7,6 @@ stream, so a larger set can be fed batch by batch instead.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Iterator
@@ -15,10 +14,15 @@ from typing import Iterator
 import numpy as np
 import torch
 import webdataset as wds
-from PIL import Image
 
+from .features import decode_png
 from .ingest import image_shards, level0_png
 from .levels import every_shard, iter_latent_samples
+
+
+def pixels_of(png: bytes) -> np.ndarray:
+    """A level-0 PNG as the models see it: (3, H, W) float32 in [-1, 1]."""
+    return decode_png(png).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
 
 
 def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:
@@ -26,8 +30,7 @@ def iter_pixels(images_dir: Path, split: str = "train") -> Iterator[tuple[str, n
     for s in wds.WebDataset(image_shards(images_dir), shardshuffle=False, empty_check=False, nodesplitter=every_shard):
         if json.loads(s["json"])["split"] != split:
             continue
-        img = np.asarray(Image.open(io.BytesIO(level0_png(s))).convert("RGB"), dtype=np.float32)
-        yield s["__key__"], img.transpose(2, 0, 1) / 127.5 - 1.0, int(s["cls"])
+        yield s["__key__"], pixels_of(level0_png(s)), int(s["cls"])
 
 
 def iter_latents(latents_dir: Path, split: str = "train") -> Iterator[tuple[str, np.ndarray, int]]:

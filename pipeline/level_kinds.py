@@ -131,7 +131,14 @@ class PixelLevel:
 
 # -- level 0: the data's space ----------------------------------------------------------------------------------
 
-class PixelSpace:
+class Level0Space:
+    """What every space of level 0 shares: a split's data is its stream, collected."""
+
+    def data(self, cfg: Config, plan: dict, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        return collect(self.stream(cfg, plan, split))
+
+
+class PixelSpace(Level0Space):
     """Level 0 as RGB pixels in [-1, 1] at dataset.resolution."""
     name = "pixels"
     is_pixels = True  # samples are images as they come: thresholded while sampled, clamped in their statistics
@@ -141,9 +148,6 @@ class PixelSpace:
     def stream(self, cfg: Config, plan: dict, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
         """(key, (3, H, W) float32, label) of a split, one image at a time in manifest order."""
         return iter_pixels(plan["images"].artifact.require(), split)
-
-    def data(self, cfg: Config, plan: dict, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        return collect(self.stream(cfg, plan, split))
 
     def encode(self, cfg: Config, pixels: torch.Tensor) -> torch.Tensor:
         return pixels
@@ -156,7 +160,7 @@ class PixelSpace:
         return (3, r, r)
 
 
-class VaeSpace:
+class VaeSpace(Level0Space):
     """Level 0 as an AutoencoderKL latent of the pixels (the paper: SD's VAE), scaled by level0.vae_scale: encoded
     once by its own stage, `level_0_latents` (pipeline/vae_latents.py), and read from its shards."""
     name = "vae"
@@ -176,9 +180,6 @@ class VaeSpace:
     def stream(self, cfg: Config, plan: dict, split: str) -> Iterator[tuple[str, np.ndarray, int]]:
         """(key, (c, h, w) float16, label) of a split, one latent at a time in manifest order."""
         return iter_latents(plan[self.latents_stage].artifact.require(), split)
-
-    def data(self, cfg: Config, plan: dict, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        return collect(self.stream(cfg, plan, split))
 
     def encode(self, cfg: Config, pixels: torch.Tensor) -> torch.Tensor:
         return encode_vae(pixels, cfg.level0.vae, cfg.level0.vae_scale, cfg.encoder.batch_size,

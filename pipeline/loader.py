@@ -21,7 +21,6 @@ its first step (`stream_seed`), so it is reproducible but draws other batches th
 """
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
@@ -36,10 +35,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import webdataset as wds
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 
-from .ingest import image_shards, read_manifest
+from .data import pixels_of
+from .ingest import image_shards, level0_png, read_manifest
 from .level_kinds import batch_target, level_kind, level_shape, load_level_data, stream_targets
 from .levels import decode_cls, decode_npy, latent_shards
 from .schema import Config
@@ -80,9 +79,8 @@ class ShardedStream:
             yield s["__key__"], self.decode(s), decode_cls(s["cls"])
 
     def decode(self, s: dict) -> np.ndarray:
-        if self.images:  # as pipeline.data.iter_pixels: (3, H, W) in [-1, 1]
-            img = np.asarray(Image.open(io.BytesIO(s["img.png"])).convert("RGB"), dtype=np.float32)
-            return img.transpose(2, 0, 1) / 127.5 - 1.0
+        if self.images:
+            return pixels_of(level0_png(s))
         return decode_npy(s["latent.npy"]).astype(np.float32, copy=False)  # a VAE's latents are stored in float16
 
 

@@ -57,6 +57,11 @@ def latents_settings(cfg: Config, level: int) -> dict:
     return level_kind(cfg, level).latent_settings(cfg, level)
 
 
+def latents_inputs(cfg: Config, plan: dict, level: int, home=None) -> dict:
+    """What level `level`'s latents are made from (its kind's, level 0's space's)."""
+    return level_kind(cfg, level).latent_inputs(cfg, plan, level)
+
+
 def model_settings(cfg: Config, level: int) -> dict:
     """What decides level `level`'s denoiser: its training settings and the sigma of each level it is conditioned on
     (level 0: also its space and its target transforms)."""
@@ -126,6 +131,12 @@ def _require(plan: dict, name: str) -> Path:
     return plan[name].artifact.require()
 
 
+# Every latents artifact (level 0's and the levels above) is zipped with the others by position: its keys must be
+# the manifest's splits, in order.
+LATENT_SHARDS_MATCH = Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's "
+                            "splits.", lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
+                                                                                           _require(plan, "images")))
+
 STAGE_KINDS: tuple[StageKind, ...] = (
     StageKind(
         name="images", code_version="1", stages=one("images"), settings=dataset_settings,
@@ -138,13 +149,10 @@ STAGE_KINDS: tuple[StageKind, ...] = (
         name="vae_latents", code_version="1",
         stages=lambda cfg: [(name, 0)] if (name := level_kind(cfg, 0).latents_stage) else [],
         settings=latents_settings,
-        inputs=lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
-        build=build_level_latents,
+        inputs=latents_inputs, build=build_level_latents,
         checks=(Check("consistent", "Latents are finite and their training statistics are those stored when built.",
                       lambda cfg, plan, st: checks.vae_latents_are_consistent(st.artifact.require())),
-                Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's splits.",
-                      lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
-                                                                         _require(plan, "images"))))),
+                LATENT_SHARDS_MATCH)),
     StageKind(
         name="features", code_version="1", stages=one("encoder_features"), settings=encoder_settings,
         inputs=lambda cfg, plan, level, home: {"images": plan["images"],
@@ -164,13 +172,10 @@ STAGE_KINDS: tuple[StageKind, ...] = (
         name="latents", code_version="1",
         stages=lambda cfg: [(f"level_{level}_latents", level) for level in semantic_levels(cfg)],
         settings=latents_settings,
-        inputs=lambda cfg, plan, level, home: level_kind(cfg, level).latent_inputs(cfg, plan, level),
-        build=build_level_latents,
+        inputs=latents_inputs, build=build_level_latents,
         checks=(Check("standardized", "Latents are finite; each training channel has mean ~0 and std ~1.",
                       lambda cfg, plan, st: checks.latents_are_standardized(st.artifact.require())),
-                Check("shards_match_manifest", "Train and holdout latent shards hold exactly the manifest's splits.",
-                      lambda cfg, plan, st: checks.latents_match_manifest(st.artifact.require(),
-                                                                         _require(plan, "images"))))),
+                LATENT_SHARDS_MATCH)),
     StageKind(
         name="models", code_version="2",
         stages=lambda cfg: [(f"level_{level}_model", level) for level in range(cfg.num_levels)],

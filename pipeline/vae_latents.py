@@ -99,15 +99,13 @@ def build_vae_latents(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str
     images_dir, l0 = plan["images"].artifact.require(), cfg.level0
     device = resolve_device(cfg.compute.device)
     batch_size = cfg.encoder.batch_size  # a frozen encoder's batch, as the features stage's
-    model = load_vae(l0.vae, str(device))
     train_stats, worst = ChannelStats(), 0.0
 
     def samples():
         nonlocal worst
         for split in SPLITS:  # one pass per split over the shards: only that split's PNGs are decoded
             for keys, x, labels in _batches(images_dir, split, batch_size):
-                with torch.inference_mode():
-                    z = (model.encode(torch.from_numpy(x).to(device)).latent_dist.mean * l0.vae_scale).float().cpu()
+                z = encode_vae(torch.from_numpy(x), l0.vae, l0.vae_scale, batch_size, device)
                 stored = z.numpy().astype(STORED_DTYPE)
                 if not np.isfinite(stored).all():
                     raise ValueError(f"level_0_latents: VAE latents of {keys[0]}.. overflow float16 (|z| > 65504): "
