@@ -65,11 +65,10 @@ class SemanticLevel:
 
     def build_latents(self, cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], None], level: int) -> dict:
         lv = cfg.level(level)
-        m = read_manifest(plan["images"].artifact.require())
         return build_latents(open_features(plan["encoder_features"].artifact.require()),
-                             load_basis(plan["svd"].artifact.require()), m.column("id").to_pylist(),
-                             m.column("label").to_pylist(), m.column("split").to_pylist(), lv.pool, lv.channels,
-                             cfg.dataset.shard_size, out_dir)
+                             load_basis(plan["svd"].artifact.require()),
+                             read_manifest(plan["images"].artifact.require(), ["id", "label", "split"]),
+                             lv.pool, lv.channels, cfg.dataset.shard_size, out_dir)
 
     def encode(self, cfg: Config, plan: dict, level: int, new: "NewImages") -> torch.Tensor:
         lv, stats = cfg.level(level), load_stats(plan[f"level_{level}_latents"].artifact.require())

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import webdataset as wds
 from safetensors.numpy import load_file, save_file
@@ -51,26 +53,30 @@ def _pooled_stats(features, basis, train_rows, pool, channels):
     for _, block in iter_rows(features, train_rows):
         centered = _centered_pool(block, basis, pool)
         stats.update(project(block, basis, pool, channels, centered).double())
-        total_sq += (centered.double() ** 2).sum().item()
+        total_sq += centered.square().sum(dtype=torch.float64).item()  # no float64 copy of the block
     var = stats.var()
     total_var = total_sq / stats.n  # centered on the basis mean, which is the pooled features' mean too
     return stats.mean(), var.clamp_min(1e-12).sqrt(), float(var.sum() / max(total_var, 1e-12))
 
 
-def build_latents(features, basis: dict, ids: list[str], labels: list[int], splits: list[str],
-                  pool: int, channels: int, shard_size: int, out_dir: Path) -> dict:
-    train_rows = np.flatnonzero(np.asarray(splits) == "train")
-    mu, std, kept = _pooled_stats(features, basis, train_rows, pool, channels)
+def build_latents(features, basis: dict, manifest: pa.Table, pool: int, channels: int, shard_size: int,
+                  out_dir: Path) -> dict:
+    """Every image's latent into shards (module docstring); `manifest`: the images' id, label and split columns, in
+    the features' row order. Per image, only a bit and a label are held; the ids are read block by block."""
+    train = pc.equal(manifest["split"], "train").to_numpy(zero_copy_only=False)
+    labels = manifest["label"].to_numpy()
+    mu, std, kept = _pooled_stats(features, basis, np.flatnonzero(train), pool, channels)
     train_stats = ChannelStats()  # of the standardized training latents (~0 and ~1 when all went well)
 
     def samples():
         for idx, block in iter_rows(features):
             z = ((project(block, basis, pool, channels).double() - mu.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)).float()
-            train = torch.from_numpy(np.asarray([splits[i] == "train" for i in idx]))
-            if train.any():
-                train_stats.update(z[train])
-            for i, zi in zip(idx, z.numpy()):
-                yield splits[i], ids[i], zi, int(labels[i])
+            in_train = torch.from_numpy(train[idx])
+            if in_train.any():
+                train_stats.update(z[in_train])
+            ids = manifest["id"].slice(int(idx[0]), len(idx)).to_pylist()  # iter_rows' blocks are contiguous rows
+            for i, key, zi in zip(idx, ids, z.numpy()):
+                yield ("train" if train[i] else "holdout"), key, zi, int(labels[i])
 
     counts = write_shards(out_dir, samples(), shard_size)
     zeros = torch.zeros(channels, dtype=torch.float64)

@@ -29,6 +29,7 @@ from .level_kinds import build_level_latents, level_kind
 from .level_kinds import model_settings as kind_model_settings
 from .neighbours import K, QUERIES, level_neighbours
 from .sample import generate_samples
+from .runtime import return_large_blocks_to_os
 from .schema import EVAL_K, Config
 from .stage import Check, Stage, StageKind, one
 from .svd import build_basis
@@ -256,6 +257,7 @@ def build(cfg: Config, plan: dict[str, Stage], name: str, out_dir: Path, log: Ca
 def materialize(cfg: Config, plan: dict[str, Stage], name: str, log: Callable[[str], None] = print,
                 **keywords) -> tuple[dict, bool]:
     """Build plan[name] unless an intact artifact exists; (its metadata, whether it was a cache hit)."""
+    return_large_blocks_to_os()  # a streaming stage's memory stays flat however long it streams
     stage = plan[name]
     kind = KINDS[stage.kind]
     if kind.materialize is not None:

@@ -1,5 +1,9 @@
 """compute.device, the CPU side: refused when wrong, resolved where the stages run, recorded in every heavy stage's
 metadata, and never part of a fingerprint (the GPU side: benchmarks/gpu_smoke.sh)."""
+import os
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -7,6 +11,7 @@ from pipeline.config import ConfigError, parse_config
 from pipeline.plan import build_plan
 from pipeline.runtime import device_for, resolve_device, sampling_device
 
+ROOT = Path(__file__).resolve().parent.parent
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU side: this process sees a GPU")
 
 # Every stage whose work a GPU would do, and what its metadata must say here.
@@ -52,3 +57,35 @@ def test_every_heavy_stage_says_where_it_ran(tiny_run):
     arithmetic = {name: meta.get("inception_precision" if name in ("reference_stats", "evaluation") else "precision")
                   for name, meta in said.items()}
     assert set(arithmetic.values()) <= {"float32", "bfloat16"}, arithmetic
+
+
+FREED_BLOCK = r"""
+import sys
+import numpy as np
+from pipeline.runtime import return_large_blocks_to_os
+
+def rss_mib():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
+
+fixed = sys.argv[1] == "fixed" and return_large_blocks_to_os()
+block = np.ones(24 << 18, np.float32); del block  # glibc's own threshold now follows this 24 MiB block
+before = rss_mib()
+block = np.ones(16 << 18, np.float32); del block  # 16 MiB, freed: kept on the heap, or handed back
+print(fixed, rss_mib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_a_stage_process_hands_freed_large_blocks_back():
+    """Streaming stages free a same-sized block per chunk; with glibc's moving threshold each stays resident."""
+    import subprocess
+
+    def kept_mib(mode):
+        out = subprocess.run([sys.executable, "-c", FREED_BLOCK, mode], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        fixed, mib = out.stdout.split()
+        return fixed == "True", float(mib)
+
+    assert kept_mib("default")[1] > 12  # the 16 MiB block stayed: what grew the latents stage with N
+    fixed, mib = kept_mib("fixed")
+    assert fixed and mib < 2
