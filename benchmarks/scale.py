@@ -315,11 +315,17 @@ def projection(result: dict, target_n: int) -> str:
     from the 8N run's time per unit (units that grow with N scaled to target_n, fixed ones kept) and its peak memory,
     the process's and its workers', as a straight line in N through the two runs. Both are upper bounds where a
     part is capped (the reference's `reference_images` is scaled with its held-out images; a cap reached between N
-    and 8N reads as growth): meaningful from runs where every cap is reached at N already."""
+    and 8N reads as growth): meaningful from runs where every cap is reached at N already. Of a stage measured at
+    several N, the pair at the largest N is used."""
     runs = {(r["config"], r["res"], r["stage"], r["n"]): r for r in result["runs"]}
+    largest = {}  # per stage, config and resolution: its pair at the largest N, the nearest to target_n
+    for c in result["check"]:
+        key = (c["config"], c["res"], c["stage"])
+        if key not in largest or c["n"] > largest[key]["n"]:
+            largest[key] = c
     lines = [f"| config | px | stage | units at {target_n:,} | hours (measured rate) | peak GiB (linear in N) |",
              "|---" * 6 + "|"]
-    for c in result["check"]:
+    for c in largest.values():
         a, b = runs[(c["config"], c["res"], c["stage"], c["n"])], runs[(c["config"], c["res"], c["stage"], 8 * c["n"])]
         units = b["units"] * target_n / b["n"] if b["scales_with_n"] else b["units"]
         total = [r["peak_rss_mib"] + r.get("children_peak_pss_mib", 0) for r in (a, b)]

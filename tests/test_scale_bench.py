@@ -116,8 +116,12 @@ def test_projection_extrapolates_time_per_unit_and_memory_in_n(scale):
             {**run("fixed", 100, 10.0, 2.0), "units": 64, "scales_with_n": False},
             {**run("fixed", 800, 10.0, 2.0), "units": 64, "scales_with_n": False}]
     runs[0]["units"], runs[1]["units"] = 100, 800
+    # a pair at a smaller N is ignored where a larger one was measured
+    runs += [{**run("flat", 10, 1.0, 50.0), "units": 10}, {**run("flat", 80, 100.0, 50.0), "units": 80}]
     result = {"runs": runs, "check": scale.check(runs)}
-    rows = {line.split(" | ")[2]: line for line in scale.projection(result, 8000).splitlines()[2:]}
+    lines = scale.projection(result, 8000).splitlines()[2:]
+    rows = {line.split(" | ")[2]: line for line in lines}
+    assert len(lines) == len(rows) == 3
     # 8,000 units at 50/s; memory flat
     assert rows["flat"] == "| pixels | 32 | flat | 8,000 | 0.04 | 0.10 |"
     # 1 MiB per image: 824 MiB at 800 images, 8,024 at 8,000
