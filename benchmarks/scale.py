@@ -310,16 +310,18 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def projection(result: dict, target_n: int) -> str:
+def projection(result: dict, target_n: int, res: int | None = None) -> str:
     """Each stage at `target_n` images, extrapolated from its N and 8N runs (a plan, not a measurement): its time
     from the 8N run's time per unit (units that grow with N scaled to target_n, fixed ones kept) and its peak memory,
     the process's and its workers', as a straight line in N through the two runs. Both are upper bounds where a
     part is capped (the reference's `reference_images` is scaled with its held-out images; a cap reached between N
     and 8N reads as growth): meaningful from runs where every cap is reached at N already. Of a stage measured at
-    several N, the pair at the largest N is used."""
+    several N, the pair at the largest N is used; `res`: only the runs at that resolution."""
     runs = {(r["config"], r["res"], r["stage"], r["n"]): r for r in result["runs"]}
     largest = {}  # per stage, config and resolution: its pair at the largest N, the nearest to target_n
     for c in result["check"]:
+        if res is not None and c["res"] != res:
+            continue
         key = (c["config"], c["res"], c["stage"])
         if key not in largest or c["n"] > largest[key]["n"]:
             largest[key] = c
@@ -369,11 +371,11 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, help="where data and artifacts go (default: a fresh temporary folder)")
     ap.add_argument("--out", type=Path, default=RESULTS / "scale.json")
     ap.add_argument("--project", type=int, metavar="N", help="print each stage's time and memory extrapolated to N "
-                    "images (e.g. 1281167, ImageNet-1k) from the stored results, and stop")
+                    "images (e.g. 1281167, ImageNet-1k) from the stored results at --res, and stop")
     args = ap.parse_args(argv)
     if args.table or args.project:
         result = json.loads(args.out.read_text())
-        print(projection(result, args.project) if args.project else table(result))
+        print(projection(result, args.project, args.res) if args.project else table(result))
         return
     from pipeline.config import parse_config
     from pipeline.plan import build_plan

@@ -122,6 +122,7 @@ def test_projection_extrapolates_time_per_unit_and_memory_in_n(scale):
     lines = scale.projection(result, 8000).splitlines()[2:]
     rows = {line.split(" | ")[2]: line for line in lines}
     assert len(lines) == len(rows) == 3
+    assert scale.projection(result, 8000, res=256).splitlines()[2:] == []  # every run here is at 32 px
     # 8,000 units at 50/s; memory flat
     assert rows["flat"] == "| pixels | 32 | flat | 8,000 | 0.04 | 0.10 |"
     # 1 MiB per image: 824 MiB at 800 images, 8,024 at 8,000
