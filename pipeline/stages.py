@@ -29,7 +29,7 @@ from .level_kinds import build_level_latents, level_kind
 from .level_kinds import model_settings as kind_model_settings
 from .neighbours import K, QUERIES, level_neighbours
 from .sample import generate_samples
-from .runtime import return_large_blocks_to_os
+from .runtime import large_blocks_returned
 from .schema import EVAL_K, Config
 from .stage import Check, Stage, StageKind, one
 from .svd import build_basis
@@ -257,10 +257,11 @@ def build(cfg: Config, plan: dict[str, Stage], name: str, out_dir: Path, log: Ca
 def materialize(cfg: Config, plan: dict[str, Stage], name: str, log: Callable[[str], None] = print,
                 **keywords) -> tuple[dict, bool]:
     """Build plan[name] unless an intact artifact exists; (its metadata, whether it was a cache hit)."""
-    return_large_blocks_to_os()  # a streaming stage's memory stays flat however long it streams
     stage = plan[name]
     kind = KINDS[stage.kind]
     if kind.materialize is not None:
         meta = kind.materialize(cfg, plan, stage.level, log, engine_for(cfg))
         return meta, meta["cache"] == "hit"
-    return stage.artifact.materialize(lambda out: build(cfg, plan, name, out, log, **keywords), log)
+    # A streaming stage's memory stays flat however long it streams (training, above, keeps glibc's own thresholds).
+    with large_blocks_returned():
+        return stage.artifact.materialize(lambda out: build(cfg, plan, name, out, log, **keywords), log)

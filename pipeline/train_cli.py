@@ -11,7 +11,6 @@ from pathlib import Path
 from .config import load_run_config, nested_home
 from .engine import engine_for
 from .plan import build_plan
-from .runtime import return_large_blocks_to_os
 from .train import train_level
 
 
@@ -21,7 +20,6 @@ def main(argv=None) -> None:
     ap.add_argument("--level", type=int, required=True)
     ap.add_argument("--home", help="artifact root (default: $NESTED_HOME or .nested/)")
     args = ap.parse_args(argv)
-    return_large_blocks_to_os()
     cfg = load_run_config(args.config)
     if not 0 <= args.level < cfg.num_levels:
         raise SystemExit(f"--level must be in 0..{cfg.num_levels - 1} for '{cfg.name}'")

@@ -62,30 +62,31 @@ def test_every_heavy_stage_says_where_it_ran(tiny_run):
 FREED_BLOCK = r"""
 import sys
 import numpy as np
-from pipeline.runtime import return_large_blocks_to_os
+from pipeline.runtime import large_blocks_returned
 
 def rss_mib():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS")) / 1024
 
-fixed = sys.argv[1] == "fixed" and return_large_blocks_to_os()
-block = np.ones(24 << 18, np.float32); del block  # glibc's own threshold now follows this 24 MiB block
-before = rss_mib()
-block = np.ones(16 << 18, np.float32); del block  # 16 MiB, freed: kept on the heap, or handed back
-print(fixed, rss_mib() - before)
+def kept_after_free():
+    block = np.ones(24 << 18, np.float32); del block  # glibc's own threshold now follows this 24 MiB block
+    before = rss_mib()
+    block = np.ones(16 << 18, np.float32); del block  # 16 MiB, freed: kept on the heap, or handed back
+    return rss_mib() - before
+
+default = kept_after_free()
+with large_blocks_returned():
+    inside = kept_after_free()
+print(default, inside)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-def test_a_stage_process_hands_freed_large_blocks_back():
+def test_a_streaming_stage_hands_freed_large_blocks_back():
     """Streaming stages free a same-sized block per chunk; with glibc's moving threshold each stays resident."""
     import subprocess
 
-    def kept_mib(mode):
-        out = subprocess.run([sys.executable, "-c", FREED_BLOCK, mode], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        fixed, mib = out.stdout.split()
-        return fixed == "True", float(mib)
-
-    assert kept_mib("default")[1] > 12  # the 16 MiB block stayed: what grew the latents stage with N
-    fixed, mib = kept_mib("fixed")
-    assert fixed and mib < 2
+    out = subprocess.run([sys.executable, "-c", FREED_BLOCK], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    default, inside = map(float, out.stdout.split())
+    assert default > 12  # the 16 MiB block stayed: what grew the latents stage with N
+    assert inside < 2
