@@ -1,11 +1,12 @@
-"""Where a training process runs: its rank among torchrun's processes, its device and its precision."""
+"""Where a stage's process runs: its rank among torchrun's processes, its device and precision, and how its C
+allocator hands memory back."""
 from __future__ import annotations
 
 import ctypes
 import functools
-from contextlib import contextmanager
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch

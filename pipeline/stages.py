@@ -28,8 +28,8 @@ from .ingest import build_images, source_fingerprint
 from .level_kinds import build_level_latents, level_kind
 from .level_kinds import model_settings as kind_model_settings
 from .neighbours import K, QUERIES, level_neighbours
-from .sample import generate_samples
 from .runtime import large_blocks_returned
+from .sample import generate_samples
 from .schema import EVAL_K, Config
 from .stage import Check, Stage, StageKind, one
 from .svd import build_basis
