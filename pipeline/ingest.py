@@ -17,7 +17,6 @@ import json
 import multiprocessing as mp
 import os
 import time
-import uuid
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -33,8 +32,9 @@ import webdataset as wds
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from .cache import changed_lately, file_sha256, listed_files, stat_key
+from .cache import listed_files
 from .schema import ComputeConfig, Config, DatasetConfig
+from .source_hashes import SourceHashes
 from .sources import Item, get_source
 
 SHARD_PATTERN = "images-%06d.tar"
@@ -54,79 +54,19 @@ MANIFEST_SCHEMA = pa.schema([
 
 # ---------------------------------------------------------------- fingerprint
 
-# Under the artifact home: {realpath: [*cache.stat_key, sha256]}. A file that changed lately (cache.changed_lately)
-# is hashed every time: its key could stay the same through a second write.
-HASH_CACHE = ".source-hashes.json"
-_memo: dict[str, tuple[tuple, str]] = {}  # in-process: realpath -> (stat key, sha256)
-
-
-class _HashCache:
-    """Content hashes of source files, reused while a file's realpath and stat key (cache.stat_key) are unchanged.
-
-    Always memoized in-process; with a `cache_dir` also kept in a JSON file there, so a large folder is hashed
-    once and not in every process. The file is only a cache: a missing or corrupt one is rebuilt.
-    """
-
-    def __init__(self, cache_dir: Path | None):
-        self.path = Path(cache_dir) / HASH_CACHE if cache_dir is not None else None
-        self.disk: dict[str, list] = {}
-        self.dirty = False
-        if self.path is not None:
-            try:
-                data = json.loads(self.path.read_text())
-                if isinstance(data, dict):
-                    # Records of another length are an older key (without the ctime): hashed again.
-                    self.disk = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 6}
-            except (OSError, ValueError):
-                pass  # missing, unreadable or corrupt: hash again
-
-    def sha256(self, path: Path) -> str:
-        real = os.path.realpath(path)
-        st = os.stat(real)
-        key = stat_key(st)
-        racy = changed_lately(st)
-        if not racy:
-            if (hit := _memo.get(real)) is not None and hit[0] == key:
-                return hit[1]
-            if (rec := self.disk.get(real)) is not None and tuple(rec[:-1]) == key and isinstance(rec[-1], str):
-                _memo[real] = (key, rec[-1])
-                return rec[-1]
-        digest = file_sha256(Path(real))
-        if not racy and stat_key(os.stat(real)) == key:  # unchanged while it was read
-            _memo[real] = (key, digest)
-            if self.path is not None:
-                self.disk[real] = [*key, digest]
-                self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if self.path is None or not self.dirty:
-            return
-        keep = {k: v for k, v in self.disk.items() if os.path.exists(k)}  # forget files that are gone
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(keep, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError:  # a read-only home only costs the hashing again next time
-            tmp.unlink(missing_ok=True)
-
-
 def source_fingerprint(cfg: DatasetConfig, cache_dir: Path | None = None) -> str:
     """Content identity of the raw source, for the cache key: the same bytes give the same fingerprint wherever
     the source lies, however its path is spelled and whatever its mtime.
 
     What stands for the content is the source's registered identity (pipeline/sources.py: file hashes, or a
-    package version). Hashes are reused while a file's realpath and stat key are unchanged:
-    in-process, and across processes in `cache_dir` if given.
+    package version). With a `cache_dir`, file hashes are kept there and reused while a file's stat key is
+    unchanged (pipeline/source_hashes.py); without one, every file is hashed.
     """
     source = get_source(cfg.source)
     h = hashlib.sha256(cfg.source.encode())
-    cache = _HashCache(cache_dir)
-    try:
-        h.update(source.identity(cfg, cache.sha256).encode())
-    finally:
-        cache.save()
+    with SourceHashes(cache_dir) as hashes:
+        for part in source.identity(cfg, hashes):
+            h.update(part.encode())
     return h.hexdigest()
 
 

@@ -13,7 +13,7 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -26,7 +26,10 @@ EMOJI_JSON = "package/emoji.json"
 EMOJI_IMG_DIR = "package/img/google/64/"
 UNLABELED = "unlabeled"
 
-FileHash = Callable[[Path], str]  # a file's sha256 (ingest's cache reuses it while the file is unchanged)
+# A file's sha256: `sha256(root, rel)` hashes root/rel (root itself where rel is ""). Kept between processes
+# (pipeline/source_hashes.py), read as a stream when each root's files are asked for in sorted order of rel.
+FileHash = Callable[[Path, str], str]
+Identity = Callable[[DatasetConfig, FileHash], Iterator[str]]  # the text standing for the content, in parts
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Item:
 @dataclass(frozen=True)
 class Source:
     read: Callable[[DatasetConfig], tuple[list[Item], list[str]]]
-    identity: Callable[[DatasetConfig, FileHash], str]
+    identity: Identity
     needs_path: bool
 
 
@@ -48,7 +51,7 @@ class Source:
 SOURCES: dict[str, Source] = {}
 
 
-def register_source(name: str, identity: Callable[[DatasetConfig, FileHash], str], needs_path: bool = False):
+def register_source(name: str, identity: Identity, needs_path: bool = False):
     """Register `read(cfg) -> (items, label names)` as the dataset source `name`."""
     def register(read):
         SOURCES[name] = Source(read, identity, needs_path)
@@ -90,31 +93,42 @@ def _files_under(folder: Path) -> list[Path]:
 
 # ---------------------------------------------------------------- identities
 
-def file_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
+def file_identity(cfg: DatasetConfig, sha256: FileHash) -> Iterator[str]:
     p = require_path(cfg.path)
     if not p.is_file():
         raise ValueError(f"{cfg.source} source: {p} is not a file")
-    return f"\0{sha256(p)}"
+    yield f"\0{sha256(p, '')}"
 
 
-def folder_identity(cfg: DatasetConfig, sha256: FileHash) -> str:
+def _sorted_files(folder: str, prefix: str = "") -> Iterator[str]:
+    """The relative paths (POSIX) of what _folder reads, in the order `sorted` gives them, one folder's entries in
+    memory at a time: the visible files at the top and at any depth of the class folders, no directory link
+    followed (class_folders, _files_under). A folder sorts as its name plus "/", which puts its files exactly where
+    their full paths sort among its siblings."""
+    with os.scandir(folder) as it:
+        entries = [e for e in it if _visible(e.name)]
+    keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
+    for name, e in keyed:
+        if name.endswith("/"):
+            yield from _sorted_files(e.path, prefix + name)
+        elif e.is_file():  # a link to a file is read, as the reader does
+            yield prefix + name
+
+
+def folder_identity(cfg: DatasetConfig, sha256: FileHash) -> Iterator[str]:
     """The sorted relative paths (POSIX) of the folder's files with each one's sha256; hidden files and folders
-    are left out, as the reader never reads them."""
+    are left out, as the reader never reads them. Streamed: a folder of 1.28M files is never listed whole."""
     root = require_path(cfg.path)
     if not root.is_dir():
         raise ValueError(f"folder source: {root} is not a directory")
-    # What _folder reads: the visible files at the top and under each class folder, nothing hidden at any depth.
-    found = [p for p in root.iterdir() if _visible(p.name) and p.is_file()]
-    for d in class_folders(root):
-        found += _files_under(d)
-    listing = [(p.relative_to(root).as_posix(), p) for p in found]
-    return "".join(f"\0{rel}\0{sha256(full)}" for rel, full in sorted(listing))
+    for rel in _sorted_files(str(root)):
+        yield f"\0{rel}\0{sha256(root, rel)}"
 
 
-def package_identity(package: str) -> Callable[[DatasetConfig, FileHash], str]:
+def package_identity(package: str) -> Identity:
     """Data that ships inside a wheel is identified by the package's version."""
-    def identity(cfg: DatasetConfig, sha256: FileHash) -> str:
-        return f"\0{package} {importlib.import_module(package).__version__}"
+    def identity(cfg: DatasetConfig, sha256: FileHash) -> Iterator[str]:
+        yield f"\0{package} {importlib.import_module(package).__version__}"
     return identity
 
 

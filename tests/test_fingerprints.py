@@ -5,24 +5,29 @@ the same artifacts (nothing is rebuilt); one changed byte of the data moves the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from PIL import Image
 
 import pipeline.cache as cache_mod
-import pipeline.ingest as ingest_mod
+import pipeline.source_hashes as source_hashes
 from models.weights import resolve_weights
 from pipeline.config import parse_config
 from pipeline.fingerprints import config_fingerprint
 from pipeline.schema import DatasetConfig
-from pipeline.ingest import HASH_CACHE, source_fingerprint
+from pipeline.ingest import source_fingerprint
+from pipeline.source_hashes import OLD_STORE as HASH_CACHE_V1, STORE_DIR
+from pipeline.sources import folder_identity
 from pipeline.plan import build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,6 +162,19 @@ def test_checkpoint_content_moves_features_not_images(tmp_path):
     assert after["level_1_latents"] != before["level_1_latents"] and after["config"] != before["config"]
 
 
+def _store(home: Path) -> Path:
+    tables = list((home / STORE_DIR).glob("*.parquet"))
+    assert len(tables) == 1 and not list((home / STORE_DIR).glob("*.tmp-*"))
+    return tables[0]
+
+
+def _counting_hashes(monkeypatch) -> list[str]:
+    hashed = []
+    digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, *a: (hashed.append(f.name), digest(f, *a))[1])
+    return hashed
+
+
 def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch):
     # Files made a moment ago have a ctime of now, which _age cannot set back: out of the racy window, they are kept.
     monkeypatch.setattr(cache_mod, "RACY_NS", 0)
@@ -165,34 +183,105 @@ def test_folder_hash_cache_is_kept_and_survives_corruption(tmp_path, monkeypatch
     _age(root)
     cfg = DatasetConfig(source="folder", path=root)
     home = tmp_path / "home"
+    (home / HASH_CACHE_V1).parent.mkdir(parents=True)
+    (home / HASH_CACHE_V1).write_text("{}")  # the former whole-dict store goes
     fp = source_fingerprint(cfg, cache_dir=home)
-    cache = json.loads((home / HASH_CACHE).read_text())
-    assert len(cache) == 20 and all(os.path.realpath(k) == k for k in cache)  # the visible files only
-    assert not list(home.glob(f"{HASH_CACHE}.tmp-*"))
+    assert not (home / HASH_CACHE_V1).exists()
+    rels = pq.read_table(_store(home)).column("rel").to_pylist()
+    assert rels == sorted(f"{c}/{i}.png" for c in ("cats", "dogs") for i in range(10))  # the visible files, sorted
 
-    # Another process (a fresh in-process memo) reuses the kept hashes instead of reading the files again.
-    monkeypatch.setattr(ingest_mod, "_memo", {})
-    hashed = []
-    digest = ingest_mod.hashlib.file_digest
-    monkeypatch.setattr(ingest_mod.hashlib, "file_digest", lambda f, *a: (hashed.append(f.name), digest(f, *a))[1])
+    # Another process reuses the kept hashes instead of reading the files again, and leaves the table as it was.
+    hashed = _counting_hashes(monkeypatch)
+    mtime = _store(home).stat().st_mtime_ns
     assert source_fingerprint(cfg, cache_dir=home) == fp
-    monkeypatch.undo()
-    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
-    assert hashed == []
+    assert hashed == [] and _store(home).stat().st_mtime_ns == mtime
 
-    # A corrupt cache is only a cache: hashed again, same fingerprint, cache rewritten.
-    monkeypatch.setattr(ingest_mod, "_memo", {})
-    (home / HASH_CACHE).write_text("{not json")
+    # A corrupt table is only a cache: hashed again, same fingerprint, table rewritten.
+    _store(home).write_bytes(b"PAR1 not parquet")
     assert source_fingerprint(cfg, cache_dir=home) == fp
-    assert len(json.loads((home / HASH_CACHE).read_text())) == 20
-    monkeypatch.setattr(ingest_mod, "_memo", {})
-    (home / HASH_CACHE).unlink()
+    assert len(hashed) == 20 and pq.read_table(_store(home)).num_rows == 20
+    _store(home).unlink()
     assert source_fingerprint(cfg, cache_dir=home) == fp
     assert source_fingerprint(cfg) == fp  # no cache dir at all
 
-    # A rewritten file (new size, mtime or inode) is hashed again, whatever the caches hold.
+    # A rewritten file (new size, mtime or inode) is hashed again, alone, whatever the table holds.
+    hashed.clear()
     _bump_png(root / "cats" / "4.png")
+    _age(root / "cats" / "4.png")
     assert source_fingerprint(cfg, cache_dir=home) != fp
+    assert [Path(h).name for h in hashed] == ["4.png"]
+
+
+def test_folder_hash_table_follows_files_added_and_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
+    root = tmp_path / "imgs"
+    _folder(root)
+    cfg = DatasetConfig(source="folder", path=root)
+    home = tmp_path / "home"
+    source_fingerprint(cfg, cache_dir=home)
+    (root / "cats" / "3.png").unlink()
+    shutil.copy(root / "dogs" / "1.png", root / "dogs" / "10.png")
+    shutil.copy(root / "dogs" / "1.png", root / "zebras.png")  # after every kept row: written at the end
+    hashed = _counting_hashes(monkeypatch)
+    fp = source_fingerprint(cfg, cache_dir=home)
+    assert sorted(Path(h).name for h in hashed) == ["10.png", "zebras.png"]
+    rels = pq.read_table(_store(home)).column("rel").to_pylist()
+    assert rels == sorted(rels) and len(rels) == 21 and "cats/3.png" not in rels and "zebras.png" in rels
+    hashed.clear()
+    (home / STORE_DIR).chmod(0o500)  # a read-only home costs the hashing again, never the fingerprint
+    try:
+        (root / "zebras.png").unlink()
+        assert source_fingerprint(cfg, cache_dir=home) != fp and hashed == []
+    finally:
+        (home / STORE_DIR).chmod(0o700)
+
+
+def _old_folder_identity(root: Path, sha256) -> str:
+    """The listing as it was computed before it streamed: every fingerprint recorded since must stay the same."""
+    found = [p for p in root.iterdir() if not p.name.startswith(".") and p.is_file()]
+    for d in sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir() and not p.is_symlink()):
+        for dirpath, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if not x.startswith(".")]
+            found += [p for p in (Path(dirpath) / f for f in files) if not p.name.startswith(".") and p.is_file()]
+    listing = [(p.relative_to(root).as_posix(), p) for p in found]
+    return "".join(f"\0{rel}\0{sha256(full)}" for rel, full in sorted(listing))
+
+
+def test_streamed_folder_listing_sorts_as_the_full_paths_do(tmp_path):
+    # Names around "/" in code-point order ("a.png" < "a/..." < "a0"), deep folders, non-ASCII, hidden entries and
+    # links: streaming one folder at a time must give the listing, and so the fingerprint, that sorting gave.
+    root = tmp_path / "imgs"
+    for rel in ["a.png", "a/x.png", "a/b/c.png", "a/b.png", "a-b/y.png", "a0.png", "B/z.png", "é/w.png", "top.png",
+                "a/.ipynb_checkpoints/x.png", "a/.hidden.png", "a b/q.png", "ab/a/a/a.png"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode())
+    (root / "a" / "linked").symlink_to(root / "B")              # a directory link: never followed
+    (root / "loop").symlink_to(root)
+    (root / "a" / "file-link.png").symlink_to(root / "top.png")  # a file link: read, as the reader reads it
+    cfg = DatasetConfig(source="folder", path=root)
+    streamed = "".join(folder_identity(cfg, lambda r, rel: hashlib.sha256((Path(r) / rel).read_bytes()).hexdigest()))
+    assert streamed == _old_folder_identity(root, lambda p: hashlib.sha256(p.read_bytes()).hexdigest())
+    assert streamed.count("\0") == 2 * 12
+
+
+def test_folder_fingerprint_holds_no_record_per_file(tmp_path, monkeypatch):
+    # The table is read and written one batch at a time: memory for 4x the files stays where it was.
+    monkeypatch.setattr(cache_mod, "RACY_NS", 0)
+    monkeypatch.setattr(source_hashes, "BATCH", 128)
+    peaks = []
+    for n in (500, 2000):
+        root = tmp_path / f"imgs{n}"
+        for i in range(n):
+            (root / f"c{i % 10}").mkdir(parents=True, exist_ok=True)
+            (root / f"c{i % 10}" / f"{i:05d}.png").write_bytes(i.to_bytes(4, "little"))
+        cfg = DatasetConfig(source="folder", path=root)
+        source_fingerprint(cfg, cache_dir=tmp_path / "home")  # hashed and kept
+        (root / "c0" / "00000.png").write_bytes(b"changed")      # the table is rewritten, streamed
+        tracemalloc.start()
+        source_fingerprint(cfg, cache_dir=tmp_path / "home")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert peaks[1] < 1.5 * peaks[0], peaks
 
 
 def _edit_keeping_size_and_mtime(p: Path) -> None:
@@ -228,5 +317,4 @@ def test_an_edit_that_puts_the_mtime_back_is_hashed_again(tmp_path, monkeypatch)
     fp = source_fingerprint(cfg, cache_dir=home)
     time.sleep(0.05)  # past the coarse clock's tick, so the ctime moves
     _edit_keeping_size_and_mtime(p)
-    monkeypatch.setattr(ingest_mod, "_memo", {})  # another process: only the kept cache on disk
     assert source_fingerprint(cfg, cache_dir=home) != fp
