@@ -24,7 +24,7 @@ from .cache import changed_lately, file_sha256, stat_key
 
 STORE_DIR = ".source-hashes"   # under the artifact home: one table per source root
 OLD_STORE = ".source-hashes.json"  # the former whole-dict store, removed on sight (it could be hundreds of MB)
-BATCH = 65536                  # rows read or written at a time
+BATCH = 8192                  # rows read or written at a time
 STALE_S = 86_400               # a temporary table this old was left by a killed process
 SCHEMA = pa.schema([
     ("rel", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("ctime_ns", pa.int64()),
@@ -39,10 +39,10 @@ _single_files: dict[str, tuple[tuple, str]] = {}
 def _rows(path: Path) -> Iterator[tuple]:
     """The kept rows of a table, in order, one batch in memory at a time; nothing if it is missing or unreadable."""
     try:
-        table = pq.ParquetFile(path)
+        table = pq.ParquetFile(path, pre_buffer=False)  # pre-buffered, a whole file's column chunks were held
         if table.schema_arrow != SCHEMA:
             return
-        for batch in table.iter_batches(batch_size=BATCH):
+        for batch in table.iter_batches(batch_size=BATCH, use_threads=False):
             yield from zip(*(batch.column(i).to_pylist() for i in range(batch.num_columns)))
     except (OSError, pa.ArrowException):
         return  # missing, corrupt or cut short: what was read stands, the rest is hashed again
