@@ -129,3 +129,13 @@ def test_projection_extrapolates_time_per_unit_and_memory_in_n(scale):
     assert rows["grows"] == "| pixels | 32 | grows | 8,000 | 0.22 | 7.84 |"
     # a fixed amount of work stays fixed
     assert rows["fixed"] == "| pixels | 32 | fixed | 64 | 0.01 | 0.01 |"
+
+
+def test_repeated_measurements_keep_the_fastest_time_and_the_largest_peaks(scale):
+    runs = [{"seconds": 9.0, "peak_rss_mib": 100.0, "children_peak_pss_mib": 5.0, "baseline_rss_mib": 800.0, "meta": 1},
+            {"seconds": 7.5, "peak_rss_mib": 90.0, "children_peak_pss_mib": 7.0, "baseline_rss_mib": 801.0, "meta": 2},
+            {"seconds": 8.0, "peak_rss_mib": 95.0, "children_peak_pss_mib": 6.0, "baseline_rss_mib": 799.0, "meta": 3}]
+    got = scale.repeated(runs[0], runs[1:])
+    assert got["seconds"] == 7.5 and got["meta"] == 2 and got["seconds_each"] == [9.0, 7.5, 8.0]
+    assert (got["peak_rss_mib"], got["children_peak_pss_mib"], got["baseline_rss_mib"]) == (100.0, 7.0, 801.0)
+    assert scale.repeated(runs[0], []) == {**runs[0], "seconds_each": [9.0]}
