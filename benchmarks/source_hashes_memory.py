@@ -100,11 +100,11 @@ def main(argv=None) -> None:
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="source_hashes_"))
     runs = []
+    commits = {tree: subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
+                                    text=True).stdout.strip() for tree in [ROOT, *args.tree]}  # at the start
     for n in (args.n, 8 * args.n):
         folder = make_folder(work / f"folder_{n}", n)
-        for tree in [ROOT, *args.tree]:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=tree, capture_output=True,
-                                    text=True).stdout.strip()
+        for tree, commit in commits.items():
             home = work / f"home_{n}_{commit}"
             changed = folder / f"n{0:08d}" / f"{0:07d}.JPEG"
             changed.write_bytes((0).to_bytes(4, "little"))  # as made (another tree may have changed it)
