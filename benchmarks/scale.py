@@ -101,7 +101,7 @@ def make_vae(folder: Path) -> Path:
 # -- the configs ------------------------------------------------------------------------------------------------
 
 def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int | None, batch: int | None,
-           reference_images: int, threads: int) -> tuple[dict, dict]:
+           reference_images: int, threads: int, shuffle_buffer: int | None = None) -> tuple[dict, dict]:
     """The benchmark's config `name` (pixels | vae) and the settings that bound its cost: configs/emoji.yaml's
     encoder and level shapes on the synthetic folder, training cut to `steps` (level 0 at `batch`), sampling and the
     FID reference capped. Settings the schema does not have yet are left out (and so absent from `settings`)."""
@@ -119,7 +119,7 @@ def config(name: str, data_dir: Path, res: int, vae_dir: Path | None, steps: int
                 "guidance": [0.1, 0.3, 0.5], "shared_rows": 1 if big else 2, "reference_images": reference_images,
                 "eval_seeds": 1, "oracle": not big}
     variations = {"num_images": 1, "seeds": 1} if big else {}
-    compute = {"device": "cpu"}
+    compute = {"device": "cpu", **({"shuffle_buffer": shuffle_buffer} if shuffle_buffer else {})}
     # Where the schema has them: the streamed training loader (the path a large split takes: `auto` would hold
     # these small splits in memory), the precision/recall subsample capped (bounded evaluation), one ingest
     # process per thread.
@@ -384,6 +384,8 @@ def main(argv=None) -> None:
     ap.add_argument("--reference-images", type=int, default=500, help="sampling.reference_images: Inception is the "
                     "slowest per image on a CPU")
     ap.add_argument("--threads", type=int, default=1, help="OMP threads of each measuring process")
+    ap.add_argument("--shuffle-buffer", type=int, help="compute.shuffle_buffer: samples each loader worker shuffles "
+                    "among (default: the schema's)")
     ap.add_argument("--repeat", type=int, default=1, help="measure each chosen stage this many times (rebuilt in a "
                     "fresh process each time): its time is the fastest, its peaks the largest")
     ap.add_argument("--work", type=Path, help="where data and artifacts go (default: a fresh temporary folder)")
@@ -426,7 +428,7 @@ def main(argv=None) -> None:
         plans = {}
         for name in args.configs.split(","):
             data, settings[f"{name}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, args.batch,
-                                                          args.reference_images, args.threads)
+                                                          args.reference_images, args.threads, args.shuffle_buffer)
             cfg = parse_config(data)
             plans[name] = data, cfg, build_plan(cfg, home)
         planned = {stage for *_, plan in plans.values() for stage in plan}

@@ -59,6 +59,8 @@ def test_configs_validate_and_count_their_work(scale, tmp_path):
     (vae_dir / "config.json").write_text("{}")  # the config only names the folder
     pixels, settings = scale.config("pixels", folder, 32, vae_dir, steps=3, batch=16, reference_images=8, threads=1)
     vae, _ = scale.config("vae", folder, 32, vae_dir, steps=3, batch=16, reference_images=8, threads=1)
+    small_buffer = scale.config("vae", folder, 32, vae_dir, 3, 16, 8, 1, shuffle_buffer=50)[0]
+    assert parse_config(small_buffer).compute.shuffle_buffer == 50
     cfg, vae_cfg = parse_config(pixels), parse_config(vae)
     assert cfg.compute.device == "cpu" and cfg.sampling.reference_images == 8 and settings["train"]["steps"] == 3
     assert vae_cfg.level0.space == "vae" and vae_cfg.level0.vae == str(vae_dir)
