@@ -460,7 +460,8 @@ def main(argv=None) -> None:
                              "device": meta.get("device"),
                              "precision": precision if isinstance(precision, str) else None,
                              "threads": args.threads,
-                             **({"repeats": args.repeat, "seconds_each": got["seconds_each"]} if args.repeat > 1 else {}),
+                             **({"repeats": args.repeat, "seconds_each": got["seconds_each"]}
+                                if args.repeat > 1 else {}),
                              # training: its steps' own pace, apart from the start (loader workers, model build)
                              **{k: meta[k] for k in ("sec_per_step", "loader") if k in meta}})
                 print(json.dumps(runs[-1]), flush=True)

@@ -2,9 +2,10 @@
 
 Every process that builds the plan (each Dagster step, each torchrun rank, and the DataLoader workers it forks)
 fingerprints the source: what that costs in memory is paid per process. Synthetic class folders of tiny files
-(1,000 classes like ImageNet's), N and 8N files, 8N = 1,281,168 by default (ImageNet-1k's training set and one); per N three runs: `cold` (every file
-hashed, the table written), `kept` (a new process, nothing changed: the table read beside the listing), `one
-changed` (one file rewritten: the table rewritten as a stream). Writes benchmarks/results/source_hashes_memory.json.
+(1,000 classes like ImageNet's), N and 8N files, 8N = 1,281,168 by default (ImageNet-1k's training set and one);
+per N three runs: `cold` (every file hashed, the table written), `kept` (a new process, nothing changed: the table
+read beside the listing), `one changed` (one file rewritten: the table rewritten as a stream).
+Writes benchmarks/results/source_hashes_memory.json.
 
     .venv/bin/python benchmarks/source_hashes_memory.py [--n 160146] [--tree DIR ...] [--work DIR]
     .venv/bin/python benchmarks/source_hashes_memory.py --table     # RESULTS.md's table from the stored JSON
