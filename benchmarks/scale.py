@@ -400,6 +400,9 @@ def main(argv=None) -> None:
     from pipeline.config import parse_config
     from pipeline.plan import build_plan
 
+    def label(name: str) -> str:  # a run with another cap is another config's row, not a replacement
+        return f"{name} (shuffle_buffer {args.shuffle_buffer})" if args.shuffle_buffer else name
+
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_"))
     vae_dir = make_vae(work / "vae")
     stored = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": [], "settings": {}}
@@ -427,7 +430,7 @@ def main(argv=None) -> None:
         home = work / f"home_{args.res}_{n}"  # one per set: a stage two configs share is built and measured once
         plans = {}
         for name in args.configs.split(","):
-            data, settings[f"{name}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, args.batch,
+            data, settings[f"{label(name)}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, args.batch,
                                                           args.reference_images, args.threads, args.shuffle_buffer)
             cfg = parse_config(data)
             plans[name] = data, cfg, build_plan(cfg, home)
@@ -451,7 +454,7 @@ def main(argv=None) -> None:
                 meta = got["meta"]
                 count, unit, scales = work_done(cfg, st.kind, meta, plan["images"].artifact.metadata())
                 precision = meta.get("inception_precision", meta.get("precision"))
-                runs.append({"stage": stage, "kind": st.kind, "config": name, "res": args.res, "n": n,
+                runs.append({"stage": stage, "kind": st.kind, "config": label(name), "res": args.res, "n": n,
                              "commit": head, "peak_rss_mib": round(got["peak_rss_mib"], 1),
                              "children_peak_pss_mib": round(got["children_peak_pss_mib"], 1),
                              "baseline_rss_mib": round(got["baseline_rss_mib"], 1), "seconds": round(got["seconds"], 2),
