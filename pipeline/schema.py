@@ -227,7 +227,8 @@ class RayComputeConfig(_Strict):
 
 class K8sComputeConfig(_Strict):
     """Training pods on Kubernetes through Dagster Pipes (deploy/k8s/, docs/deploy.md#kubernetes)."""
-    image: str | None = Field(None, description="the project's container image (deploy/k8s/Dockerfile)")
+    image: str | None = Field(None, description="the training pods' image (deploy/k8s/Dockerfile); None: the image "
+                                                "the run's code location runs (the chart's values name it)")
     namespace: str = "default"
     gpus: int = Field(1, ge=0, le=64, description="GPUs per training rank: a level's pod runs train.nproc ranks "
                                                    "(torchrun when > 1) and asks for nproc x gpus GPUs; 0: CPU pods")
@@ -257,13 +258,6 @@ class ComputeConfig(_Strict):
     shuffle_buffer: int = Field(2000, ge=1, le=10_000_000, description="samples each streaming worker shuffles among")
     ray: RayComputeConfig = RayComputeConfig()
     k8s: K8sComputeConfig = K8sComputeConfig()
-
-    @model_validator(mode="after")
-    def _k8s_needs_an_image(self):
-        if self.engine == "k8s" and not self.k8s.image:
-            raise ValueError("compute.k8s.image: engine k8s runs training pods from an image; name it "
-                             "(deploy/k8s/Dockerfile builds one)")
-        return self
 
 
 class Config(_Strict):

@@ -14,10 +14,11 @@ import yaml
 from dagster import AssetKey, DagsterInstance, PipesSubprocessClient, materialize
 
 from assets.factory import Scope
-from assets.k8s import DEFAULT_CLAIM, K8S_CONFIG_TAG, executor_for, k8s_tags, step_k8s_config
+from assets.k8s import (DEFAULT_CLAIM, K8S_CONFIG_TAG, executor_for, k8s_tags, k8s_train_pod, launched_from,
+                        step_k8s_config)
 from assets.training import MODELS, level_model_asset
 from assets.views import VIEWS, view_of
-from pipeline.config import PROJECT_ROOT, ConfigError, parse_config
+from pipeline.config import PROJECT_ROOT, parse_config
 from pipeline.schema import ComputeConfig, K8sComputeConfig
 from pipeline.plan import build_plan
 
@@ -117,12 +118,30 @@ def test_the_artifacts_claim_is_read_write_many():
 # -- the config
 
 
-def test_engine_k8s_without_an_image_is_refused(tiny_cfg):
-    data = tiny_cfg.model_dump(mode="json", exclude={"variants"})
-    with pytest.raises(ConfigError, match=r"compute\.k8s\.image"):
-        parse_config({**data, "compute": {"engine": "k8s", "k8s": {"gpus": 2}}}, check_files=False)
-    cfg = parse_config({**data, "compute": {"engine": "k8s", "k8s": {"image": IMAGE}}}, check_files=False)
-    assert cfg.compute.k8s.image == IMAGE
+def test_the_image_is_named_once_and_its_pull_secret_reaches_every_pod(values, tiny_cfg, tmp_path):
+    (dep,) = values["dagster-user-deployments"]["deployments"]
+    assert values["imagePullSecrets"] == values["dagster-user-deployments"]["imagePullSecrets"] == [
+        {"name": "nested-registry"}]
+    team = yaml.safe_load((PROJECT_ROOT / "configs" / "team_k8s.yaml").read_text())
+    assert "image" not in team["compute"]["k8s"]  # the training pods run the code location's image
+    cfg = parse_config({**tiny_cfg.model_dump(mode="json", exclude={"variants"}),
+                        "compute": {"engine": "k8s", "k8s": {"gpus": 2}}}, check_files=False)
+    pod = k8s_train_pod(cfg, build_plan(cfg, tmp_path), 0, ["python"], f"{dep['image']['repository']}:abc123",
+                        [{"name": "nested-registry"}])
+    assert pod["image"] == "registry.example.com/nested-diffusion:abc123"
+    assert pod["base_pod_spec"]["imagePullSecrets"] == [{"name": "nested-registry"}]
+    with pytest.raises(ValueError, match=r"compute\.k8s\.image: no image"):  # launched from no code location
+        k8s_train_pod(cfg, build_plan(cfg, tmp_path), 0, ["python"])
+    named = cfg.model_copy(update={"compute": ComputeConfig(engine="k8s", k8s=K8sComputeConfig(image=IMAGE))})
+    assert k8s_train_pod(named, build_plan(named, tmp_path), 0, ["python"], "other:tag")["image"] == IMAGE
+
+
+def test_the_run_names_the_image_and_pull_secrets_it_was_launched_from():
+    repository = type("Repo", (), {"container_image": IMAGE,
+                                   "container_context": {"k8s": {"image_pull_secrets": [{"name": "regcred"}]}}})
+    run = type("Run", (), {"job_code_origin": type("Origin", (), {"repository_origin": repository})})
+    assert launched_from(type("Ctx", (), {"dagster_run": run})) == (IMAGE, [{"name": "regcred"}])
+    assert launched_from(type("Ctx", (), {"dagster_run": type("Run", (), {"job_code_origin": None})})) == (None, [])
 
 
 # -- step pods: k8s_tags and the executor
@@ -143,6 +162,8 @@ def test_step_tags_validate_and_size_each_assets_pod(tiny_cfg, tmp_path, gpus):
         gpu = resources.limits.get("nvidia.com/gpu")
         # The features stage runs the encoder in its own pod; a model's pod only launches its training pod.
         assert gpu == ("1" if stage.kind == "features" and gpus else None), name
+        tolerations = job.spec.template.spec.tolerations or []  # tainted GPU nodes take the pods that ask for one
+        assert [t.key for t in tolerations] == (["nvidia.com/gpu"] if gpu else []), name
         assert resources.requests["cpu"] and resources.requests["memory"] and resources.limits["memory"], name
 
 
