@@ -285,6 +285,11 @@ def memory_growth(small_mib: float, big_mib: float) -> tuple[float, float, bool]
     return ratio, grown, ratio <= RSS_TARGET or grown <= RSS_NOISE_MIB
 
 
+def per_unit(run: dict) -> float:
+    """Seconds per unit, from the unrounded seconds where recorded (units/s is rounded: 0.03 for a slow stage)."""
+    return run["seconds"] / run["units"] if run.get("seconds") and run.get("units") else 1 / run["images_per_s"]
+
+
 def check(runs: list[dict]) -> list[dict]:
     """Per stage, config and resolution with runs at both N and 8N: the 8N / N ratios of the peak memory (the
     stage's process's and its worker processes') and of the time per unit, and whether each meets its target."""
@@ -297,7 +302,7 @@ def check(runs: list[dict]) -> list[dict]:
         rss_ratio, rss_grown, rss_ok = memory_growth(small["peak_rss_mib"], big["peak_rss_mib"])
         kids_ratio, kids_grown, kids_ok = memory_growth(small.get("children_peak_pss_mib", 0),
                                                         big.get("children_peak_pss_mib", 0))
-        time_ratio = small["images_per_s"] / big["images_per_s"]  # seconds per unit at 8N over N's
+        time_ratio = per_unit(big) / per_unit(small)  # seconds per unit at 8N over N's
         out.append({"stage": stage, "config": config, "res": res, "n": n, "scales_with_n": small["scales_with_n"],
                     "rss_ratio": round(rss_ratio, 3), "rss_grown_mib": round(rss_grown, 1),
                     "children_ratio": round(kids_ratio, 3), "children_grown_mib": round(kids_grown, 1),
@@ -351,7 +356,7 @@ def projection(result: dict, target_n: int, res: int | None = None) -> str:
         per_image = max(0.0, (total[1] - total[0]) / (b["n"] - a["n"]))
         peak_gib = (total[1] + per_image * (target_n - b["n"])) / 1024
         lines.append(f"| {c['config']} | {c['res']} | {c['stage']} | {units:,.0f} | "
-                     f"{units / b['images_per_s'] / 3600:.2f} | {peak_gib:.2f} |")
+                     f"{units * per_unit(b) / 3600:.2f} | {peak_gib:.2f} |")
     return "\n".join(lines)
 
 
@@ -436,8 +441,9 @@ def main(argv=None) -> None:
         home = work / f"home_{args.res}_{n}"  # one per set: a stage two configs share is built and measured once
         plans = {}
         for name in args.configs.split(","):
-            data, settings[f"{label(name)}_{args.res}"] = config(name, data_dir, args.res, vae_dir, args.steps, args.batch,
-                                                          args.reference_images, args.threads, args.shuffle_buffer)
+            data, settings[f"{label(name)}_{args.res}"] = config(
+                name, data_dir, args.res, vae_dir, args.steps, args.batch, args.reference_images, args.threads,
+                args.shuffle_buffer)
             cfg = parse_config(data)
             plans[name] = data, cfg, build_plan(cfg, home)
         planned = {stage for *_, plan in plans.values() for stage in plan}
