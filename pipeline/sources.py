@@ -75,22 +75,6 @@ def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
-def class_folders(root: Path) -> list[Path]:
-    """The visible subfolders of a folder source, sorted. A link to a folder is not one: it can lead back into the
-    root (a loop that would invent classes and repeat every image) or out of it, so no directory link is followed,
-    at the top or deeper (os.walk's default)."""
-    return sorted(p for p in root.iterdir() if _visible(p.name) and p.is_dir() and not p.is_symlink())
-
-
-def _files_under(folder: Path) -> list[Path]:
-    """The visible files under `folder` at any depth, hidden folders (.ipynb_checkpoints and friends) left out."""
-    found = []
-    for dirpath, dirs, files in os.walk(folder):  # followlinks=False: linked folders are neither entered nor read
-        dirs[:] = [x for x in dirs if _visible(x)]
-        found += [p for p in (Path(dirpath) / f for f in files) if _visible(p.name) and p.is_file()]
-    return found
-
-
 # ---------------------------------------------------------------- identities
 
 def file_identity(cfg: DatasetConfig, sha256: FileHash) -> Iterator[str]:
@@ -101,10 +85,11 @@ def file_identity(cfg: DatasetConfig, sha256: FileHash) -> Iterator[str]:
 
 
 def _sorted_files(folder: str, prefix: str = "") -> Iterator[str]:
-    """The relative paths (POSIX) of what _folder reads, in the order `sorted` gives them, one folder's entries in
-    memory at a time: the visible files at the top and at any depth of the class folders, no directory link
-    followed (class_folders, _files_under). A folder sorts as its name plus "/", which puts its files exactly where
-    their full paths sort among its siblings."""
+    """The relative paths (POSIX) of a folder source's files, in the order `sorted` gives them, one folder's entries
+    in memory at a time: the visible files at the top and at any depth of the class folders, nothing hidden at any
+    depth (.ipynb_checkpoints and friends). No directory link is followed: one can lead back into the root (a loop
+    that would invent classes and repeat every image) or out of it. A folder sorts as its name plus "/", which puts
+    its files exactly where their full paths sort among its siblings."""
     with os.scandir(folder) as it:
         entries = [e for e in it if _visible(e.name)]
     keyed = sorted((e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e) for e in entries)
@@ -165,18 +150,13 @@ def _folder(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
     if not root.is_dir():
         raise ValueError(f"folder source: {root} is not a directory")
 
-    def is_image(p: Path) -> bool:
-        return p.is_file() and _visible(p.name) and p.suffix.lower() in IMAGE_SUFFIXES
-
-    items = [Item(p.name, UNLABELED, p) for p in sorted(root.iterdir()) if is_image(p)]
-    classes = []
-    for d in class_folders(root):
-        found = [p for p in _files_under(d) if is_image(p)]
-        if found:  # an empty subfolder is not a class (it would be a label no image can have)
-            classes.append(d.name)
-            items += [Item(p.relative_to(root).as_posix(), d.name, p) for p in found]
-    names = classes + ([UNLABELED] if any(it.label_name == UNLABELED for it in items) else [])
-    return sorted(items, key=lambda it: it.name), names
+    # The listing the fingerprint hashes (_sorted_files), already in name order; the first folder is the label.
+    items = [Item(rel, rel.split("/", 1)[0] if "/" in rel else UNLABELED, root / rel)
+             for rel in _sorted_files(str(root)) if os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES]
+    # A class is a folder with an image in it (an empty one would be a label no image can have).
+    classes = sorted({it.name.split("/", 1)[0] for it in items if "/" in it.name})
+    names = classes + ([UNLABELED] if any("/" not in it.name for it in items) else [])
+    return items, names
 
 
 def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
