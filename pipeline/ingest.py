@@ -20,8 +20,9 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
 from functools import partial
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from .cache import listed_files
 from .schema import ComputeConfig, Config, DatasetConfig
 from .source_hashes import SourceHashes
-from .sources import Item, get_source
+from .sources import Item, Listing, get_source
 
 SHARD_PATTERN = "images-%06d.tar"
 MANIFEST = "manifest.parquet"
@@ -170,7 +171,7 @@ def _worker_context() -> mp.context.BaseContext:
 
 
 def _start(pool: ProcessPoolExecutor, fn: Callable, chunk: list):
-    """Submit the first chunk, which forks every worker: the objects alive now (the source's item list among them)
+    """Submit the first chunk, which forks every worker: the objects alive now (an in-memory source's items among them)
     are frozen out of the garbage collector first, so a worker's collection cannot touch, and copy, their pages."""
     gc.freeze()
     try:
@@ -216,25 +217,48 @@ def build_images(cfg: Config, plan: dict, out_dir: Path, log: Callable[[str], No
     return ingest(cfg.dataset, out_dir, cfg.seed, log, workers=ingest_workers(cfg.compute))
 
 
-def _select(cfg: DatasetConfig, seed: int, log: Callable[[str], None]) -> tuple[list[Item], list[str], Counter]:
+@dataclass(frozen=True)
+class _Selection:
+    """What the stage ingests: the source's items less `drop_categories`, subsampled to `max_images`; walked once,
+    as the shards are written, so that a folder's listing is never held."""
+    listing: Listing
+    drop: frozenset[str]
+    keep: np.ndarray | None   # sorted positions among the kept items, or None for all of them
+    n: int
+    names: list[str]
+    dropped: Counter
+
+    def items(self) -> Iterator[Item]:
+        kept = (it for it in self.listing.items() if it.label_name not in self.drop)
+        if self.keep is None:
+            yield from kept
+            return
+        wanted = iter(self.keep.tolist())
+        target = next(wanted, None)
+        for i, it in enumerate(kept):
+            if i == target:
+                yield it
+                if (target := next(wanted, None)) is None:
+                    return
+
+
+def _select(cfg: DatasetConfig, seed: int, log: Callable[[str], None]) -> _Selection:
     """The source's items and label names, less `drop_categories`, subsampled to `max_images` (by `seed`)."""
-    items, names = get_source(cfg.source).read(cfg)
-    drop = set(cfg.drop_categories)
-    dropped = Counter(it.label_name for it in items if it.label_name in drop)
-    items = [it for it in items if it.label_name not in drop]
-    names = [n for n in names if n not in drop]
+    listing = get_source(cfg.source).read(cfg)
+    drop = frozenset(cfg.drop_categories)
+    dropped = Counter({k: v for k, v in listing.counts.items() if k in drop})
     if dropped:
         log(f"ingest: dropped by drop_categories: {dict(dropped)}")
-    if cfg.max_images is not None and cfg.max_images < len(items):
-        keep = np.sort(np.random.default_rng(seed).choice(len(items), cfg.max_images, replace=False))
-        items = [items[i] for i in keep]
-    return items, names, dropped
+    n, keep = sum(listing.counts.values()) - sum(dropped.values()), None
+    if cfg.max_images is not None and cfg.max_images < n:
+        keep = np.sort(np.random.default_rng(seed).choice(n, cfg.max_images, replace=False))
+        n = cfg.max_images
+    return _Selection(listing, drop, keep, n, [k for k in listing.names if k not in drop], dropped)
 
 
-def _task_chunks(items: list[Item], label_id: dict[str, int]) -> Iterator[list[Task]]:
-    """The items' tasks, CHUNK at a time, made only as they are submitted."""
-    tasks = ((it.data, it.label_name in label_id) for it in items)
-    while chunk := list(islice(tasks, CHUNK)):
+def _chunks(items: Iterable[Item]) -> Iterator[list[Item]]:
+    items = iter(items)
+    while chunk := list(islice(items, CHUNK)):
         yield chunk
 
 
@@ -272,31 +296,43 @@ class _Manifest:
         self.writer.close()
 
 
-def _write_shards(cfg: DatasetConfig, items: list[Item], label_id: dict[str, int], out_dir: Path, names: list[str],
-                  workers: int, log: Callable[[str], None]) -> tuple[_Manifest, list[str]]:
-    """Every readable item into the shards and the manifest, in the items' order; (the manifest, the skipped)."""
+def _write_shards(cfg: DatasetConfig, selection: _Selection, out_dir: Path, workers: int,
+                  log: Callable[[str], None]) -> tuple[_Manifest, list[str], int]:
+    """Every readable item into the shards and the manifest, in the items' order; (the manifest, the skipped, the
+    number of items tried)."""
     skipped: list[str] = []
+    tried = 0
+    label_id = {n: i for i, n in enumerate(selection.names)}
     work = partial(prepare_chunk, resolution=cfg.resolution, source_size=cfg.source_size)
-    manifest = _Manifest(out_dir / MANIFEST, names, cfg.source)
+    manifest = _Manifest(out_dir / MANIFEST, selection.names, cfg.source)
+    in_flight: deque[list[Item]] = deque()  # the chunks submitted and not yet written: at most AHEAD x workers
+
+    def tasks() -> Iterator[list[Task]]:
+        for chunk in _chunks(selection.items()):
+            in_flight.append(chunk)
+            yield [(it.data, it.label_name in label_id) for it in chunk]
+
     # closing(): the workers are gone when this returns or raises, not whenever the generator is collected.
-    with closing(map_in_order(work, _task_chunks(items, label_id), workers)) as done, closing(manifest), \
+    with closing(map_in_order(work, tasks(), workers)) as done, closing(manifest), \
             wds.ShardWriter(str(out_dir / "shards" / SHARD_PATTERN), maxcount=cfg.shard_size, verbose=0,
                             mtime=SHARD_MTIME) as sink, \
-            tqdm(total=len(items), desc=f"ingest {cfg.source}", unit="img", mininterval=5) as bar:
-        for it, result in zip(items, chain.from_iterable(done)):
-            bar.update()
-            if isinstance(result, str):
-                skipped.append(f"{it.name}: {result}")
-                log(f"ingest: skipped {skipped[-1]}")
-                continue
-            members, content_hash = result
-            split = "holdout" if _is_holdout(content_hash, cfg.holdout_fraction) else "train"
-            key = f"{manifest.num_rows:07d}"
-            sink.write({"__key__": key, **members, "cls": label_id[it.label_name],
-                        "json": {"source": it.name, "split": split}})
-            manifest.append(key, label_id[it.label_name], it.label_name, it.name, content_hash, split,
-                            os.path.basename(sink.fname))
-    return manifest, skipped
+            tqdm(total=selection.n, desc=f"ingest {cfg.source}", unit="img", mininterval=5) as bar:
+        for results in done:
+            for it, result in zip(in_flight.popleft(), results, strict=True):
+                tried += 1
+                bar.update()
+                if isinstance(result, str):
+                    skipped.append(f"{it.name}: {result}")
+                    log(f"ingest: skipped {skipped[-1]}")
+                    continue
+                members, content_hash = result
+                split = "holdout" if _is_holdout(content_hash, cfg.holdout_fraction) else "train"
+                key = f"{manifest.num_rows:07d}"
+                sink.write({"__key__": key, **members, "cls": label_id[it.label_name],
+                            "json": {"source": it.name, "split": split}})
+                manifest.append(key, label_id[it.label_name], it.label_name, it.name, content_hash, split,
+                                os.path.basename(sink.fname))
+    return manifest, skipped, tried
 
 
 def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str], None] = print,
@@ -305,20 +341,20 @@ def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str]
     prepared in `workers` processes; the output is the same bytes for any number of them."""
     out_dir = Path(out_dir)
     origin = str(cfg.path) if cfg.path is not None else cfg.source
-    items, names, dropped = _select(cfg, seed, log)
-    label_id = {n: i for i, n in enumerate(names)}
-    workers = max(1, min(workers, -(-len(items) // CHUNK)))  # no more workers than chunks
+    selection = _select(cfg, seed, log)
+    names, dropped = selection.names, selection.dropped
+    workers = max(1, min(workers, -(-selection.n // CHUNK)))  # no more workers than chunks
 
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    manifest, skipped = _write_shards(cfg, items, label_id, out_dir, names, workers, log)
+    manifest, skipped, tried = _write_shards(cfg, selection, out_dir, workers, log)
     seconds = time.perf_counter() - start
 
     n, num_holdout, shards = manifest.num_rows, manifest.num_holdout, manifest.shards
     if n == 0:
-        raise ValueError(f"no readable image in {origin} ({cfg.source}): tried {len(items)} files"
+        raise ValueError(f"no readable image in {origin} ({cfg.source}): tried {tried} files"
                          + (f"; first failure: {skipped[0]}" if skipped else ""))
-    rate = len(items) / max(seconds, 1e-9)
+    rate = tried / max(seconds, 1e-9)
     log(f"ingest: {n} images from {origin} ({n - num_holdout} train, {num_holdout} holdout) in {len(shards)} "
         f"shards; {len(skipped)} skipped; {seconds:.1f} s, {rate:.0f} images/s on {workers} worker(s)")
     return {

@@ -1,7 +1,8 @@
 """The dataset sources, one registered function each: ``dataset.source`` in the config names one of them.
 
-A source's reader returns its items in a deterministic order and its label names in label-id order (before
-``drop_categories``); its identity is the text that stands for its content in every fingerprint (file hashes,
+A source's reader returns a `Listing`: its items in a deterministic order, which can be walked more than once (a
+folder's are listed again on each walk, never held: ImageNet has 1.28M), the number of items per label, and its
+label names in label-id order (before ``drop_categories``); its identity is the text that stands for its content in every fingerprint (file hashes,
 or the version of the package that ships the data), so moving or re-downloading the same bytes reuses the
 artifacts. ``pipeline.ingest`` turns the items into shards.
 """
@@ -11,6 +12,7 @@ import importlib
 import json
 import os
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -40,8 +42,20 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Listing:
+    items: Callable[[], Iterator[Item]]  # a fresh walk over the items on each call
+    counts: Counter                      # items per label name, in the order the labels first appear
+    names: list[str]                     # label names in label-id order
+
+    @classmethod
+    def of(cls, items: list[Item], names: list[str]) -> Listing:
+        """A source held in memory (an archive or arrays small enough to be read whole)."""
+        return cls(lambda: iter(items), Counter(it.label_name for it in items), names)
+
+
+@dataclass(frozen=True)
 class Source:
-    read: Callable[[DatasetConfig], tuple[list[Item], list[str]]]
+    read: Callable[[DatasetConfig], Listing]
     identity: Identity
     needs_path: bool
 
@@ -52,7 +66,7 @@ SOURCES: dict[str, Source] = {}
 
 
 def register_source(name: str, identity: Identity, needs_path: bool = False):
-    """Register `read(cfg) -> (items, label names)` as the dataset source `name`."""
+    """Register `read(cfg) -> Listing` as the dataset source `name`."""
     def register(read):
         SOURCES[name] = Source(read, identity, needs_path)
         return read
@@ -120,7 +134,7 @@ def package_identity(package: str) -> Identity:
 # ---------------------------------------------------------------- readers
 
 @register_source("emoji", file_identity, needs_path=True)
-def _emoji(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
+def _emoji(cfg: DatasetConfig) -> Listing:
     """The npm tgz of emoji-datasource-google: 64 px PNGs labelled by their emoji.json category."""
     path = require_path(cfg.path)
     meta, images = None, {}
@@ -140,23 +154,33 @@ def _emoji(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
             category.setdefault(var["image"], e["category"])  # variations carry no category of their own
     # An image without an entry would need a made-up label; keep it visible as a skip instead.
     items = [Item(n, category.get(n, ""), images[n]) for n in sorted(images)]
-    return items, sorted({e["category"] for e in meta})
+    return Listing.of(items, sorted({e["category"] for e in meta}))
 
 
 @register_source("folder", folder_identity, needs_path=True)
-def _folder(cfg: DatasetConfig) -> tuple[list[Item], list[str]]:
-    """Images in class subfolders (the subfolder is the label; images at the top are unlabeled)."""
+def _folder(cfg: DatasetConfig) -> Listing:
+    """Images in class subfolders (the subfolder is the label; images at the top are unlabeled). Listed on each
+    walk, one directory's entries at a time: no walk holds a record per image."""
     root = require_path(cfg.path)
     if not root.is_dir():
         raise ValueError(f"folder source: {root} is not a directory")
 
-    # The listing the fingerprint hashes (_sorted_files), already in name order; the first folder is the label.
-    items = [Item(rel, rel.split("/", 1)[0] if "/" in rel else UNLABELED, root / rel)
-             for rel in _sorted_files(str(root)) if os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES]
+    def items() -> Iterator[Item]:
+        # The listing the fingerprint hashes (_sorted_files), already in name order; the first folder is the label.
+        for rel in _sorted_files(str(root)):
+            if os.path.splitext(rel)[1].lower() in IMAGE_SUFFIXES:
+                top, sep, _ = rel.partition("/")
+                yield Item(rel, top if sep else UNLABELED, root / rel)
+
+    counts, classes, unlabeled = Counter(), set(), False
+    for it in items():
+        counts[it.label_name] += 1
+        if "/" in it.name:
+            classes.add(it.label_name)
+        else:
+            unlabeled = True
     # A class is a folder with an image in it (an empty one would be a label no image can have).
-    classes = sorted({it.name.split("/", 1)[0] for it in items if "/" in it.name})
-    names = classes + ([UNLABELED] if any("/" not in it.name for it in items) else [])
-    return items, names
+    return Listing(items, counts, sorted(classes) + ([UNLABELED] if unlabeled else []))
 
 
 def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
@@ -170,7 +194,7 @@ def _to_uint8(a: np.ndarray, what: str) -> np.ndarray:
     return np.rint(a).astype(np.uint8)
 
 
-def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> tuple[list[Item], list[str]]:
+def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> Listing:
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (3, 4))):
@@ -189,7 +213,7 @@ def _array_items(array: str, images: np.ndarray, labels, names, origin: str) -> 
             names = [str(n) for n in names]
             label_of = [names[int(v)] for v in labels]
     # Arrays keep index order (sorting "images[10]" before "images[2]" would only obscure it).
-    return [Item(f"{array}[{i}]", label_of[i], images[i]) for i in range(len(images))], names
+    return Listing.of([Item(f"{array}[{i}]", label_of[i], images[i]) for i in range(len(images))], names)
 
 
 @register_source("npz", file_identity, needs_path=True)

@@ -45,7 +45,8 @@ def test_make_dataset_is_a_folder_source_and_reused(scale, tmp_path):
     assert (bigger / "disc" / "0000004.jpg").read_bytes() == (folder / "disc" / "0000004.jpg").read_bytes()
 
     cfg = parse_config({"dataset": {"source": "folder", "path": str(folder), "resolution": 16, "source_size": 16}})
-    items, names = get_source("folder").read(cfg.dataset)
+    listing = get_source("folder").read(cfg.dataset)
+    items, names = list(listing.items()), listing.names
     assert len(items) == 10 and sorted(names) == sorted(scale.CLASSES)
 
 
