@@ -26,6 +26,7 @@ from dagster._core.workspace.load_target import WorkspaceFileTarget
 from dagster_graphql import __version__
 from dagster_graphql.cli import execute_query
 
+from .launch import launch_and_wait
 from .ui_client import ROOT, DagsterUI, load_error
 
 UNSYNCED = {"STALE", "MISSING"}
@@ -132,11 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "assets.definitions",
                "--select", selection(roots)]
         return subprocess.run(cmd, cwd=ROOT, env={**os.environ, "DAGSTER_HOME": str(dagster_home())}).returncode
-    run_id = ui.launch_assets(sorted(targets))
-    print(f"launched run {run_id}: {ui.url}/runs/{run_id}", flush=True)
-    ui.wait_for_run(run_id, timeout=24 * 3600)
-    for asset, md in sorted(ui.materialization_metadata(run_id).items()):
-        print(f"  {asset:<20} cache {md.get('cache')}")
+    launch_and_wait(ui, sorted(targets), timeout=24 * 3600)
     return 0
 
 

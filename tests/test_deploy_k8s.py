@@ -1,6 +1,8 @@
-"""The Kubernetes deployment, offline: the Helm values against the chart's schema, the PVC, each asset's step
+"""The Kubernetes deployment, offline: the Helm values against the chart's contract, the PVC, each asset's step
 pod config, the executor, and the training pod the level-model asset submits through Pipes (to a fake API)."""
 import copy
+import functools
+import importlib.resources
 import json
 import os
 import subprocess
@@ -11,6 +13,7 @@ import jsonschema
 import kubernetes
 import pytest
 import yaml
+from referencing import Registry, Resource
 from dagster import AssetKey, DagsterInstance, PipesSubprocessClient, materialize
 
 from assets.factory import Scope
@@ -38,35 +41,115 @@ def from_api_json(obj, kind: str):
     return api.deserialize(type("Response", (), {"data": json.dumps(raw)})(), kind)
 
 
-# -- the Helm values, against the chart's values.schema.json
+def strict_k8s(obj, api_version: str, kind: str) -> None:
+    """`obj` (a client model or its JSON) against the strict schema of its kind in every version of K8S_VERSIONS."""
+    import kubernetes_validate
+
+    raw = {"apiVersion": api_version, "kind": kind, **kubernetes.client.ApiClient().sanitize_for_serialization(obj)}
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(raw, version, strict=True)
 
 
-def chart_schema() -> dict:
-    """The vendored chart schema, made checkable offline and strict: remote (Kubernetes) $refs fall back to the
-    type written beside them; `required` goes, since Helm validates our values merged over the chart's defaults;
-    and an object with known properties refuses others, since Helm silently ignores a misspelled key."""
-    schema = json.loads((K8S / "schema" / "dagster-values.schema.json").read_text())
+# -- the Helm values: the chart's contract for the keys we set, with the Kubernetes objects in them strict
 
-    def offline(node):
-        if isinstance(node, dict):
-            if str(node.get("$ref", "")).startswith("http"):
-                del node["$ref"]
-            if node.get("type") == "object" and node.get("properties") and "additionalProperties" not in node:
-                node["additionalProperties"] = False
-            for v in node.values():
-                offline(v)
-        elif isinstance(node, list):
-            for v in node:
-                offline(v)
-
-    for node in [schema, *schema["definitions"].values()]:
-        node.pop("required", None)
-    offline(schema)
-    return schema
+# Kubernetes versions the objects are checked against (kubernetes-validate ships the strict JSON schemas of each):
+# the oldest and the newest the deployment is meant for.
+K8S_VERSIONS = ["1.29.0", "1.37.0"]
+K8S_DEFINITIONS = "https://kubernetes.io/api/_definitions.json"  # their $id: where the contract's $refs point
 
 
-def schema_errors(values: dict) -> list[str]:
-    validator = jsonschema.Draft7Validator(chart_schema())
+def k8s(name: str) -> dict:
+    """A reference to a Kubernetes definition (io.k8s.api.core.v1.Volume, ...) in kubernetes-validate's strict
+    schemas, where an unknown key is an error (the API server drops it, or refuses it under strict decoding)."""
+    return {"$ref": f"{K8S_DEFINITIONS}#/$defs/{name}"}
+
+
+def closed(properties: dict, required: tuple = ()) -> dict:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+STRINGS = {"type": "array", "items": {"type": "string"}}
+PULL_POLICY = {"enum": ["Always", "IfNotPresent", "Never"]}
+ANY = {}  # a key of the chart's that this deployment leaves at the chart's default: not ours to restate
+
+# The Dagster chart's values (the 1.13 line), as far as deploy/k8s/values.yaml sets them, written from the chart's
+# documentation: every key the chart knows at each level we set (Helm ignores a misspelled one without a word, so
+# an unknown key is refused here), the Kubernetes objects inside them strict, and `required` where the chart's
+# defaults cannot fill a gap: Helm merges our maps over the chart's, but a list replaces the chart's list whole,
+# so each deployment must carry its name, image, arguments and port itself.
+CHART_IMAGE = closed({"repository": {"type": "string"}, "tag": {"type": ["string", "integer", "null"]},
+                "pullPolicy": PULL_POLICY}, required=("repository", "pullPolicy"))
+SECRET_REFS = {"type": "array", "items": k8s("io.k8s.api.core.v1.LocalObjectReference")}
+USER_DEPLOYMENT = closed({
+    "name": {"type": "string"}, "image": CHART_IMAGE, "dagsterApiGrpcArgs": STRINGS, "codeServerArgs": STRINGS,
+    "includeConfigInLaunchedRuns": closed({"enabled": {"type": "boolean"}}, required=("enabled",)),
+    "deploymentNamespace": {"type": "string"}, "port": {"type": "integer"},
+    "env": {"anyOf": [{"type": "object", "additionalProperties": {"type": "string"}},
+                      {"type": "array", "items": k8s("io.k8s.api.core.v1.EnvVar")}]},
+    "envConfigMaps": {"type": "array", "items": k8s("io.k8s.api.core.v1.ConfigMapEnvSource")},
+    "envSecrets": {"type": "array", "items": k8s("io.k8s.api.core.v1.SecretEnvSource")},
+    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "nodeSelector": {"type": "object", "additionalProperties": {"type": "string"}},
+    "affinity": k8s("io.k8s.api.core.v1.Affinity"),
+    "tolerations": {"type": "array", "items": k8s("io.k8s.api.core.v1.Toleration")},
+    "podSecurityContext": k8s("io.k8s.api.core.v1.PodSecurityContext"),
+    "securityContext": k8s("io.k8s.api.core.v1.SecurityContext"),
+    "resources": k8s("io.k8s.api.core.v1.ResourceRequirements"),
+    "livenessProbe": k8s("io.k8s.api.core.v1.Probe"), "readinessProbe": ANY, "startupProbe": ANY,
+    "volumes": {"type": "array", "items": k8s("io.k8s.api.core.v1.Volume")},
+    "volumeMounts": {"type": "array", "items": k8s("io.k8s.api.core.v1.VolumeMount")},
+    "schedulerName": {"type": "string"},
+    "initContainers": {"type": "array", "items": k8s("io.k8s.api.core.v1.Container")},
+    "sidecarContainers": {"type": "array", "items": k8s("io.k8s.api.core.v1.Container")},
+}, required=("name", "image", "port"))
+K8S_RUN_LAUNCHER = closed({
+    "image": ANY, "imagePullPolicy": PULL_POLICY, "jobNamespace": {"type": ["string", "null"]},
+    "loadInclusterConfig": {"type": "boolean"}, "kubeconfigFile": {"type": ["string", "null"]},
+    "envConfigMaps": {"type": "array", "items": k8s("io.k8s.api.core.v1.ConfigMapEnvSource")},
+    "envSecrets": {"type": "array", "items": k8s("io.k8s.api.core.v1.SecretEnvSource")},
+    "envVars": STRINGS,
+    "volumeMounts": {"type": "array", "items": k8s("io.k8s.api.core.v1.VolumeMount")},
+    "volumes": {"type": "array", "items": k8s("io.k8s.api.core.v1.Volume")},
+    "labels": ANY, "failPodOnRunFailure": ANY, "resources": k8s("io.k8s.api.core.v1.ResourceRequirements"),
+    "schedulerName": ANY, "securityContext": ANY, "runK8sConfig": ANY,
+})
+VALUES_CONTRACT = closed({
+    **{key: ANY for key in ("dagsterWebserver", "generatePostgresqlPasswordSecret", "generateCeleryConfigSecret",
+                            "rabbitmq", "redis", "flower", "ingress", "computeLogManager", "scheduler", "pythonLogs",
+                            "dagsterDaemon", "busybox", "migrate", "serviceAccount", "retention",
+                            "additionalInstanceConfig")},
+    "global": closed({"dagsterHome": {"type": "string"}, "postgresqlSecretName": {"type": "string"},
+                      "serviceAccountName": {"type": "string"}, "celeryConfigSecretName": {"type": "string"}}),
+    "imagePullSecrets": SECRET_REFS,
+    "dagster-user-deployments": closed({
+        "enabled": {"type": "boolean"}, "enableSubchart": {"type": "boolean"}, "imagePullSecrets": SECRET_REFS,
+        "deployments": {"type": "array", "items": USER_DEPLOYMENT, "minItems": 1}}),
+    "postgresql": closed({
+        "image": ANY, "enabled": {"type": "boolean"}, "postgresqlHost": {"type": "string"},
+        "postgresqlUsername": {"type": "string"}, "postgresqlPassword": {"type": "string"},
+        "postgresqlDatabase": {"type": "string"}, "postgresqlParams": {"type": "object"},
+        "postgresqlScheme": {"type": "string"}, "service": ANY}),
+    "runLauncher": closed({
+        "type": {"enum": ["CeleryK8sRunLauncher", "K8sRunLauncher", "CustomRunLauncher"]},
+        "config": closed({"celeryK8sRunLauncher": ANY, "k8sRunLauncher": K8S_RUN_LAUNCHER,
+                          "customRunLauncher": ANY})}),
+    "telemetry": closed({"enabled": {"type": "boolean"}}, required=("enabled",)),
+})
+
+
+@functools.cache
+def k8s_definitions(version: str) -> dict:
+    """kubernetes-validate's strict definitions of one Kubernetes version (the package ships them)."""
+    folder = importlib.resources.files("kubernetes_validate") / "kubernetes-json-schema" / f"v{version}-local-strict"
+    return json.loads((folder / "_definitions.json").read_text())
+
+
+def schema_errors(values: dict, version: str = K8S_VERSIONS[-1]) -> list[str]:
+    definitions = k8s_definitions(version)
+    assert definitions["$id"] == K8S_DEFINITIONS
+    registry = Registry().with_resource(K8S_DEFINITIONS, Resource.from_contents(definitions))
+    validator = jsonschema.Draft202012Validator(VALUES_CONTRACT, registry=registry)
     return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
 
 
@@ -75,23 +158,45 @@ def values():
     return yaml.safe_load((K8S / "values.yaml").read_text())
 
 
-def test_helm_values_match_the_chart_schema(values):
-    assert schema_errors(values) == []
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_helm_values_match_the_chart_contract(values, version):
+    assert schema_errors(values, version) == []
+
+
+def _deployment(v):
+    return v["dagster-user-deployments"]["deployments"][0]
 
 
 @pytest.mark.parametrize("edit, where", [
     (lambda v: v["runLauncher"]["config"]["k8sRunLauncher"].update(envVar=[]), "runLauncher.config.k8sRunLauncher"),
-    (lambda v: v["dagster-user-deployments"]["deployments"][0].update(dagsterApiGrpcArg=[]), "dagster-user-deployments.deployments.0"),
+    (lambda v: _deployment(v).update(dagsterApiGrpcArg=[]), "dagster-user-deployments.deployments.0"),
+    (lambda v: _deployment(v).pop("port"), "dagster-user-deployments.deployments.0"),
+    (lambda v: _deployment(v)["image"].pop("pullPolicy"), "dagster-user-deployments.deployments.0.image"),
+    (lambda v: _deployment(v)["volumes"][0]["persistentVolumeClaim"].update(claimNme="x"),
+     "dagster-user-deployments.deployments.0.volumes.0.persistentVolumeClaim"),
+    (lambda v: _deployment(v)["volumeMounts"][0].update(mountpath="/nested"),
+     "dagster-user-deployments.deployments.0.volumeMounts.0"),
+    (lambda v: _deployment(v)["resources"].update(request={"cpu": "1"}),
+     "dagster-user-deployments.deployments.0.resources"),
+    (lambda v: v["imagePullSecrets"][0].update(nam="x"), "imagePullSecrets.0"),
     (lambda v: v["runLauncher"].update(type="K8sRunLaunchr"), "runLauncher.type"),
-    (lambda v: v["runLauncher"]["config"].pop("k8sRunLauncher"), "runLauncher.config"),
     (lambda v: v["telemetry"].update(enabled="no"), "telemetry.enabled"),
     (lambda v: v.update(userDeployments={}), ""),
 ])
-def test_the_schema_check_refuses_a_wrong_key_or_value(values, edit, where):
+def test_the_values_check_refuses_a_wrong_key_or_value(values, edit, where):
     bad = copy.deepcopy(values)
     edit(bad)
     errors = schema_errors(bad)
-    assert errors and any(where in e.split(": ")[0] for e in errors), errors
+    assert errors and any(where == e.split(": ")[0] for e in errors), errors
+
+
+def test_the_values_check_takes_the_charts_other_keys(values):
+    """Keys the chart knows and this deployment leaves at their defaults are still the user's to set."""
+    more = copy.deepcopy(values)
+    more["dagsterWebserver"] = {"nameOverride": "ui", "replicaCount": 2}
+    _deployment(more).update(nodeSelector={"pool": "cpu"}, envSecrets=[{"name": "s3"}],
+                             tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}])
+    assert schema_errors(more) == []
 
 
 def test_helm_values_deploy_this_code_location_on_the_shared_volume(values):
@@ -110,7 +215,9 @@ def test_helm_values_deploy_this_code_location_on_the_shared_volume(values):
 
 
 def test_the_artifacts_claim_is_read_write_many():
-    pvc = from_api_json(yaml.safe_load((K8S / "pvc.yaml").read_text()), "V1PersistentVolumeClaim")
+    raw = yaml.safe_load((K8S / "pvc.yaml").read_text())
+    strict_k8s(raw, raw["apiVersion"], raw["kind"])
+    pvc = from_api_json(raw, "V1PersistentVolumeClaim")
     assert pvc.kind == "PersistentVolumeClaim" and pvc.spec.access_modes == ["ReadWriteMany"]
     assert pvc.spec.resources.requests["storage"]
 
@@ -165,6 +272,7 @@ def test_step_tags_validate_and_size_each_assets_pod(tiny_cfg, tmp_path, gpus):
         tolerations = job.spec.template.spec.tolerations or []  # tainted GPU nodes take the pods that ask for one
         assert [t.key for t in tolerations] == (["nvidia.com/gpu"] if gpu else []), name
         assert resources.requests["cpu"] and resources.requests["memory"] and resources.limits["memory"], name
+        strict_k8s(job, "batch/v1", "Job")
 
 
 def test_step_tags_are_checked_by_dagster_k8s():
@@ -263,6 +371,7 @@ def test_the_model_asset_trains_in_a_pod_through_pipes(tiny_cfg, tmp_path, fake_
 
     (namespace, body), = fake_cluster.created
     assert namespace == "nested" and fake_cluster.deleted == [(namespace, body.metadata.name)]
+    strict_k8s(body, "v1", "Pod")
     pod = from_api_json(body, "V1Pod")
     (c,) = pod.spec.containers
     assert c.image == IMAGE and pod.spec.restart_policy == "Never" and pod.spec.service_account_name == "trainer"
