@@ -297,12 +297,17 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_bytes_whatever_the_number_of_workers(folder: Path, tmp_path: Path, monkeypatch):
-    """Shards, manifest (keys, splits, labels) and the skipped files, byte for byte, from 1 and 2 worker processes;
+    """Shards, manifest (keys, splits, labels) and the skipped files, byte for byte, from 1 and 2 worker processes
+    (and manifest rows batched differently);
     chunks of 2 images, so that 2 workers each get several and more are in flight than there are workers."""
     monkeypatch.setattr(ingest_module, "CHUNK", 2)
     monkeypatch.setattr(ingest_module, "ROW_GROUP", 4)  # the manifest in two row groups
     cfg = DatasetConfig(source="folder", path=folder, resolution=RES, source_size=SRC, shard_size=3)
-    metas = {w: ingest(cfg, tmp_path / f"w{w}", log=_quiet, workers=w) for w in (1, 2)}
+    metas = {}
+    # and the same bytes whether a row group's rows became Arrow columns at once or in batches of 3 and 1
+    for w, row_batch in ((1, 4), (2, 3)):
+        monkeypatch.setattr(ingest_module, "ROW_BATCH", row_batch)
+        metas[w] = ingest(cfg, tmp_path / f"w{w}", log=_quiet, workers=w)
     assert pq.ParquetFile(tmp_path / "w2" / "manifest.parquet").num_row_groups == 2
     assert read_manifest(tmp_path / "w2").column("id").to_pylist() == [f"{i:07d}" for i in range(6)]
     assert label_names(tmp_path / "w2") == ["cats", "dogs", "unlabeled"]
