@@ -34,6 +34,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from .cache import listed_files
+from .runtime import large_blocks_returned
 from .schema import ComputeConfig, Config, DatasetConfig
 from .source_hashes import SourceHashes
 from .sources import Item, Listing, get_source
@@ -47,6 +48,10 @@ CHUNK = 32               # images per task of a worker: large enough that the ha
 AHEAD = 2                # chunks in flight per worker: keeps every worker busy, and memory bounded whatever N
 ROW_GROUP = 8192         # manifest rows written at a time (a Parquet row group: ~157 for ImageNet)
 ROW_BATCH = 512          # manifest rows held as Python objects before they become Arrow columns
+# Blocks above this are mapped on their own and unmapped when freed while images are prepared: a 256 px image's
+# buffers (256 kB decoded, ~100 kB of PNG) from the heap left it 4-9 MiB of holes at 6,000 images, still growing;
+# mapped, the heap stays flat (measured at 6,000: +6.5 MiB against +0.1) at no cost in time (24.0 s both ways).
+IMAGE_BLOCKS = 64 << 10
 
 MANIFEST_SCHEMA = pa.schema([
     ("id", pa.string()), ("label", pa.int32()), ("label_name", pa.string()), ("source", pa.string()),
@@ -361,7 +366,8 @@ def ingest(cfg: DatasetConfig, out_dir: Path, seed: int = 0, log: Callable[[str]
 
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    manifest, skipped, tried = _write_shards(cfg, selection, out_dir, workers, log)
+    with large_blocks_returned(IMAGE_BLOCKS):  # set before the workers fork: they inherit it
+        manifest, skipped, tried = _write_shards(cfg, selection, out_dir, workers, log)
     seconds = time.perf_counter() - start
 
     n, num_holdout, shards = manifest.num_rows, manifest.num_holdout, manifest.shards

@@ -45,27 +45,34 @@ def _glibc():
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
+_mmap_threshold: int | None = None  # what large_blocks_returned set last (None: glibc's own, dynamic)
+
+
 @contextmanager
 def large_blocks_returned(threshold: int = 4 << 20):
     """While inside, every block above `threshold` is mapped on its own and unmapped when freed (glibc; elsewhere
-    nothing changes).
+    nothing changes). Nested, the inner threshold holds inside it and the outer one again after it.
 
     glibc's mmap threshold follows the largest block freed so far (up to 32 MiB): once a stage frees its first
     20 MiB feature chunk, later chunks come from the heap and the freed ones stay resident. Streamed, that grew the
     latents stage 1.9x from 300 to 2,400 images; with the threshold fixed it stays flat. Training is kept out: its
-    activations, mapped afresh every step, ran a CPU step 1.9x slower. On leaving, the thresholds are set where
-    glibc's dynamic ones settle (32 MiB mapped, 64 MiB trimmed): once set by hand they no longer move by themselves.
+    activations, mapped afresh every step, ran a CPU step 1.9x slower. On leaving the outermost, the thresholds are
+    set where glibc's dynamic ones settle (32 MiB mapped, 64 MiB trimmed): once set by hand they no longer move.
     """
+    global _mmap_threshold
     libc = _glibc()
     if libc is None:
         yield
         return
+    outer, _mmap_threshold = _mmap_threshold, threshold
     libc.mallopt(M_MMAP_THRESHOLD, threshold)
     try:
         yield
     finally:
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+        _mmap_threshold = outer
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20 if outer is None else outer)
+        if outer is None:
+            libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
 
 
 def precision_name(dtype: torch.dtype) -> str:

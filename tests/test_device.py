@@ -80,6 +80,42 @@ print(default, inside)
 """
 
 
+NESTED_BLOCKS = r"""
+import ctypes
+import numpy as np
+from pipeline.runtime import large_blocks_returned
+
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+
+def mapped(nbytes):
+    before = libc.mallinfo2().hblks
+    block = np.ones(nbytes // 4, np.float32)
+    return libc.mallinfo2().hblks - before
+
+out = []
+# A block beyond the heap's free top is mapped when it is over the threshold, else the heap grows for it.
+with large_blocks_returned():                      # a stage: blocks over 4 MiB mapped
+    out += [mapped(2 << 20), mapped(8 << 20)]
+    with large_blocks_returned(64 << 10):          # the ingest inside it: an image's buffers mapped too
+        out += [mapped(2 << 20)]
+    out += [mapped(2 << 20), mapped(8 << 20)]      # the stage's threshold again, not glibc's settled 32 MiB
+print(*out)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_ingest_maps_an_images_buffers_and_the_stage_threshold_comes_back():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", NESTED_BLOCKS], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["0", "1", "1", "0", "1"]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_a_streaming_stage_hands_freed_large_blocks_back():
     """Streaming stages free a same-sized block per chunk; with glibc's moving threshold each stays resident."""
