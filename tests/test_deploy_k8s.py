@@ -5,6 +5,8 @@ import functools
 import importlib.resources
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +199,49 @@ def test_the_values_check_takes_the_charts_other_keys(values):
     _deployment(more).update(nodeSelector={"pool": "cpu"}, envSecrets=[{"name": "s3"}],
                              tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}])
     assert schema_errors(more) == []
+
+
+def helm_set(values: dict, path: str, value: str) -> None:
+    """Helm's --set for the paths the guide uses: dotted keys, [i] list indices."""
+    keys = [int(k) if k.isdigit() else k for k in re.findall(r"[^.\[\]]+", path)]
+    node = values
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def guide_commands() -> str:
+    """docs/deploy.md's Kubernetes commands, continuation lines joined."""
+    text = (PROJECT_ROOT / "docs" / "deploy.md").read_text()
+    section = text[text.index("## Kubernetes"):text.index("## Packages and GPUs")]
+    return "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S)).replace("\\\n", " ")
+
+
+def test_the_guides_commands_name_what_the_files_define(values):
+    """The guide followed offline: its helm command's --set values still validate, and the secret, claim, chart
+    version, release and webserver service it names are the ones the files and packages expect."""
+    import importlib.metadata
+
+    commands = guide_commands()
+    (helm,) = [line for line in commands.splitlines() if line.startswith("helm upgrade --install")]
+    args = shlex.split(helm.split("#")[0])
+    release, chart = args[3], args[4]
+    assert chart == "dagster/dagster" and args[args.index("-f") + 1] == "deploy/k8s/values.yaml"
+    assert args[args.index("--version") + 1] == importlib.metadata.version("dagster")  # the chart of our Dagster
+    assert args[args.index("-n") + 1] == "nested"
+    deployed = copy.deepcopy(values)
+    for i, a in enumerate(args):
+        if a == "--set":
+            path, value = args[i + 1].split("=", 1)
+            helm_set(deployed, path, value)
+    assert deployed["postgresql"]["postgresqlPassword"] and _deployment(deployed)["image"]["tag"]
+    assert schema_errors(deployed) == []
+    secret = re.search(r"kubectl create secret docker-registry (\S+)", commands).group(1)
+    assert {"name": secret} in values["imagePullSecrets"]
+    claim = yaml.safe_load((K8S / "pvc.yaml").read_text())["metadata"]["name"]
+    assert f"kubectl get pvc -n nested {claim}" in commands and "kubectl apply -n nested -f deploy/k8s/pvc.yaml" in commands
+    assert f"svc/{release}-dagster-webserver" in commands  # the chart names its webserver service so
+    assert re.search(r"python -m assets\.launch --url http://localhost:3000 images", commands)
 
 
 def test_helm_values_deploy_this_code_location_on_the_shared_volume(values):
