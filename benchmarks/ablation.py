@@ -139,7 +139,8 @@ def pooled(rs: list[dict]) -> dict | None:
 
 
 def compare(better: dict | None, worse: dict | None, ratio_target: float | None = None) -> dict | None:
-    """Is `better` below `worse` beyond the noise (std: the larger of the two groups' FID stds over seeds)?
+    """Is `better` below `worse` beyond the noise (std: the larger of the two groups' FID stds over seeds, each
+    group's own in std_a and std_b)?
     A gap inside one std is 'inconclusive'; one to two stds 'weak' (a direction, not a result); beyond two
     stds 'met', unless the ratio target is missed ('missed': a real gain, too small) or `better` is worse."""
     if not better or not worse:
@@ -154,8 +155,10 @@ def compare(better: dict | None, worse: dict | None, ratio_target: float | None 
         verdict = "weak"
     else:
         verdict = "met" if ratio_target is None or ratio <= ratio_target else "missed"
+    own_std = lambda g: None if g["fid_std"] is None else round(g["fid_std"], 2)  # noqa: E731
     return {"a": better["variants"], "b": worse["variants"], "fid_a": round(better["fid"], 2),
-            "fid_b": round(worse["fid"], 2), "gap": round(gap, 2), "std": round(std, 2), "ratio": round(ratio, 3),
+            "fid_b": round(worse["fid"], 2), "std_a": own_std(better), "std_b": own_std(worse),
+            "gap": round(gap, 2), "std": round(std, 2), "ratio": round(ratio, 3),
             "beyond_two_std": gap > 2 * std, "verdict": verdict}
 
 

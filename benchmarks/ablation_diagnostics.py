@@ -178,8 +178,8 @@ def main() -> None:
         plan = plans[name]
         row = plan["evaluation"].artifact.metadata()["row"]
         rec = {"L": c.num_levels, "sigmas": [lv.sigma for lv in c.levels], "guidance": c.guidance(),
-               # the run's own FID, at its sampling seed (0 in the ablation's sweep, where the name comes from)
-               "fid_seed0": row["fid"], "run_sampling_seed": c.sampling.seed,
+               # the run's own FID, at its own sampling seed (0 in the ablation's sweep, 100 in the families')
+               "fid_run_seed": row["fid"], "run_sampling_seed": c.sampling.seed,
                "precision": row["precision"], "recall": row["recall"],
                "gflops_per_image": cost_table(c)["sampling_gflops_per_image"],
                "config_fingerprint": row["config_fingerprint"]}

@@ -14,10 +14,10 @@ def diagnostics():
 def test_a_diagnosis_of_one_run_keeps_the_others_and_their_parts():
     merged = diagnostics().merged
     earlier = {"precision": "as configured", "command": "first",
-               "runs": {"a": {"ladder": 1, "fid_seed0": 70.0}, "b": {"ladder": 2}}}
-    out = {"precision": "as configured", "command": "second", "runs": {"a": {"latents": 3, "fid_seed0": 71.0}}}
+               "runs": {"a": {"ladder": 1, "fid_run_seed": 70.0}, "b": {"ladder": 2}}}
+    out = {"precision": "as configured", "command": "second", "runs": {"a": {"latents": 3, "fid_run_seed": 71.0}}}
     m = merged(earlier, out)
-    assert m["runs"] == {"a": {"ladder": 1, "latents": 3, "fid_seed0": 71.0}, "b": {"ladder": 2}}
+    assert m["runs"] == {"a": {"ladder": 1, "latents": 3, "fid_run_seed": 71.0}, "b": {"ladder": 2}}
     assert m["command"] == ["first", "second"]
     # another precision's measurements are not mixed with these: the new ones replace them
     assert merged({**earlier, "precision": "float32"}, out) == out
