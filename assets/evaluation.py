@@ -61,8 +61,9 @@ def _evaluation(cfg, plan, stage, meta, log) -> dict:
     row = meta["row"]
     return {
         "fid": meta["fid"], "fid_mean": row["fid_mean"], "fid_std": row["fid_std"],
-        "oracle_fid": row["oracle_fid"], "fid_floor": row["fid_floor"], "precision": meta["precision"],
-        "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+        "oracle_fid": row["oracle_fid"], "fid_floor": row["fid_floor"], "kid": meta["kid"],
+        "precision": meta["precision"], "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+        "near_copy_fraction": meta["near_copy_fraction"],
         "gflops_per_image": round(row["gflops_per_image"], 3),
         "row": md_table(tuple(row), [tuple(v if not isinstance(v, float) else round(v, 4) for v in row.values())]),
         "table": MetadataValue.path(str(table)),
@@ -70,8 +71,9 @@ def _evaluation(cfg, plan, stage, meta, log) -> dict:
 
 
 def _describe_evaluation(cfg, stage) -> str:
-    return ("FID (clean-fid; the packaged Inception or sampling.inception_weights), precision/recall "
-            "(k = 3) and nearest-training-image distances of the samples; FID mean and std over "
+    return ("FID and KID (clean-fid; the packaged Inception or sampling.inception_weights), precision/recall "
+            "(k = 3), nearest-training-image distances of the samples and the fraction nearer a training image "
+            "than 5% of the held-out images are (memorization); FID mean and std over "
             f"{cfg.sampling.eval_seeds} sampling seed(s); for a nested run the oracle FID (level 0 from "
             "the held-out images' real coarser latents). Its row, kept in the artifact, is exported to "
             f"$NESTED_HOME/{TABLE}.")

