@@ -8,7 +8,8 @@ memory does not grow with the training set; the held-out images likewise (their 
 floor). Or the FID statistics come from an ADM-style .npz (`sampling.reference_npz`: `mu`, `sigma`, and `arr_0`,
 images or activations, for precision/recall). The evaluation takes the FID from the stored mean and covariance,
 and precision/recall (k = 3), KID and each sample's distance to its nearest training image from the subsample,
-and, as a memorization figure, the fraction of samples nearer a training image than 5% of the held-out images are.
+and, as a memorization figure, the fraction of samples nearer a training image than 5% of the held-out images are;
+FID and KID against the held-out split as well (its statistics and subsample are kept by the reference stage).
 
 A run's evaluation (`evaluate_run`) scores the samples asset's images, then samples again with the next
 `sampling.eval_seeds - 1` seeds (FID moves by several points with the seed alone at a few hundred samples), and,
@@ -169,8 +170,11 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
         kept, num_reference = summarize(source, sc.pr_reference, model.dim, log, "reference").kept, None
     _, train_rows = kept.result()
     _, holdout_rows = holdout.kept.result()
-    save_file({"mu": mu, "sigma": sigma, "train": train_rows, "holdout": holdout_rows}, str(out_dir / REFERENCE))
-    floor = (fid_from_stats(holdout.moments.mean(), holdout.moments.covariance(), mu, sigma)
+    arrays = {"mu": mu, "sigma": sigma, "train": train_rows, "holdout": holdout_rows}
+    if holdout.moments.n > 1:  # the held-out split's own statistics: the floor, and the samples' FID against it
+        arrays.update(holdout_mu=holdout.moments.mean(), holdout_sigma=holdout.moments.covariance())
+    save_file(arrays, str(out_dir / REFERENCE))
+    floor = (fid_from_stats(arrays["holdout_mu"], arrays["holdout_sigma"], mu, sigma)
              if holdout.moments.n > 1 else None)
     log(f"reference: statistics of {num_reference or sc.reference_npz}, {len(train_rows)} of {kept.seen} reference "
         f"and {len(holdout_rows)} of {holdout.moments.n} held-out features kept; real-data FID floor {floor}")
@@ -203,7 +207,7 @@ def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: i
     against the stored subsample; the near-copy fraction against the held-out images' own distances (`device`:
     compute.device, or a resolved one; a given model brings its own)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    ref = read_reference(reference_dir, ("mu", "sigma", "train", "holdout"))
+    ref = read_reference(reference_dir, ("mu", "sigma", "train", "holdout", "holdout_mu", "holdout_sigma"))
     began = time.perf_counter()
     feats = inception_features(sample_images(samples_dir), model=model, weights=weights, device=device)
     np.save(out_dir / "sample_features.npy", feats)
@@ -212,7 +216,12 @@ def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: i
     holdout = ref.get("holdout", feats[:0])
     holdout_nn = nearest_neighbour_distances(holdout, ref["train"], device) if len(holdout) else nn[:0]
     copies, threshold = near_copies(nn, holdout_nn)
-    return {"fid": fid_against(feats, ref), "kid": kid(ref["train"], feats),
+    # Against the held-out split too (a reference made before its statistics were kept has none): images the
+    # models never saw, where a model that copies its training images gains nothing.
+    fid_holdout = (fid_from_stats(*feature_stats(feats), ref["holdout_mu"], ref["holdout_sigma"])
+                   if "holdout_mu" in ref else None)
+    return {"fid": fid_against(feats, ref), "kid": kid(ref["train"], feats), "fid_holdout": fid_holdout,
+            "kid_holdout": kid(holdout, feats) if len(holdout) > 1 else None,
             "precision": pr["precision"], "recall": pr["recall"],
             "nn_distance_mean": float(nn.mean()), "nn_distance_min": float(nn.min()),
             "near_copy_fraction": copies, "near_copy_threshold": threshold, "near_copy_quantile": NEAR_COPY_QUANTILE,
@@ -303,7 +312,8 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
         "fid": meta["fid"], "seeds": seeds, "fid_seeds": fids, "fid_mean": fid_mean, "fid_std": fid_std,
         "oracle_fid": oracle_mean, "oracle_fid_std": oracle_std,
         "oracle_num_samples": len(next(iter(given.values()))) if oracle else None,
-        "fid_floor": ref_meta["fid_floor"], "kid": meta["kid"], "precision": meta["precision"],
+        "fid_floor": ref_meta["fid_floor"], "kid": meta["kid"], "fid_holdout": meta["fid_holdout"],
+        "kid_holdout": meta["kid_holdout"], "precision": meta["precision"],
         "recall": meta["recall"], "nn_distance_mean": meta["nn_distance_mean"],
         # samples nearer a training image than near_copy_quantile of the held-out images are (new images: ~that)
         "near_copy_fraction": meta["near_copy_fraction"], "near_copy_quantile": meta["near_copy_quantile"],

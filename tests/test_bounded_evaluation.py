@@ -168,6 +168,8 @@ def test_reference_streams_the_statistics_and_keeps_a_capped_subsample(world, re
     first = sorted(keys, key=key_rank)[:CAP]
     np.testing.assert_array_equal(ref["train"], train[sorted(keys.index(k) for k in first)])
     np.testing.assert_array_equal(ref["holdout"], holdout)  # 30 <= CAP: all of them, in order
+    np.testing.assert_allclose(ref["holdout_mu"], holdout.astype(np.float64).mean(0), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(ref["holdout_sigma"], np.cov(holdout, rowvar=False), rtol=1e-7, atol=1e-10)
     assert meta["num_reference"] == meta["pr_source"] == len(train) > CAP and meta["num_pr_reference"] == CAP
     assert meta["num_holdout"] == meta["num_holdout_kept"] == len(holdout) < CAP
     assert meta["fid_floor"] == pytest.approx(metrics.fid_from_features(holdout, train), rel=1e-6)
@@ -225,11 +227,20 @@ def test_the_evaluation_scores_against_the_stored_statistics(world, reference, t
     assert len(held) and got["near_copy_quantile"] == metrics.NEAR_COPY_QUANTILE
     assert (got["near_copy_fraction"], got["near_copy_threshold"]) == metrics.near_copies(
         metrics.nearest_neighbour_distances(feats, kept, "cpu"), metrics.nearest_neighbour_distances(held, kept, "cpu"))
+    # Against the held-out split as well: its streamed statistics, its kept features.
+    assert got["fid_holdout"] == pytest.approx(fid_from_feats(feats, world["feats"]["holdout"]), rel=1e-6)
+    assert got["kid_holdout"] == metrics.kid(held, feats) and got["fid_holdout"] != got["fid"]
     # Fewer kept features move precision/recall, never the FID.
     ref = load_file(str(ref_dir / REFERENCE))
     save_file(dict(ref, train=ref["train"][:10]), str(ref_dir / REFERENCE))
     again = evaluate_samples(_samples(world), ref_dir, out, model=world["model"], device="cpu")
     assert again["fid"] == got["fid"] and again["pr_reference"] == 10
+    # A reference from before the held-out statistics were kept: the held-out figures are missing, not wrong.
+    old = {k: v for k, v in ref.items() if not k.startswith("holdout")}
+    save_file(old, str(ref_dir / REFERENCE))
+    older = evaluate_samples(_samples(world), ref_dir, out, model=world["model"], device="cpu")
+    assert older["fid"] == got["fid"] and older["fid_holdout"] is older["kid_holdout"] is None
+    assert older["near_copy_fraction"] is None
 
 
 @pytest.mark.parametrize("arr_0", ["activations", "images", None])
