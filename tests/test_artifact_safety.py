@@ -19,14 +19,22 @@ from pipeline import checks
 from pipeline.cache import ArtifactDamaged
 from pipeline.evaluate import REFERENCE
 from pipeline.plan import build_plan
-from pipeline.table import TABLE, evaluation_rows
+from pipeline.table import TABLE, evaluation_rows, export_table
 
 
 @pytest.fixture
 def home(tiny_run, tmp_path):
-    """A private copy of the tiny run's artifacts (locks excluded) and its plan."""
+    """A private copy of the tiny run's artifacts (locks excluded) and its plan, with the tiny run's evaluation
+    alone: other tests of the session evaluate edited configs in the shared run (tests/test_assets.py), and what
+    these tests count must not depend on which ran first."""
     copy = Path(shutil.copytree(tiny_run["home"], tmp_path / "home", ignore=shutil.ignore_patterns(".locks")))
-    return {"cfg": tiny_run["cfg"], "home": copy, "plan": build_plan(tiny_run["cfg"], copy)}
+    plan = build_plan(tiny_run["cfg"], copy)
+    for other in (copy / "evaluation").iterdir():
+        if other.is_dir() and other.name != plan["evaluation"].fingerprint:
+            shutil.rmtree(other)
+    (copy / TABLE).unlink(missing_ok=True)
+    export_table(copy)
+    return {"cfg": tiny_run["cfg"], "home": copy, "plan": plan}
 
 
 def failure_text(result) -> str:
@@ -248,8 +256,6 @@ def test_an_extra_latent_shard_never_enters_training(home):
 
 
 def test_damaged_and_unfinished_copies_of_an_evaluation_add_no_row(home):
-    from pipeline.table import export_table
-
     plan, root = home["plan"], home["home"]
     ev = plan["evaluation"]
     shutil.copytree(ev.path, ev.path.with_name(f"{ev.fingerprint}.damaged-20261206T000000"))
