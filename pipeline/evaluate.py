@@ -173,6 +173,8 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
     arrays = {"mu": mu, "sigma": sigma, "train": train_rows, "holdout": holdout_rows}
     if holdout.moments.n > 1:  # the held-out split's own statistics: the floor, and the samples' FID against it
         arrays.update(holdout_mu=holdout.moments.mean(), holdout_sigma=holdout.moments.covariance())
+    if len(holdout_rows) and len(train_rows):  # how near new images come to the training set: the near-copy threshold
+        arrays["holdout_nn"] = nearest_neighbour_distances(holdout_rows, train_rows, device).astype(np.float32)
     save_file(arrays, str(out_dir / REFERENCE))
     floor = (fid_from_stats(arrays["holdout_mu"], arrays["holdout_sigma"], mu, sigma)
              if holdout.moments.n > 1 else None)
@@ -207,20 +209,24 @@ def evaluate_samples(samples_dir: Path, reference_dir: Path, out_dir: Path, k: i
     against the stored subsample; the near-copy fraction against the held-out images' own distances (`device`:
     compute.device, or a resolved one; a given model brings its own)."""
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    ref = read_reference(reference_dir, ("mu", "sigma", "train", "holdout", "holdout_mu", "holdout_sigma"))
+    ref = read_reference(reference_dir, ("mu", "sigma", "train", "holdout", "holdout_mu", "holdout_sigma",
+                                         "holdout_nn"))
     began = time.perf_counter()
     feats = inception_features(sample_images(samples_dir), model=model, weights=weights, device=device)
     np.save(out_dir / "sample_features.npy", feats)
     pr = precision_recall(ref["train"], feats, k=k, device=device)
     nn = nearest_neighbour_distances(feats, ref["train"], device)
     holdout = ref.get("holdout", feats[:0])
-    holdout_nn = nearest_neighbour_distances(holdout, ref["train"], device) if len(holdout) else nn[:0]
+    holdout_nn = ref.get("holdout_nn")  # the reference stage's; a reference from before it kept them: here
+    if holdout_nn is None:
+        holdout_nn = nearest_neighbour_distances(holdout, ref["train"], device) if len(holdout) else nn[:0]
     copies, threshold = near_copies(nn, holdout_nn)
     # Against the held-out split too (a reference made before its statistics were kept has none): images the
     # models never saw, where a model that copies its training images gains nothing.
-    fid_holdout = (fid_from_stats(*feature_stats(feats), ref["holdout_mu"], ref["holdout_sigma"])
-                   if "holdout_mu" in ref else None)
-    return {"fid": fid_against(feats, ref), "kid": kid(ref["train"], feats), "fid_holdout": fid_holdout,
+    stats = feature_stats(feats)
+    fid_holdout = fid_from_stats(*stats, ref["holdout_mu"], ref["holdout_sigma"]) if "holdout_mu" in ref else None
+    return {"fid": fid_from_stats(*stats, ref["mu"], ref["sigma"]), "kid": kid(ref["train"], feats),
+            "fid_holdout": fid_holdout,
             "kid_holdout": kid(holdout, feats) if len(holdout) > 1 else None,
             "precision": pr["precision"], "recall": pr["recall"],
             "nn_distance_mean": float(nn.mean()), "nn_distance_min": float(nn.min()),

@@ -170,6 +170,8 @@ def test_reference_streams_the_statistics_and_keeps_a_capped_subsample(world, re
     np.testing.assert_array_equal(ref["holdout"], holdout)  # 30 <= CAP: all of them, in order
     np.testing.assert_allclose(ref["holdout_mu"], holdout.astype(np.float64).mean(0), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(ref["holdout_sigma"], np.cov(holdout, rowvar=False), rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(ref["holdout_nn"], metrics.nearest_neighbour_distances(holdout, ref["train"], "cpu"),
+                               rtol=1e-6)
     assert meta["num_reference"] == meta["pr_source"] == len(train) > CAP and meta["num_pr_reference"] == CAP
     assert meta["num_holdout"] == meta["num_holdout_kept"] == len(holdout) < CAP
     assert meta["fid_floor"] == pytest.approx(metrics.fid_from_features(holdout, train), rel=1e-6)
