@@ -20,14 +20,15 @@ from .stage import Stage
 def plan_to_json(plan: dict[str, Stage]) -> dict:
     """The plan as JSON: what a training process needs to find every artifact without hashing the data again."""
     return {name: {"kind": st.kind, "fingerprint": st.fingerprint, "code_version": st.code_version,
-                   "level": st.level, "home": str(st.artifact.home), "inputs": list(st.inputs)}
+                   "level": st.level, "home": str(st.artifact.home), "inputs": list(st.inputs),
+                   "trajectory": st.trajectory}
             for name, st in plan.items()}
 
 
 def plan_from_json(data: dict) -> dict[str, Stage]:
     """The inverse of plan_to_json."""
     return {name: Stage(name, Artifact(Path(v["home"]), v["kind"], v["fingerprint"], name), v["code_version"],
-                        v["level"], tuple(v.get("inputs", ())))
+                        v["level"], tuple(v.get("inputs", ())), v.get("trajectory"))
             for name, v in data.items()}
 
 

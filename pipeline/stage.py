@@ -25,6 +25,9 @@ class Stage:
     code_version: str  # hash of the stage's own settings + code version
     level: int | None = None  # the level a latents or model stage belongs to; None for level-free stages
     inputs: tuple[str, ...] = ()  # the stages it is made from (the asset's upstream), in the order declared
+    # Shared by the stages that differ from this one only in how long they run (a model's steps): a longer run
+    # continues the longest such run already published (pipeline/train.py). None for a kind without a length.
+    trajectory: str | None = None
 
     @property
     def kind(self) -> str:
@@ -69,6 +72,8 @@ class StageKind:
     checks: tuple[Check, ...] = ()
     uses_engine: bool = False
     materialize: Callable[..., dict] | None = None
+    # The settings without what only says how long the stage runs (a model's steps): they key `Stage.trajectory`.
+    trajectory: Callable[[dict], dict] | None = None
 
 
 def one(asset: str) -> Callable[[Any], list[tuple[str, None]]]:
@@ -80,9 +85,11 @@ def make_stage(home: Path, kind: StageKind, asset: str, level: int | None, own: 
     """The stage of `kind` with its own settings `own` made from `inputs` (see StageKind)."""
     own = {**own, "code": kind.code_version}
     fp = stable_hash({"kind": kind.name, "own": own, "inputs": _resolve(inputs, "fingerprint")})
+    trajectory = None if kind.trajectory is None else stable_hash(
+        {"kind": kind.name, "own": kind.trajectory(own), "inputs": _resolve(inputs, "fingerprint")})
     return Stage(asset, Artifact(home, kind.name, fp, asset),
                  stable_hash({"own": own, "inputs": _resolve(inputs, "code_version")}, 12), level,
-                 tuple(_upstream(inputs)))
+                 tuple(_upstream(inputs)), trajectory)
 
 
 def _resolve(inputs, attr: str):

@@ -120,6 +120,15 @@ def semantic_levels(cfg: Config) -> range:
     return range(1, cfg.num_levels)
 
 
+LENGTH_ONLY = ("steps", "checkpoint_every", "log_every")  # a run's length and its bookkeeping: not its trajectory
+
+
+def model_trajectory(own: dict) -> dict:
+    """A model's settings without its length: runs equal in these draw the same steps (pipeline/train.py: the
+    batches, noise and learning rate of a step depend on the step alone), so a shorter one is a longer one's prefix."""
+    return {**own, "train": {k: v for k, v in own["train"].items() if k not in LENGTH_ONLY}}
+
+
 def model_inputs(cfg: Config, plan: dict, level: int) -> dict:
     target = (level_kind(cfg, 0).latents_stage or "images") if level == 0 else f"level_{level}_latents"
     return {"target": plan[target],
@@ -182,6 +191,7 @@ STAGE_KINDS: tuple[StageKind, ...] = (
         stages=lambda cfg: [(f"level_{level}_model", level) for level in range(cfg.num_levels)],
         settings=model_settings, inputs=lambda cfg, plan, level, home: model_inputs(cfg, plan, level),
         build=train, materialize=train_level,  # its own driver: torchrun's ranks, an engine's group, its checkpoints
+        trajectory=model_trajectory,
         checks=(Check("checkpoint_loads", "The checkpoint loads and one denoising forward is finite and well shaped.",
                       lambda cfg, plan, st: checks.checkpoint_loads(cfg, plan, st.level)),)),
     StageKind(

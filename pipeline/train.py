@@ -2,8 +2,11 @@
 
 Runs by hand (``python -m pipeline.train_cli``), under ``torchrun`` and on an engine's process group (Ray Train;
 DDP: NCCL on GPU, gloo on CPU); the ``level_<l>_model`` asset runs the same `train_level` in a process of its own
-(assets/train_entry.py). A killed run resumes from the last checkpoint of the same fingerprint. The batches come
-from pipeline/loader.py: the split in memory, or streamed from its shards (compute.loader), on every path.
+(assets/train_entry.py). A killed run resumes from the last checkpoint of the same fingerprint. A run with more
+steps than a published one of the same settings (its `trajectory`) continues it: a step's batch, noise and learning
+rate depend on the step alone, so 3000 steps then 3000 more are the 6000-step run (bit for bit from an in-memory
+split; a streamed split's shuffle is reseeded at the step, as on resuming). The batches come from
+pipeline/loader.py: the split in memory, or streamed from its shards (compute.loader), on every path.
 
 Loss (paper eq. 4): || eps - D(alpha_t z_l + sigma_t eps, z_hat_{>l}, t) ||^2 with z_hat_k = z_k + sigma_k * n,
 n ~ N(0, I) drawn fresh every step. For classifier-free guidance a sample's conditions and label are dropped
@@ -24,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (OPTIMIZER, latest_checkpoint, load_checkpoint, load_published_run, longest_shorter_run,
+                         save_checkpoint)
 from .costs import model_cost
 from .engine import LocalEngine
 from .loader import stream_seed, training_batches
@@ -131,14 +135,22 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     sched = make_scheduler(spec["scheduler"])
     sigmas = spec["condition_sigmas"]
 
-    # -- resume from the last checkpoint of this fingerprint, if a run was killed
-    work = work_dir(plan[f"level_{level}_model"])
-    start, curve, resumed_from = 0, [], None
+    # -- resume from the last checkpoint of this fingerprint, if a run was killed; else continue the longest
+    # shorter run of the same settings, if one is published (its steps are this run's first ones, drawn alike)
+    stage = plan[f"level_{level}_model"]
+    work = work_dir(stage)
+    start, curve, resumed_from, continued_from = 0, [], None, None
     ckpt = latest_checkpoint(work)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, ema, opt)
         start, curve, resumed_from = state["step"], [tuple(p) for p in state["curve"]], state["step"]
         log(f"resuming level {level} from {ckpt.name} (step {start})")
+    elif (shorter := longest_shorter_run(stage, tc.steps)) is not None:
+        state = load_published_run(shorter, model, ema, opt)
+        start, curve = state["steps"], [tuple(p) for p in state["loss_curve"]]
+        continued_from = {"fingerprint": shorter.fingerprint, "steps": start,
+                          "seconds": (state.get("continued_from") or {}).get("seconds", 0) + state["seconds"]}
+        log(f"level {level}: continuing the published {start}-step run {shorter.fingerprint} to {tc.steps} steps")
     # find_unused_parameters: the null-condition tokens get no gradient in a batch where nothing was dropped
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     compiled = use_compile(cfg.compute.compile, device)
@@ -224,10 +236,12 @@ def train(cfg: Config, plan: dict[str, Stage], out_dir: Path | None, log: Callab
     if rank != 0:
         return None
     save_model(out_dir, model, ema.module, spec)
+    torch.save(opt.state_dict(), out_dir / OPTIMIZER)  # what a longer run of these settings continues from
     if curve:
         line_plot(*zip(*curve), out_dir / "loss.png", f"level {level} ({spec['backbone']}-{spec['size']})",
                   "step", "loss", logy=True)
-    return dict(level=level, steps=tc.steps, resumed_from_step=resumed_from, params=params,
+    return dict(level=level, steps=tc.steps, resumed_from_step=resumed_from, trajectory=stage.trajectory,
+                continued_from=continued_from, params=params,
                 gflops_per_forward=gflops, sec_per_step=sec_per_step, world_size=world,
                 samples_per_sec=(tc.batch_size / sec_per_step) if sec_per_step else None,
                 loss_curve=curve, final_loss=curve[-1][1] if curve else None, num_samples=data.num_samples,

@@ -48,6 +48,8 @@ def rows(cfg):
                     shape | conditioned_on(cfg, level) | EVAL))
     for level in range(cfg.num_levels):
         out.append((f"training of level {level}", set_train(level, "lr", 5e-4), {f"level_{level}_model"} | EVAL))
+        # rebuilt by continuing the shorter run (tests/test_training.py): a new model all the same
+        out.append((f"steps of level {level}", set_train(level, "steps", 80), {f"level_{level}_model"} | EVAL))
     out.append(("sampling steps", lambda d: d["sampling"].__setitem__("steps", 7), EVAL))
     out.append(("level steps", lambda d: d["sampling"].__setitem__("level_steps", [3]), EVAL))
     # level 1 becomes a cascade's low-resolution image (a pixel kind; the semantic level 2 stays above it)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,3 +351,34 @@ def test_an_old_model_json_without_its_schedule_still_samples(tiny_run, tmp_path
     assert dict(make_scheduler(schedule, "dpm").config) == dict(make_scheduler(spec_scheduler(spec), "dpm").config)
     x = sample_level(model, spec, [], 2, 3, 0.0, torch.Generator().manual_seed(0))
     assert x.shape == (2, *spec["in_shape"]) and torch.isfinite(x).all()
+
+
+def test_a_longer_run_continues_the_published_shorter_one_bit_for_bit(tiny_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    home = Path(shutil.copytree(tiny_run["home"], tmp_path / "home", ignore=shutil.ignore_patterns(".locks")))
+    full = build_plan(tiny_run["cfg"], home)["level_2_model"]  # the tiny run's own 40 steps, trained from step 0
+    kept = full.path.rename(tmp_path / "kept")
+    shutil.rmtree(full.path.parent)  # shorter runs other tests of the session left: start from nothing
+    half = with_level_train(tiny_run["cfg"], 2, steps=20, log_every=5)  # the log interval is no part of the path
+    assert build_plan(half, home)["level_2_model"].trajectory == full.trajectory
+    assert run_assets(half, home, names=["level_2_model"]).success
+    assert build_plan(half, home)["level_2_model"].artifact.metadata()["continued_from"] is None
+
+    result = run_assets(tiny_run["cfg"], home, names=["level_2_model"])
+    md = result.asset_materializations_for_node("level_2_model")[0].metadata
+    assert md["cache"].value == "miss"
+    meta = full.artifact.metadata()
+    assert meta["continued_from"]["steps"] == 20 and meta["steps"] == 40
+    assert [s for s, _ in meta["loss_curve"]][:4] == [5, 10, 15, 20]  # the shorter run's curve goes on
+    for name in ("model.safetensors", "ema.safetensors"):
+        ours, scratch = load_file(str(full.path / name)), load_file(str(kept / name))
+        assert ours.keys() == scratch.keys() and all(torch.equal(ours[k], scratch[k]) for k in ours), name
+
+    # Another learning rate is another path: nothing to continue, it trains from step 0
+    other = with_level_train(tiny_run["cfg"], 2, steps=60, lr=5e-4)
+    assert build_plan(other, home)["level_2_model"].trajectory != full.trajectory
+    assert run_assets(other, home, names=["level_2_model"]).success
+    assert build_plan(other, home)["level_2_model"].artifact.metadata()["continued_from"] is None
