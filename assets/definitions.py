@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dagster import (AssetKey, AssetSelection, Definitions, PipesSubprocessClient, define_asset_job,
+from dagster import (AssetKey, AssetSelection, DagsterInstance, Definitions, PipesSubprocessClient, define_asset_job,
                      in_process_executor, multiprocess_executor)
 
-from pipeline.config import load_config, nested_home, variant_configs
+from pipeline.config import load_config, nested_home, parse_config, variant_configs
 from pipeline.plan import build_plan
 from pipeline.schema import Config
 
@@ -79,6 +79,18 @@ def build_definitions(cfg: Config | None = None, home: Path | None = None) -> De
         # Under compute.engine k8s, every asset in a pod of its own, sized by its stage (assets/k8s.py).
         executor=executor_for(cfg, resources, in_process_executor),
     )
+
+
+def materialize_variants(cfg: Config, home: Path, variants: dict[str, dict], instance: DagsterInstance | None = None):
+    """`variants` (sweep overrides of `cfg`, replacing its own) materialized up to their evaluations through these
+    definitions, into `instance` (default: an ephemeral one): what a variant shares with `cfg` is its asset, read
+    as a cache hit or built once. (each variant's config, the run's result)."""
+    sweep = parse_config({**cfg.model_dump(mode="json", exclude={"variants"}), "variants": variants}, check_files=False)
+    keys = [AssetKey([name, "evaluation"]) for name in variants]
+    defs = Definitions.merge(build_definitions(sweep, home),
+                             Definitions(jobs=[define_asset_job("variants", AssetSelection.assets(*keys).upstream())]))
+    result = defs.resolve_job_def("variants").execute_in_process(instance=instance or DagsterInstance.ephemeral())
+    return variant_configs(sweep, check_files=False), result
 
 
 defs = build_definitions()
