@@ -725,7 +725,39 @@ def scale(R):
                f"{big}" if larger_ok and len(parts) > 2 else ""))
 
 
-# -- the table and RESULTS.md -----------------------------------------------------------------------------------
+# -- the compute curve's own table (its section of RESULTS.md) ---------------------------------------------------
+
+CURVE_SECTION = "## FID against training compute (`benchmarks/results/compute_curve.json`, `compute_curve.png`)"
+CURVE_HEADER = ["| arm | budget (x plain's training FLOPs) | level steps (level 0 up) | FID per training seed (mean +- "
+                "std over its sampling seeds) | FID (95% t-interval over training seeds) | KID | FID against the "
+                "held-out split | near copies | FID / plain diffusion's at equal training FLOPs (95% t-interval) |",
+                "|" + "---|" * 9]
+
+
+def curve_table(R: Results) -> str:
+    """One row per arm and budget: what compute_curve.json measured, and the arm's ratio to plain diffusion."""
+    if not R.has("compute_curve.json"):
+        return "\n".join(CURVE_HEADER)
+    data = R("compute_curve.json")
+    ratio = {(r["arm"], r["budget"]): r for r in data["ratios"] if r["equal"] == "training_flops"}
+    interval = lambda c, f: "" if not c else f" ({c[0]:{f}}-{c[1]:{f}})"  # noqa: E731
+    mean = lambda ps, k, f: "-" if any(p.get(k) is None for p in ps) else format(  # noqa: E731
+        sum(p[k] for p in ps) / len(ps), f)
+    rows = []
+    for c in data["curves"]:
+        ps = sorted((p for p in data["points"] if p["arm"] == c["arm"] and p["budget"] == c["budget"]),
+                    key=lambda p: p["train_seed"])
+        r = ratio.get((c["arm"], c["budget"]))
+        rows.append(f"| {c['arm']} | {c['budget']:g}x | {', '.join(map(str, ps[0]['level_steps_trained']))} | "
+                    + "; ".join(f"seed {p['train_seed']}: {p['fid_mean']:.2f} +- {p['fid_std']:.2f}" for p in ps)
+                    + f" | {c['fid']:.2f}{interval(c['ci95'], '.2f')} | {mean(ps, 'kid', '.4f')} | "
+                    f"{mean(ps, 'fid_holdout', '.2f')} | {mean(ps, 'near_copy_fraction', '.3f')} | "
+                    + ("-" if r is None else f"**{r['ratio']:.3f}x**{interval(r['ci95'], '.3f')}, "
+                       f"{r['training_seeds']} training seed{'s' * (r['training_seeds'] > 1)}") + " |")
+    return "\n".join(CURVE_HEADER + rows)
+
+
+# -- the tables and RESULTS.md ----------------------------------------------------------------------------------
 
 def table(results: Path = RESULTS) -> str:
     R = Results(results)
@@ -733,32 +765,37 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(HEADER + [f"| {t} | {f} | {v} |" for t, f, v in rows])
 
 
-def locate(text: str) -> tuple[int, int]:
-    """The [start, end) line indices of the glance table in RESULTS.md's lines."""
+# section heading -> (the table's first line, what generates it)
+TABLES = {SECTION: (HEADER[0], table), CURVE_SECTION: (CURVE_HEADER[0], lambda results: curve_table(Results(results)))}
+
+
+def locate(text: str, section: str = SECTION) -> tuple[int, int]:
+    """The [start, end) line indices of `section`'s generated table in RESULTS.md's lines."""
     lines = text.split("\n")
-    start = lines.index(SECTION)
+    start = lines.index(section)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    first = next(i for i in range(start, end) if lines[i].startswith(HEADER[0]))
+    first = next(i for i in range(start, end) if lines[i].startswith(TABLES[section][0]))
     last = next((i for i in range(first, end) if not lines[i].startswith("|")), end)
     return first, last
 
 
-def current(path: Path = RESULTS_MD) -> str:
-    """The table RESULTS.md holds now."""
+def current(path: Path = RESULTS_MD, section: str = SECTION) -> str:
+    """The table RESULTS.md holds now in `section`."""
     text = path.read_text(encoding="utf-8")
-    first, last = locate(text)
+    first, last = locate(text, section)
     return "\n".join(text.split("\n")[first:last])
 
 
 def write(path: Path = RESULTS_MD, results: Path = RESULTS) -> bool:
-    """Replace the table in place, every other byte kept; whether anything changed."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    first, last = locate(text)
-    new = "\n".join(lines[:first] + table(results).split("\n") + lines[last:])
-    if new != text:
-        path.write_text(new, encoding="utf-8")
-    return new != text
+    """Replace every generated table in place, every other byte kept; whether anything changed."""
+    text = original = path.read_text(encoding="utf-8")
+    for section, (_, generate) in TABLES.items():
+        lines = text.split("\n")
+        first, last = locate(text, section)
+        text = "\n".join(lines[:first] + generate(results).split("\n") + lines[last:])
+    if text != original:
+        path.write_text(text, encoding="utf-8")
+    return text != original
 
 
 def main() -> None:

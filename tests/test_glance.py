@@ -36,6 +36,10 @@ def headline(table: str) -> str:
 
 def test_results_md_holds_the_generated_table():
     g = glance()
+    for section, (_, generate) in g.TABLES.items():
+        assert g.current(section=section) == generate(g.RESULTS), (
+            f"benchmarks/RESULTS.md's table under '{section}' is not what the JSON gives (typed by hand, or a JSON "
+            "changed since): run `.venv/bin/python benchmarks/glance.py --write` and commit RESULTS.md")
     assert g.current() == g.table(), (
         "benchmarks/RESULTS.md's 'Verdicts at a glance' table is not what the JSON gives (typed by hand, or a JSON "
         "changed since): run `.venv/bin/python benchmarks/glance.py --write` and commit RESULTS.md")
@@ -85,3 +89,29 @@ def test_write_replaces_only_the_table(tmp_path):
                   encoding="utf-8")
     assert g.write(md) and md.read_text(encoding="utf-8") == text
     assert not g.write(md)
+
+
+def test_the_compute_curve_table_follows_its_json(tmp_path):
+    spec = importlib.util.spec_from_file_location("compute_curve", ROOT / "benchmarks" / "compute_curve.py")
+    curve = importlib.util.module_from_spec(spec)
+    import sys
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # compute_curve imports its sibling families.py
+    try:
+        spec.loader.exec_module(curve)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    point = lambda arm, seed, fid: {"arm": arm, "budget": 1, "train_seed": seed, "fid_mean": fid, "fid_std": 1.0,  # noqa: E731
+                                    "level_steps_trained": [3000], "train_gflops": 10.0, "gflops_per_image": 3.3,
+                                    "kid": 0.05, "fid_holdout": fid + 1, "near_copy_fraction": 0.04}
+    points = [point("plain", 0, 100.0), point("plain", 1, 102.0), point("nested_msf", 0, 80.0),
+              point("nested_msf", 1, 85.0)]
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "compute_curve.json").write_text(json.dumps(
+        {"curves": curve.curves(points), "ratios": curve.ratios(points), "points": points}))
+    rows = glance().curve_table(glance().Results(folder)).split("\n")[2:]
+    nested = next(r for r in rows if r.startswith("| nested_msf "))
+    ratios = [80 / 100, 85 / 102]
+    assert f"**{sum(ratios) / 2:.3f}x**" in nested and "2 training seeds" in nested
+    assert "seed 0: 80.00 +- 1.00; seed 1: 85.00 +- 1.00" in nested and "| 82.50 (" in nested
+    assert next(r for r in rows if r.startswith("| plain ")).endswith("| - |")  # no ratio to itself
