@@ -22,6 +22,8 @@ from pipeline.stage import Stage
 from .factory import Scope, View, png_markdown, result
 from .k8s import LIGHT, k8s_train_launch, train_ranks
 
+PICTURE = "loss_curve"  # the loss curve as an inline picture: added by this process, not sent through Pipes
+
 
 def train_command(cfg: Config, plan: dict[str, Stage], level: int, python: str = sys.executable,
                   nproc: int | None = None) -> list[str]:
@@ -49,9 +51,11 @@ def _model(cfg, plan, stage, meta, log) -> dict:
         "nested_vs_L1_gflops": round(costs["relative_to_baseline"], 3),
         "cost_table": MetadataValue.md(cost_markdown(costs)),
     }
-    if (stage.path / "loss.png").exists():
-        out["loss_curve"] = png_markdown(stage.path / "loss.png", "loss")
-    return out
+    return {**out, **loss_picture(stage)}
+
+
+def loss_picture(stage) -> dict:
+    return {PICTURE: png_markdown(stage.path / "loss.png", "loss")} if (stage.path / "loss.png").exists() else {}
 
 
 def _describe(cfg, stage) -> str:
@@ -93,7 +97,9 @@ def level_model_asset(scope: Scope, name: str, view: View) -> AssetsDefinition:
             else:
                 results = pipes_subprocess_client.run(command=train_command(cfg, plan, stage.level, nproc=nproc),
                                                       context=context).get_results()
-        return results[0] if results else shown(hit=False)
+        if not results:
+            return shown(hit=False)
+        return results[0]._replace(metadata={**(results[0].metadata or {}), **loss_picture(stage)})
 
     return _model_asset
 

@@ -186,12 +186,14 @@ def plot(result: dict, out: Path) -> None:
         y = [c["fid"] for c in cs]
         err = [[c["fid"] - c["ci95"][0] for c in cs], [c["ci95"][1] - c["fid"] for c in cs]] \
             if all(c["ci95"] for c in cs) else None
-        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"{arm} ({cs[-1]['training_seeds']} training seeds)")
+        seeds = max(c["training_seeds"] for c in cs)
+        ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"{arm} (up to {seeds} training seed{'s' * (seeds > 1)})")
         for p in (p for p in result["points"] if p["arm"] == arm):
             ax.plot(p["budget"], p["fid_mean"], ".", color="gray", alpha=0.5)
     ax.set(xscale="log", xlabel="training FLOPs (x plain diffusion's 3000 steps)", ylabel="FID (3 sampling seeds)",
            title="FID against training compute, 16 px emoji (CPU)")
     ax.set_xticks(BUDGETS, [f"{b}x" for b in BUDGETS])
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     for arm in [a for a in ARMS if a != "plain"]:
@@ -204,8 +206,11 @@ def plot(result: dict, out: Path) -> None:
     rx.set(xscale="log", xlabel="training FLOPs (x plain diffusion's 3000 steps)",
            ylabel="FID / plain diffusion's (95% t-interval)", title="At equal training FLOPs")
     rx.set_xticks(BUDGETS, [f"{b}x" for b in BUDGETS])
+    for a in (ax, rx):
+        a.set_xlim(0.8, 10)
     rx.grid(alpha=0.3)
-    rx.legend(fontsize=7)
+    if rx.get_legend_handles_labels()[0]:
+        rx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

@@ -150,24 +150,27 @@ def row(fn):
 
 @row
 def compute_curve(R: Results):
-    """The hierarchy against plain diffusion trained with the same FLOPs, per training budget, when measured."""
+    """The headline at equal training compute: each hierarchy against plain diffusion trained with the same FLOPs,
+    per budget, when measured (compute_curve.json)."""
     if not R.has("compute_curve.json"):
         return None
-    ratios = [r for r in R("compute_curve.json").get("ratios", [])
-              if r.get("equal", "training_flops") == "training_flops" and r.get("ratio") is not None]
+    ratios = sorted((r for r in R("compute_curve.json").get("ratios", []) if r.get("equal") == "training_flops"),
+                    key=lambda r: (str(r["arm"]), r["budget"]))
     if not ratios:
         return None
-    parts, wins = [], 0
-    for r in sorted(ratios, key=lambda r: (r.get("budget", 0), str(r.get("arm")))):
-        lo, hi = (r.get("ci95") or [None, None])[:2]
-        ci = "" if lo is None else f" (95% CI {lo:.3f}-{hi:.3f})"
-        wins += hi is not None and hi < 1
-        parts.append(f"`{r.get('arm')}` at budget {r.get('budget', 0):g}: **{r['ratio']:.3f}x**{ci}, "
-                     f"{r.get('training_seeds', '?')} training seeds")
-    verdict = (f"the hierarchy wins at {wins} of {len(ratios)} budgets (interval below 1)" if wins
-               else "inconclusive: no interval below 1")
-    return ("FID of the hierarchy / plain diffusion at equal training FLOPs, per budget (`compute_curve.json`)",
-            "; ".join(parts), verdict)
+    parts, verdicts = [], []
+    for r in ratios:
+        ci = r.get("ci95")
+        n = r["training_seeds"]
+        parts.append(f"`{r['arm']}` at {r['budget']:g}x: **{r['ratio']:.3f}x**"
+                     + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f}, {n} training seeds)" if ci else f" ({n} training seed)"))
+        verdicts.append(f"{r['arm']} {r['budget']:g}x: " + ("one training seed, no interval" if not ci else
+                        "the hierarchy wins (interval below 1)" if ci[1] < 1 else
+                        "plain diffusion wins (interval above 1)" if ci[0] > 1 else "inconclusive (interval spans 1)"))
+    return ("**the headline at equal training compute: FID of the hierarchy / plain diffusion trained with the same "
+            "FLOPs**, per budget in plain diffusion's 3000-step FLOPs (`compute_curve.json`: the ratio of paired "
+            "training seeds, each over 3 sampling seeds, with its 95% t-interval)", "; ".join(parts),
+            "; ".join(verdicts))
 
 
 @row

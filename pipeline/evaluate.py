@@ -37,6 +37,7 @@ from .levels import read_latents
 from .metrics import (FEATURE_DIM, NEAR_COPY_QUANTILE, InceptionFeatures, batch_features, feature_stats,
                       fid_from_stats, inception_features, inception_precision, kid, near_copies,
                       nearest_neighbour_distances, precision_recall, shared_inception)
+from .progress import Progress
 from .runtime import resolve_device
 from .sample import decode_level0, iter_hierarchy, to_uint8
 from .sample_shards import sample_images
@@ -46,7 +47,6 @@ from .stats import FeatureMoments, HashedSubsample
 
 REFERENCE = "reference.safetensors"
 FEATURE_BATCH = 64  # images per Inception forward
-LOG_EVERY = 20_000  # images between two progress lines of the reference stage
 
 
 # -- the reference: streamed statistics and a capped subsample --------------------------------------------------
@@ -86,15 +86,16 @@ class FeatureSummary:
 
 
 def summarize(batches: Iterable[tuple[list[str], np.ndarray]], cap: int, dim: int = FEATURE_DIM,
-              log: Callable[[str], None] | None = None, what: str = "") -> FeatureSummary:
-    """One pass over (keys, features) batches: memory is one batch, d^2 floats and `cap` rows, whatever their number."""
+              log: Callable[[str], None] | None = None, what: str = "", total: int | None = None) -> FeatureSummary:
+    """One pass over (keys, features) batches: memory is one batch, d^2 floats and `cap` rows, whatever their number.
+    `log`: progress lines (`total` images expected, when known)."""
     summary = FeatureSummary(FeatureMoments(dim), HashedSubsample(cap, dim))
+    progress = Progress(log, f"reference ({what} split)", total) if log is not None else None
     for keys, feats in batches:
-        before = summary.moments.n
         summary.moments.update(feats)
         summary.kept.update(keys, feats)
-        if log is not None and summary.moments.n // LOG_EVERY > before // LOG_EVERY:
-            log(f"reference: {summary.moments.n} {what} images featurized")
+        if progress is not None:
+            progress.update(len(keys))
     return summary
 
 
@@ -158,11 +159,15 @@ def build_reference(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Cal
     device = resolve_device(cfg.compute.device)
     images_dir = plan["images"].artifact.require()
     model = shared_inception(sc.inception_weights, device)  # loaded once for both splits
+    split = plan["images"].artifact.metadata()  # the splits' sizes, for the progress lines (older markers: none)
     holdout = summarize(featurized(keyed_pixels(images_dir, "holdout"), model), sc.pr_reference, model.dim, log,
-                        "held-out")
+                        "held-out", split.get("num_holdout"))
     train_stream = featurized(keyed_pixels(images_dir, "train", sc.reference_images), model)
     if sc.reference_npz is None:
-        train = summarize(train_stream, sc.pr_reference, model.dim, log, "training")
+        train_total = split.get("num_train")
+        if train_total is not None and sc.reference_images is not None:
+            train_total = min(train_total, sc.reference_images)
+        train = summarize(train_stream, sc.pr_reference, model.dim, log, "training", train_total)
         mu, sigma, num_reference, kept = train.moments.mean(), train.moments.covariance(), train.moments.n, train.kept
     else:  # the statistics are the file's; the subsample its arr_0's, or else the training images'
         mu, sigma, has_activations = npz_statistics(sc.reference_npz, model.dim)
@@ -300,10 +305,13 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
         sets += [(seed, given, labels) for seed in seeds]
     feats = engine.map(SampleSetFeatures, {"cfg": cfg, "plan": plan}, sets) if sets else []
     fids, oracle = [meta["fid"]], []
+    # one line a sample set (each is sampled and featurized whole): the first is the samples stage's images
+    progress = Progress(log, "evaluation", 1 + len(sets), unit="sample sets", every=0)
+    progress.update(1, f"FID with sampling seed {seeds[0]}: {meta['fid']:.2f}")
     for (seed, g, _), f in zip(sets, feats):
         (oracle if g is not None else fids).append(fid_against(f, ref))
-        log(f"oracle FID (level 0 from real coarser latents), seed {seed}: {oracle[-1]:.2f}" if g is not None
-            else f"FID with sampling seed {seed}: {fids[-1]:.2f}")
+        progress.update(1, f"oracle FID (level 0 from real coarser latents), seed {seed}: {oracle[-1]:.2f}"
+                        if g is not None else f"FID with sampling seed {seed}: {fids[-1]:.2f}")
     fid_mean, fid_std = _mean_std(fids)
     oracle_mean, oracle_std = _mean_std(oracle) if oracle else (None, None)
     ref_meta, sample_meta = plan["reference_stats"].artifact.metadata(), plan["samples"].artifact.metadata()

@@ -22,6 +22,7 @@ from .guidance import guide, runs_unconditional
 from .ingest import read_manifest
 from .level_kinds import finish_sample, level_kind, sampled_shape, thresholded
 from .model_io import load_level_model, make_scheduler, spec_scheduler
+from .progress import Progress
 from .runtime import sampling_device
 from .sample_shards import PATTERN as SHARD_PATTERN
 from .schema import Config, SamplingPlan
@@ -169,9 +170,11 @@ def generate_samples(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Ca
     first: list[np.ndarray] = []
     count = 0
     sampler = {"cfg": cfg, "plan": plan, "n": sc.num_samples, "seed": sc.seed, "sampling": how}
+    progress = Progress(log, "samples", sc.num_samples)
     with wds.ShardWriter(str(out_dir / SHARD_PATTERN), maxcount=10_000, verbose=0) as sink:
         for gen in engine.map(HierarchySampler, sampler, range(0, sc.num_samples, how.batch_size)):
             batch = to_uint8(decode_level0(cfg, gen[0]))
+            progress.update(len(batch))
             for level, z in gen.items():
                 stats[level].update(z.clamp(-1, 1) if level == 0 and pixels else z)
             for i in range(len(batch)):

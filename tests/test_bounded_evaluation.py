@@ -141,7 +141,8 @@ def stand_in(world, monkeypatch):
 def _build(world, cfg, name):
     out = world["tmp"] / name
     out.mkdir()
-    return out, build_reference(cfg, world["plan"], out, log=lambda _: None)
+    lines = world.setdefault("log", {}).setdefault(name, [])
+    return out, build_reference(cfg, world["plan"], out, log=lines.append)
 
 
 @pytest.fixture(scope="module")
@@ -173,6 +174,10 @@ def test_reference_streams_the_statistics_and_keeps_a_capped_subsample(world, re
     np.testing.assert_allclose(ref["holdout_nn"], metrics.nearest_neighbour_distances(holdout, ref["train"], "cpu"),
                                rtol=1e-6)
     assert meta["num_reference"] == meta["pr_source"] == len(train) > CAP and meta["num_pr_reference"] == CAP
+    # a person waiting reads how far each split is (the last line of each: all of it)
+    said = world["log"]["reference"]
+    assert any(line.startswith(f"reference (training split): {len(train)}/{len(train)} images") for line in said)
+    assert any(line.startswith(f"reference (held-out split): {len(holdout)}/{len(holdout)} images") for line in said)
     assert meta["num_holdout"] == meta["num_holdout_kept"] == len(holdout) < CAP
     assert meta["fid_floor"] == pytest.approx(metrics.fid_from_features(holdout, train), rel=1e-6)
     assert meta["device"] == "cpu" and meta["inception_precision"] == "float32"

@@ -75,8 +75,8 @@ def test_compute_curve_row_only_when_measured(tmp_path):
         {"arm": "nested_msf_res9k_f81k", "budget": 4.0, "train_gflops_ratio": 7.3, "ratio": 0.6, "ci95": [0.58, 0.62],
          "training_seeds": 2, "equal": "sampling_gflops"}]}))
     first = g.table(folder).split("\n")[2]
-    assert "compute_curve.json" in first and "**0.870x** (95% CI 0.840-0.900)" in first and "0.600x" not in first
-    assert "wins at 1 of 1 budgets" in first
+    assert "compute_curve.json" in first and "**0.870x** (95% CI 0.840-0.900, 2 training seeds)" in first
+    assert "0.600x" not in first and "the hierarchy wins (interval below 1)" in first
 
 
 def test_write_replaces_only_the_table(tmp_path):

@@ -196,3 +196,17 @@ def test_running_nearest_over_streamed_blocks_is_the_whole_search(block_bytes):
     fewer = RunningNearest(queries[:1], 300)  # k beyond the rows: every row, nearest first
     fewer.update(reference, keys)
     assert len(fewer.result()[0]) == len(reference)
+
+
+def test_progress_lines_say_what_is_done_its_rate_and_the_time_left():
+    from pipeline.progress import Progress
+
+    now, lines = [0.0], []
+    progress = Progress(lines.append, "samples", 100, every=30.0, clock=lambda: now[0])
+    for _ in range(4):
+        now[0] += 10.0
+        progress.update(10)  # 10 images every 10 s: a line once 30 s have passed since the last
+    assert lines == ["samples: 30/100 images, 1 images/s, about 1m10s left"]
+    now[0] = 100.0
+    progress.update(60, "done")
+    assert lines[-1] == "samples: 100/100 images, 1 images/s, 1m40s in all; done"  # the end is always said

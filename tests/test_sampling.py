@@ -71,3 +71,15 @@ def test_given_coarse_latents_are_kept_and_condition_the_finer_levels(tiny_run):
     assert not torch.allclose(part[1], real[1])  # generated, not copied
     assert not torch.allclose(part[1], flipped[1]) and not torch.allclose(part[0], flipped[0])
     assert oracle_ladder({1: real[1]}) == {}  # L = 2: the full oracle is the only one
+
+
+def test_the_samples_and_the_evaluation_say_how_far_they_are_in_the_run_log(tiny_run):
+    """Long stages log their progress where the UI's run view shows it: images done of N, rate and time left."""
+    said = [e.user_message for e in tiny_run["instance"].all_logs(tiny_run["result"].run_id)]
+    cfg = tiny_run["cfg"]
+    n, seeds = cfg.sampling.num_samples, cfg.sampling.eval_seeds
+    sets = seeds + (seeds if cfg.sampling.oracle and cfg.num_levels > 1 else 0)  # each seed's, and the oracle's
+    assert any(m.startswith(f"samples: {n}/{n} images, ") and " in all" in m for m in said)
+    assert any(m.startswith(f"evaluation: {k}/{sets} sample sets") for m in said for k in range(1, sets + 1))
+    assert any(m.startswith(f"evaluation: {sets}/{sets} sample sets") for m in said)
+    assert any(m.startswith("reference (training split): ") for m in said)
