@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from pathlib import Path
 
 import yaml
@@ -247,13 +246,11 @@ def main() -> None:
             for seed in args.train_seed:
                 for b in budgets:  # in order: each budget continues the one before
                     name = variant(arm, b, seed)
-                    began = time.perf_counter()
                     if not args.collect_only:
                         ablation.materialize_sweep(cfg, home, [name])
                     p = point(arm, b, seed, configs[name], home, plain_gflops)
                     if p is None:
                         continue
-                    p["wall_seconds_here"] = round(time.perf_counter() - began, 1)
                     points = [q for q in points if q["variant"] != name] + [p]
                     print(f"{name}: FID {p['fid_mean']:.2f} +- {p['fid_std']:.2f}, KID {p['kid']:.4f}, "
                           f"steps {p['level_steps_trained']}, {p['train_seconds']:.0f} s of training", flush=True)

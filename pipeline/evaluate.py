@@ -294,6 +294,9 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
     samples, reference = plan["samples"].artifact.require(), plan["reference_stats"].artifact.require()
     device = resolve_device(cfg.compute.device)
     model = shared_inception(sc.inception_weights, device)  # loaded once for every seed and the oracle
+    # one progress line a sample set (each is sampled and featurized whole): the first is the samples stage's images
+    oracle_sets = sc.eval_seeds if sc.oracle and cfg.num_levels > 1 else 0
+    progress = Progress(log, "evaluation", sc.eval_seeds + oracle_sets, unit="sample sets", every=0)
     meta = evaluate_samples(samples, reference, out_dir, model=model, device=device)
     ref = read_reference(reference, ("mu", "sigma"))  # every seed's FID is against the stored statistics
     seeds = [sc.seed + i for i in range(sc.eval_seeds)]
@@ -305,8 +308,6 @@ def evaluate_run(cfg: Config, plan: dict[str, Stage], out_dir: Path, log: Callab
         sets += [(seed, given, labels) for seed in seeds]
     feats = engine.map(SampleSetFeatures, {"cfg": cfg, "plan": plan}, sets) if sets else []
     fids, oracle = [meta["fid"]], []
-    # one line a sample set (each is sampled and featurized whole): the first is the samples stage's images
-    progress = Progress(log, "evaluation", 1 + len(sets), unit="sample sets", every=0)
     progress.update(1, f"FID with sampling seed {seeds[0]}: {meta['fid']:.2f}")
     for (seed, g, _), f in zip(sets, feats):
         (oracle if g is not None else fids).append(fid_against(f, ref))

@@ -36,4 +36,5 @@ class Progress:
         of = "" if self.total is None else f"/{self.total}"
         left = (f", about {duration((self.total - self.done) / rate)} left" if self.total and rate
                 and self.done < self.total else f", {duration(elapsed)} in all" if self.done == self.total else "")
-        return f"{self.what}: {self.done}{of} {self.unit}, {rate:.3g} {self.unit}/s{left}"
+        pace = f"{rate:.3g} {self.unit}/s" if rate >= 1 else f"{duration(1 / rate)} each" if rate else "-"
+        return f"{self.what}: {self.done}{of} {self.unit}, {pace}{left}"

@@ -210,3 +210,9 @@ def test_progress_lines_say_what_is_done_its_rate_and_the_time_left():
     now[0] = 100.0
     progress.update(60, "done")
     assert lines[-1] == "samples: 100/100 images, 1 images/s, 1m40s in all; done"  # the end is always said
+
+    slow = []
+    sets = Progress(slow.append, "evaluation", 3, unit="sample sets", every=0, clock=lambda: now[0])
+    now[0] += 150.0
+    sets.update(1, "FID 104.01")
+    assert slow == ["evaluation: 1/3 sample sets, 2m30s each, about 5m00s left; FID 104.01"]
