@@ -10,8 +10,8 @@ torch and the project's pure-Python dependencies, not the dataset or the instanc
     # samples, and `score` here evaluates them (FID on the CPU: said so in the JSON)
     .venv/bin/python benchmarks/gpu_mini_ablation.py score --home .gpu_mini --out benchmarks/results/gpu_mini_ablation.json
 
-`--dry-run` (prepare and run) is the same path on the CPU with every level at 10 steps and 64 samples: it checks
-the command, not the method. What it reports per run: FID (and KID, the held-out FID, precision and recall) over
+`prepare --dry-run` makes the same path run on the CPU (every level 10 steps, 64 samples of 5 sampling steps, a
+200-image reference): it checks the command, not the method. What it reports per run: FID (and KID, the held-out FID, precision and recall) over
 `--seeds` sampling seeds, training seconds per level, the device.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ def short_configs(steps: int, samples: int, seeds: int, device: str) -> dict:
     data = apply_overrides(data, {"sampling.num_samples": samples, "sampling.eval_seeds": seeds,
                                   "sampling.oracle": False, "compute.device": device,
                                   # the dry run's reference: a few hundred training images (Inception on a CPU)
-                                  "sampling.reference_images": 200 if device == "cpu" else None})
+                                  "sampling.reference_images": 200 if device == "cpu" else None,
+                                  **({"sampling.steps": 5} if device == "cpu" else {})})  # U-ViT-S samples slowly there
     return variant_configs(parse_config({**data, "variants": RUNS}, check_files=False), check_files=False)
 
 
