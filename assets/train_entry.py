@@ -20,7 +20,7 @@ from pipeline.run_file import read_run_file
 from pipeline.train import train_level
 
 from .factory import shown_metadata
-from .training import MODELS, PICTURE
+from .training import MODELS
 
 _PIPES_TYPES = {MarkdownMetadataValue: "md", PathMetadataValue: "path", JsonMetadataValue: "json",
                 TextMetadataValue: "text", IntMetadataValue: "int", FloatMetadataValue: "float"}
@@ -48,10 +48,8 @@ def main(argv=None) -> None:
         meta = train_level(cfg, plan, level, pipes.log.info, engine)
         stage = plan[f"level_{level}_model"]
         shown = shown_metadata(stage, meta, meta["cache"] == "hit", MODELS.metadata(cfg, plan, stage, meta, pipes.log))
-        # The picture stays out of the message (the asset adds it: assets/training.py): Dagster's file reader tails
-        # the messages file a line at a time, and a line of tens of kB is read half-written often enough to lose
-        # the whole report
-        shown.pop(PICTURE, None)
+        # The loss picture is not in it (the asset adds it, assets/training.py): Dagster's file reader tails the
+        # messages file a line at a time, and a line of tens of kB is read half-written often enough to lose the report
         pipes.report_asset_materialization(metadata=to_pipes(shown), data_version=stage.fingerprint)
 
 

@@ -22,7 +22,7 @@ from pipeline.stage import Stage
 from .factory import Scope, View, png_markdown, result
 from .k8s import LIGHT, k8s_train_launch, train_ranks
 
-PICTURE = "loss_curve"  # the loss curve as an inline picture: added by this process, not sent through Pipes
+PICTURE = "loss_curve"  # the loss curve as an inline picture: added by the asset, never sent through Pipes
 
 
 def train_command(cfg: Config, plan: dict[str, Stage], level: int, python: str = sys.executable,
@@ -51,7 +51,7 @@ def _model(cfg, plan, stage, meta, log) -> dict:
         "nested_vs_L1_gflops": round(costs["relative_to_baseline"], 3),
         "cost_table": MetadataValue.md(cost_markdown(costs)),
     }
-    return {**out, **loss_picture(stage)}
+    return out
 
 
 def loss_picture(stage) -> dict:
@@ -79,7 +79,8 @@ def level_model_asset(scope: Scope, name: str, view: View) -> AssetsDefinition:
     def _model_asset(context: AssetExecutionContext, pipes_subprocess_client: PipesSubprocessClient) -> MaterializeResult:
         def shown(hit: bool) -> MaterializeResult:  # what the training process reports, rendered here
             meta = stage.artifact.metadata()
-            return result(stage, meta, hit, view.metadata(cfg, plan, stage, meta, context.log))
+            shown_meta = view.metadata(cfg, plan, stage, meta, context.log)
+            return result(stage, meta, hit, {**shown_meta, **loss_picture(stage)})
 
         if stage.artifact.is_complete() and not stage.artifact.damage():
             return shown(hit=True)
