@@ -30,6 +30,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 run: setup $(DAGSTER_HOME)/dagster.yaml
 	time $(VENV)/bin/dagster asset materialize -m assets.definitions --select '*'
 	$(VENV)/bin/python -m pipeline.plan
+	$(VENV)/bin/python -m assets.run_report
 
 test: setup
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

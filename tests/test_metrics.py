@@ -147,6 +147,16 @@ def test_inception_features_follow_clean_fid(inception, small_images, tmp_path):
     np.testing.assert_allclose(feats, reference, rtol=1e-5, atol=1e-5)
 
 
+def test_inception_forward_in_chunks_on_a_cpu_gives_the_whole_batchs_features(inception, small_images, monkeypatch):
+    """A CPU forward runs CPU_CHUNK images at a time (for its caches): the features are those of one forward."""
+    monkeypatch.setattr(metrics, "CPU_CHUNK", 1000)
+    whole = metrics.inception_features(small_images, batch_size=5, model=inception)
+    monkeypatch.setattr(metrics, "CPU_CHUNK", 2)  # 5 images: forwards of 2, 2 and 1
+    chunked = metrics.inception_features(small_images, batch_size=5, model=inception)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert metrics.fid_from_features(chunked, whole) < 1e-6
+
+
 def test_inception_features_reject_float_images(inception):
     with pytest.raises(ValueError, match="uint8"):
         metrics.inception_features(np.zeros((1, 32, 32, 3), np.float32), model=inception)

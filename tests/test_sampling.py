@@ -83,3 +83,19 @@ def test_the_samples_and_the_evaluation_say_how_far_they_are_in_the_run_log(tiny
     assert any(m.startswith(f"evaluation: {k}/{sets} sample sets") for m in said for k in range(1, sets + 1))
     assert any(m.startswith(f"evaluation: {sets}/{sets} sample sets") for m in said)
     assert any(m.startswith("reference (training split): ") for m in said)
+
+
+def test_the_grid_shows_small_images_at_least_64_px_and_large_ones_as_they_are(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.sample import save_grid
+
+    rng = np.random.default_rng(0)
+    for size, cell in [(16, 64), (32, 64), (48, 96), (100, 100)]:
+        images = rng.integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        save_grid(images, tmp_path / "g.png", cols=8)
+        grid = np.asarray(Image.open(tmp_path / "g.png").convert("RGB"))
+        assert grid.shape[:2] == (cell + 4, 3 * (cell + 2) + 2)  # make_grid: 2 px padding around each cell
+        # nearest upscaling: the first cell is the first image, each pixel repeated (no smoothing)
+        np.testing.assert_array_equal(grid[2:2 + cell:cell // size, 2:2 + cell:cell // size], images[0])

@@ -67,3 +67,17 @@ def grid_variants_config(cfg, sigma):
     from assets.search import with_sigma
 
     return with_sigma(cfg, 2, sigma)
+
+
+def test_a_variant_equal_to_the_base_materializes_the_bases_evaluation(tiny_run):
+    """A variant that changes nothing owns no asset: its evaluation is the base's, read as a cache hit."""
+    from dagster import AssetKey
+
+    from assets.definitions import materialize_variants
+
+    cfg, home = tiny_run["cfg"], tiny_run["home"]
+    configs, result = materialize_variants(cfg, home, {"same": {"sampling.seed": cfg.sampling.seed}})
+    assert result.success and build_plan(configs["same"], home)["evaluation"].fingerprint == \
+        build_plan(cfg, home)["evaluation"].fingerprint
+    done = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert AssetKey(["evaluation"]) in done and not any(k.path[0] == "same" for k in done)
