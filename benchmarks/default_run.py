@@ -146,16 +146,18 @@ def levers_table(d: dict) -> str:
 
 
 def trials_table(rows: list[dict]) -> str:
-    lines = [TRIALS_HEADER, "|---|---|---|---|---|---|---|"]
+    lines = [TRIALS_HEADER, "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["arm"], r["steps"])):
-        lines.append(f"| {r['arm']} | {r['batch']} | {r['steps']} | {r['steps'] * r['batch']:,} | {r['fid']:.1f} | "
-                     f"{r['fid'] / r['fid_floor']:.2f}x | {r['precision']:.3f}, {r['recall']:.3f} |")
+        lines.append(f"| {r['arm']} | {r['batch']} | {r['steps']} | {r['steps'] * r['batch']:,} | "
+                     f"{r['steps'] * r['sec_per_step']:.0f} | {r['fid']:.1f} | {r['fid'] / r['fid_floor']:.2f}x | "
+                     f"{r['precision']:.3f}, {r['recall']:.3f} |")
     return "\n".join(lines)
 
 
 COLD_HEADER = "| stage | wall time |"
 LEVERS_HEADER = "| lever | setting | measured |"
-TRIALS_HEADER = "| arm | batch | level-0 steps | images seen | FID, selection seed 1000 | FID / floor | precision, recall |"
+TRIALS_HEADER = ("| arm | batch | level-0 steps | images seen | level-0 training, s (1 thread) | FID, selection seed 1000 | "
+                 "FID / floor | precision, recall |")
 
 
 def tables(data: dict) -> dict[str, str]:
