@@ -15,6 +15,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+import torch
 from dagster import DagsterInstance
 
 from pipeline.config import load_config, nested_home
@@ -26,8 +27,6 @@ from pipeline.schema import Config
 
 def machine() -> dict:
     """The CPU (model, cores this process may use, native bf16) and the GPU, if torch sees one."""
-    import torch
-
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if platform.system() == "Linux" else ""
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")),
                  platform.processor() or None)

@@ -26,6 +26,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "default_run.json"
 GRID = ROOT / "docs" / "images" / "emoji_default_grid.png"
@@ -146,9 +148,10 @@ def levers_table(d: dict) -> str:
 
 
 def trials_table(rows: list[dict]) -> str:
-    lines = [TRIALS_HEADER, "|---|---|---|---|---|---|---|---|"]
+    lines = [TRIALS_HEADER, "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["arm"], r["steps"])):
-        lines.append(f"| {r['arm']} | {r['batch']} | {r['steps']} | {r['steps'] * r['batch']:,} | "
+        changed = ", ".join(f"`{k}: {v}`" for k, v in r.get("overrides", {}).items()) or "-"
+        lines.append(f"| {r['arm']} | {changed} | {r['batch']} | {r['steps']} | {r['steps'] * r['batch']:,} | "
                      f"{r['steps'] * r['sec_per_step']:.0f} | {r['fid']:.1f} | {r['fid'] / r['fid_floor']:.2f}x | "
                      f"{r['precision']:.3f}, {r['recall']:.3f} |")
     return "\n".join(lines)
@@ -156,8 +159,8 @@ def trials_table(rows: list[dict]) -> str:
 
 COLD_HEADER = "| stage | wall time |"
 LEVERS_HEADER = "| lever | setting | measured |"
-TRIALS_HEADER = ("| arm | batch | level-0 steps | images seen | level-0 training, s (1 thread) | FID, selection seed 1000 | "
-                 "FID / floor | precision, recall |")
+TRIALS_HEADER = ("| arm | other settings changed | level-0 batch | level-0 steps | images seen | "
+                 "level-0 training, s (1 thread) | FID, selection seed 1000 | FID / floor | precision, recall |")
 
 
 def tables(data: dict) -> dict[str, str]:
@@ -232,9 +235,10 @@ def levers() -> dict:
 SELECTION_SEED = 1000  # the trials' sampling seed; the default reports seeds 0-2
 
 
-def trials(arm: str, batch: int, steps: list[int], home: Path) -> list[dict]:
-    """configs/emoji.yaml's level 0 at `batch` for each of `steps` in order (each continues the last), every other
-    setting the default's, scored on the selection seed."""
+def trials(arm: str, batch: int, steps: list[int], home: Path, overrides: dict | None = None) -> list[dict]:
+    """configs/emoji.yaml's level 0 at `batch` for each of `steps` in order (each continues the last), with
+    `overrides` (config paths -> values) and every other setting the default's, scored on the selection seed."""
+    overrides = overrides or {}
     sys.path.insert(0, str(ROOT))
     from dagster import DagsterInstance
 
@@ -248,10 +252,11 @@ def trials(arm: str, batch: int, steps: list[int], home: Path) -> list[dict]:
         name, began = f"{arm}_{n}", time.perf_counter()
         configs, _ = materialize_variants(cfg, home, {name: {
             "level0.train.steps": n, "level0.train.batch_size": batch,
-            "sampling.seed": SELECTION_SEED, "sampling.eval_seeds": 1}}, instance)
+            "sampling.seed": SELECTION_SEED, "sampling.eval_seeds": 1, **overrides}}, instance)
         plan = build_plan(configs[name], home)
         row, model = plan["evaluation"].artifact.metadata()["row"], plan["level_0_model"].artifact.metadata()
-        rows.append({"arm": arm, "batch": batch, "steps": n, "seed": row["seeds"][0], "fid": row["fid_mean"],
+        rows.append({"arm": arm, "batch": batch, "steps": n, "overrides": overrides, "seed": row["seeds"][0],
+                     "fid": row["fid_mean"],
                      "fid_floor": row["fid_floor"], "kid": row["kid"], "precision": row["precision"],
                      "recall": row["recall"], "sec_per_step": model.get("sec_per_step"),
                      "seconds": round(time.perf_counter() - began, 1)})
@@ -275,6 +280,8 @@ def main(argv=None) -> None:
     ap.add_argument("--arm", help="trials: the arm's name")
     ap.add_argument("--batch", type=int, default=64, help="trials: level 0's batch size")
     ap.add_argument("--steps", default="1000,1500,2000", help="trials: level 0's lengths, in order")
+    ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                    help="trials: another setting changed, e.g. level0.train.lr=2e-3 (YAML value; repeatable)")
     ap.add_argument("--home", type=Path, default=Path(os.environ.get("NESTED_HOME", ROOT / ".nested")),
                     help="trials: the artifact root")
     ap.add_argument("--out", type=Path, default=OUT)
@@ -284,7 +291,8 @@ def main(argv=None) -> None:
     elif args.command == "levers":
         update(args.out, "levers", {"machine": machine(), **levers()})
     elif args.command == "trials":
-        rows = trials(args.arm, args.batch, [int(s) for s in args.steps.split(",")], args.home)
+        overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+        rows = trials(args.arm, args.batch, [int(s) for s in args.steps.split(",")], args.home, overrides)
         data = json.loads(args.out.read_text()) if args.out.exists() else {}
         kept = [r for r in data.get("trials", []) if r["arm"] != args.arm]
         update(args.out, "trials", kept + rows)
