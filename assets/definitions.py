@@ -87,12 +87,11 @@ def materialize_variants(cfg: Config, home: Path, variants: dict[str, dict], ins
     as a cache hit or built once. (each variant's config, the run's result)."""
     sweep = parse_config({**cfg.model_dump(mode="json", exclude={"variants"}), "variants": variants}, check_files=False)
     configs = variant_configs(sweep, check_files=False)
-    # A variant whose evaluation is the base's (or an earlier variant's) owns no asset of its own: select the owner's.
+    # Each variant's evaluation as build_definitions keys it: one equal to the base's (or an earlier variant's) is
+    # that owner's asset, the variant owning none of its own.
     owner: dict[str, AssetKey] = {}
-    for name, vcfg in [(None, sweep), *configs.items()]:
-        owner.setdefault(build_plan(vcfg, home)["evaluation"].fingerprint, AssetKey([name, "evaluation"] if name
-                                                                                     else ["evaluation"]))
-    keys = {owner[build_plan(vcfg, home)["evaluation"].fingerprint] for vcfg in configs.values()}
+    scopes = {name: experiment_scope(vcfg, home, name, owner)[0] for name, vcfg in [(None, sweep), *configs.items()]}
+    keys = {scopes[name].keys["evaluation"] for name in configs}
     defs = Definitions.merge(build_definitions(sweep, home),
                              Definitions(jobs=[define_asset_job("variants", AssetSelection.assets(*keys).upstream())]))
     result = defs.resolve_job_def("variants").execute_in_process(instance=instance or DagsterInstance.ephemeral())

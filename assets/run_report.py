@@ -37,12 +37,14 @@ def machine() -> dict:
 
 def step_times(instance: DagsterInstance, run_id: str | None = None) -> dict:
     """The run (default: the newest) and its steps in the order they started: seconds, status, cache hit or miss."""
-    records = instance.get_run_records(limit=1) if run_id is None else []
-    run = records[0].dagster_run if records else instance.get_run_by_id(run_id)
-    if run is None:
+    if run_id is None:
+        newest = instance.get_run_records(limit=1)
+        run_id = newest[0].dagster_run.run_id if newest else None
+    record = instance.get_run_record_by_id(run_id) if run_id else None
+    if record is None:
         raise SystemExit(f"no run {run_id or 'at all'} in the Dagster instance at {instance.root_directory}: "
                          "materialize first (make run)")
-    record = instance.get_run_record_by_id(run.run_id)
+    run = record.dagster_run
     steps = []
     for s in sorted(instance.get_run_step_stats(run.run_id), key=lambda s: s.start_time or 0):
         caches = {str(e.asset_materialization.metadata["cache"].value)

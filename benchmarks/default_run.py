@@ -163,10 +163,12 @@ TRIALS_HEADER = ("| arm | other settings changed | level-0 batch | level-0 steps
                  "level-0 training, s (1 thread) | FID, selection seed 1000 | FID / floor | precision, recall |")
 
 
+# the JSON's key -> RESULTS.md's table of it (benchmarks/glance.py writes them in place)
+TABLES = {"cold": cold_table, "levers": levers_table, "trials": trials_table}
+
+
 def tables(data: dict) -> dict[str, str]:
-    """RESULTS.md's tables of what the JSON holds (benchmarks/glance.py writes them in place)."""
-    makers = {"cold": cold_table, "levers": levers_table, "trials": trials_table}
-    return {k: makers[k](data[k]) for k in makers if k in data}
+    return {k: make(data[k]) for k, make in TABLES.items() if k in data}
 
 
 def levers() -> dict:

@@ -775,20 +775,16 @@ DEFAULT_SECTIONS = {"## The emoji default (`make run`)": ("cold", default_run.CO
                     "### The level-0 trials": ("trials", default_run.TRIALS_HEADER)}
 
 
-def default_tables(key: str):
+def default_tables(key: str, header: str):
     def generate(results: Path = RESULTS) -> str:
-        path = Path(results) / "default_run.json"
-        made = default_run.tables(json.loads(path.read_text())) if path.exists() else {}
-        return made.get(key, DEFAULT_SECTIONS_BY_KEY[key])
+        data = json.loads(path.read_text()) if (path := Path(results) / "default_run.json").exists() else {}
+        return default_run.TABLES[key](data[key]) if key in data else header
     return generate
-
-
-DEFAULT_SECTIONS_BY_KEY = {key: header for key, header in DEFAULT_SECTIONS.values()}
 
 
 # section heading -> (the table's first line, what generates it)
 TABLES = {SECTION: (HEADER[0], table), CURVE_SECTION: (CURVE_HEADER[0], lambda results: curve_table(Results(results))),
-          **{section: (header, default_tables(key)) for section, (key, header) in DEFAULT_SECTIONS.items()}}
+          **{section: (header, default_tables(key, header)) for section, (key, header) in DEFAULT_SECTIONS.items()}}
 
 
 def locate(text: str, section: str = SECTION) -> tuple[int, int]:

@@ -46,7 +46,7 @@ from .stage import Stage
 from .stats import FeatureMoments, HashedSubsample
 
 REFERENCE = "reference.safetensors"
-FEATURE_BATCH = 64  # images per Inception forward
+FEATURE_BATCH = 64  # images per Inception call (a CPU forward runs them metrics.CPU_CHUNK at a time)
 
 
 # -- the reference: streamed statistics and a capped subsample --------------------------------------------------

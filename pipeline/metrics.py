@@ -54,9 +54,9 @@ def inception_path(configured: Path | None = None) -> Path:
 
 # On a CPU the Inception runs CPU_CHUNK images a forward with glibc's largest mmap threshold (32 MiB): its 299 px
 # activations then come from the heap, reused forward after forward, instead of being mapped and faulted in afresh
-# (the streaming stages map every block above 4 MiB, runtime.large_blocks_returned). Measured on 2 AVX2 EPYC cores:
-# 7.9 img/s against 5.1 in the reference stage before (64 a forward, 4 MiB); 1 core: 4.2 against 3.3. Memory stays
-# one forward's, whatever the number of images.
+# (the streaming stages map every block above 4 MiB, runtime.large_blocks_returned). On 2 AVX2 EPYC cores: 8.53 img/s
+# against 5.06 before (64 a forward, 4 MiB); 1 core: 4.33 against 3.13 (benchmarks/results/default_run.json,
+# "levers"). Memory stays one forward's, whatever the number of images.
 CPU_CHUNK = 8
 HEAP_BLOCKS = 32 << 20
 
